@@ -1,0 +1,8 @@
+//! The network: ResNet18 for CIFAR-10, its BatchNorm, and its weight format.
+
+mod norm;
+mod resnet;
+pub mod weights;
+
+pub use norm::{BatchNorm, BatchNormConfig, NormStats};
+pub use resnet::{BasicBlock, Downsample, ResNet, ResNetConfig, RESNET18_PARAMETERS};

@@ -1,0 +1,271 @@
+//! The model's weights by torchvision state-dict key, and their safetensors encoding.
+//!
+//! One format serves every purpose: imported PyTorch checkpoints, the workbench's own saved
+//! models (f32, with metadata), and the compact f16 copy the browser downloads.
+
+use std::collections::{BTreeMap, HashMap};
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::prelude::*;
+use safetensors::{Dtype, SafeTensors};
+
+use super::resnet::{ResNet, ResNetConfig};
+
+/// A tensor in torchvision's layout, under its state-dict key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedTensor {
+    pub shape: Vec<usize>,
+    pub values: Vec<f32>,
+}
+
+/// Tensors by key, sorted so that encodings are byte-for-byte reproducible.
+pub type StateDict = BTreeMap<String, NamedTensor>;
+
+/// Free-form string metadata stored in the safetensors header.
+pub type Metadata = HashMap<String, String>;
+
+/// How floats are stored in an encoded file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    F32,
+    /// Half the download; used for the browser's copy.
+    F16,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WeightsError {
+    #[error("not a safetensors file: {0}")]
+    Format(String),
+    #[error("tensor '{key}' has dtype {dtype}; only F32, F16 and BF16 weights can be loaded")]
+    Dtype { key: String, dtype: String },
+    #[error("not a ResNet18 checkpoint: {0}")]
+    Architecture(String),
+    #[error("checkpoint does not match the model:\n{}", .0.join("\n"))]
+    Mismatch(Vec<String>),
+}
+
+/// Keys PyTorch stores that carry no weight the model uses.
+const IGNORED_SUFFIXES: [&str; 1] = [".num_batches_tracked"];
+
+/// The torchvision key of a module path: our `downsample.{conv,bn}` is torchvision's
+/// `downsample.{0,1}` (an `nn.Sequential`).
+fn torch_key(path: &[String]) -> String {
+    path.join(".")
+        .replace(".downsample.conv.", ".downsample.0.")
+        .replace(".downsample.bn.", ".downsample.1.")
+}
+
+/// Burn's `Linear` stores `[in, out]`; torchvision stores `[out, in]`.
+fn is_transposed(key: &str) -> bool {
+    key == "fc.weight"
+}
+
+fn transpose(shape: &[usize], values: &[f32]) -> (Vec<usize>, Vec<f32>) {
+    let (rows, cols) = (shape[0], shape[1]);
+    let mut out = vec![0.0; values.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = values[r * cols + c];
+        }
+    }
+    (vec![cols, rows], out)
+}
+
+#[derive(Default)]
+struct PathStack(Vec<String>);
+
+impl PathStack {
+    fn enter(&mut self, name: &str) {
+        self.0.push(name.to_owned());
+    }
+    fn exit(&mut self) {
+        self.0.pop();
+    }
+    fn key(&self) -> String {
+        torch_key(&self.0)
+    }
+}
+
+struct Exporter {
+    path: PathStack,
+    tensors: StateDict,
+}
+
+impl<B: Backend> ModuleVisitor<B> for Exporter {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.enter(name);
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.exit();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let key = self.path.key();
+        let tensor = param.val();
+        let shape = tensor.dims().to_vec();
+        let values = tensor.into_data().convert::<f32>().to_vec::<f32>().expect("f32 data");
+        let (shape, values) = if is_transposed(&key) { transpose(&shape, &values) } else { (shape, values) };
+        self.tensors.insert(key, NamedTensor { shape, values });
+    }
+}
+
+struct Importer {
+    path: PathStack,
+    tensors: StateDict,
+    problems: Vec<String>,
+}
+
+impl<B: Backend> ModuleMapper<B> for Importer {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.enter(name);
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.exit();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let key = self.path.key();
+        let (id, tensor, mapper) = param.consume();
+        let expected = tensor.dims().to_vec();
+        let Some(named) = self.tensors.remove(&key) else {
+            self.problems.push(format!("  missing   {key} (expected shape {expected:?})"));
+            return Param::from_mapped_value(id, tensor, mapper);
+        };
+        let (shape, values) = if is_transposed(&key) && named.shape.len() == 2 {
+            transpose(&named.shape, &named.values)
+        } else {
+            (named.shape, named.values)
+        };
+        if shape != expected {
+            self.problems.push(format!("  shape     {key}: checkpoint {:?}, model {expected:?}", named_shape(&key, &shape)));
+            return Param::from_mapped_value(id, tensor, mapper);
+        }
+        let loaded = Tensor::from_data(TensorData::new(values, shape), &tensor.device());
+        Param::from_mapped_value(id, loaded, mapper)
+    }
+}
+
+/// Shapes in error messages are given as the checkpoint stores them.
+fn named_shape(key: &str, shape: &[usize]) -> Vec<usize> {
+    if is_transposed(key) { shape.iter().rev().copied().collect() } else { shape.to_vec() }
+}
+
+/// Every weight and BatchNorm statistic of the model, by torchvision key.
+///
+/// Running statistics are read as stored: export an autodiff model through `valid()`,
+/// which folds in the last training step's update.
+pub fn export<B: Backend>(model: &ResNet<B>) -> StateDict {
+    let mut exporter = Exporter { path: PathStack::default(), tensors: StateDict::new() };
+    model.visit(&mut exporter);
+    exporter.tensors
+}
+
+/// Loads a state dict into `model`. Fails, listing every missing, unexpected and
+/// wrongly-shaped key, unless the two match exactly.
+pub fn import<B: Backend>(model: ResNet<B>, mut tensors: StateDict) -> Result<ResNet<B>, WeightsError> {
+    tensors.retain(|key, _| !IGNORED_SUFFIXES.iter().any(|suffix| key.ends_with(suffix)));
+    let mut importer = Importer { path: PathStack::default(), tensors, problems: Vec::new() };
+    let model = model.map(&mut importer);
+    let mut problems = importer.problems;
+    problems.extend(importer.tensors.keys().map(|key| format!("  unexpected {key}")));
+    if problems.is_empty() { Ok(model) } else { Err(WeightsError::Mismatch(problems)) }
+}
+
+/// Reads the architecture from the stem and the classifier, so that any width loads.
+pub fn infer_config(tensors: &StateDict) -> Result<ResNetConfig, WeightsError> {
+    let shape = |key: &str| {
+        tensors
+            .get(key)
+            .map(|t| t.shape.clone())
+            .ok_or_else(|| WeightsError::Architecture(format!("no '{key}' tensor")))
+    };
+    let stem = shape("conv1.weight")?;
+    let fc = shape("fc.weight")?;
+    match (stem.as_slice(), fc.as_slice()) {
+        ([width, 3, 3, 3], [classes, features]) if *features == 8 * width && *classes > 0 => {
+            Ok(ResNetConfig { width: *width, num_classes: *classes })
+        }
+        _ => Err(WeightsError::Architecture(format!(
+            "conv1.weight has shape {stem:?} and fc.weight {fc:?}; expected [w, 3, 3, 3] (the CIFAR stem) and [classes, 8w]"
+        ))),
+    }
+}
+
+/// Builds the model a state dict describes.
+pub fn model_from_state_dict<B: Backend>(tensors: StateDict, device: &B::Device) -> Result<ResNet<B>, WeightsError> {
+    let config = infer_config(&tensors)?;
+    import(config.init(device), tensors)
+}
+
+/// Encodes a state dict as safetensors.
+pub fn encode(tensors: &StateDict, metadata: Metadata, precision: Precision) -> Vec<u8> {
+    let (dtype, bytes): (Dtype, Vec<Vec<u8>>) = match precision {
+        Precision::F32 => (Dtype::F32, tensors.values().map(|t| t.values.iter().flat_map(|v| v.to_le_bytes()).collect()).collect()),
+        Precision::F16 => (
+            Dtype::F16,
+            tensors
+                .values()
+                .map(|t| t.values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect())
+                .collect(),
+        ),
+    };
+    let views = tensors.iter().zip(&bytes).map(|((key, tensor), data)| {
+        let view = safetensors::tensor::TensorView::new(dtype, tensor.shape.clone(), data).expect("sizes agree by construction");
+        (key.clone(), view)
+    });
+    let metadata = (!metadata.is_empty()).then_some(metadata);
+    safetensors::serialize(views, metadata).expect("valid tensors serialise")
+}
+
+/// Decodes safetensors bytes into float tensors and the header's metadata.
+/// Integer tensors PyTorch keeps as bookkeeping (`num_batches_tracked`) are skipped.
+pub fn decode(bytes: &[u8]) -> Result<(StateDict, Metadata), WeightsError> {
+    let format = |e: safetensors::SafeTensorError| WeightsError::Format(e.to_string());
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(format)?;
+    let file = SafeTensors::deserialize(bytes).map_err(format)?;
+    let mut tensors = StateDict::new();
+    for (key, view) in file.iter() {
+        let data = view.data();
+        let values: Vec<f32> = match view.dtype() {
+            Dtype::F32 => data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+            Dtype::F16 => data.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            Dtype::BF16 => data.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            _ if IGNORED_SUFFIXES.iter().any(|suffix| key.ends_with(suffix)) => continue,
+            other => return Err(WeightsError::Dtype { key: key.to_owned(), dtype: format!("{other:?}") }),
+        };
+        if let Some(bad) = values.iter().position(|v| !v.is_finite()) {
+            return Err(WeightsError::Format(format!("tensor '{key}' holds a non-finite value at index {bad}")));
+        }
+        tensors.insert(key.to_owned(), NamedTensor { shape: view.shape().to_vec(), values });
+    }
+    Ok((tensors, header.metadata().clone().unwrap_or_default()))
+}
+
+/// Whether a key names a BatchNorm running statistic rather than a trainable parameter.
+pub fn is_statistic(key: &str) -> bool {
+    key.ends_with(".running_mean") || key.ends_with(".running_var")
+}
+
+struct ParameterCounter {
+    path: PathStack,
+    count: usize,
+}
+
+impl<B: Backend> ModuleVisitor<B> for ParameterCounter {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.enter(name);
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.exit();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if !is_statistic(&self.path.key()) {
+            self.count += param.shape().num_elements();
+        }
+    }
+}
+
+/// Trainable parameters, counted as torchvision does (running statistics excluded).
+pub fn parameter_count<B: Backend>(model: &ResNet<B>) -> usize {
+    let mut counter = ParameterCounter { path: PathStack::default(), count: 0 };
+    model.visit(&mut counter);
+    counter.count
+}
