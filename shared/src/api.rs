@@ -7,7 +7,7 @@ use crate::cifar::CLASSES;
 use crate::metrics::{AccLoss, Evaluation, ForgetRetain};
 
 /// The order of the full training set when its importance is taken in mini-batches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum SetOrder {
     /// Sorted by class, as the SSD reference code builds its loader.
@@ -103,6 +103,19 @@ pub struct Timings {
     pub forget_importance_s: f64,
     pub dampen_s: f64,
     pub evaluate_s: f64,
+}
+
+/// What a long job is doing, as the terminal and the server's event stream show it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProgressEvent {
+    /// For example "train epoch 3/20", "importance (forget set)", "evaluate".
+    pub phase: String,
+    pub done: u64,
+    pub total: u64,
+    pub images_per_s: f64,
+    pub eta_s: f64,
+    /// Running mean loss of the phase, where it has one.
+    pub loss: Option<f64>,
 }
 
 /// The outcome of forgetting one class.

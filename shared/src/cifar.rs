@@ -45,3 +45,12 @@ mod tests {
         assert_eq!(class_from_str("zebra"), None);
     }
 }
+
+/// Appends one CHW u8 image, scaled to [0, 1] and normalised per channel, to `out`.
+pub fn normalize_into(image: &[u8], out: &mut Vec<f32>) {
+    let plane = IMAGE_SIDE * IMAGE_SIDE;
+    out.extend(image.iter().enumerate().map(|(i, &v)| {
+        let c = i / plane;
+        (v as f32 / 255.0 - MEAN[c]) / STD[c]
+    }));
+}

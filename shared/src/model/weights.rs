@@ -71,23 +71,25 @@ fn transpose(shape: &[usize], values: &[f32]) -> (Vec<usize>, Vec<f32>) {
     (vec![cols, rows], out)
 }
 
+/// Tracks where a [`ModuleVisitor`] or [`ModuleMapper`] is, to name each tensor by its key.
 #[derive(Default)]
-struct PathStack(Vec<String>);
+pub struct ParamPath(Vec<String>);
 
-impl PathStack {
-    fn enter(&mut self, name: &str) {
+impl ParamPath {
+    pub fn enter(&mut self, name: &str) {
         self.0.push(name.to_owned());
     }
-    fn exit(&mut self) {
+    pub fn exit(&mut self) {
         self.0.pop();
     }
-    fn key(&self) -> String {
+    /// The torchvision key of the tensor visited now.
+    pub fn key(&self) -> String {
         torch_key(&self.0)
     }
 }
 
 struct Exporter {
-    path: PathStack,
+    path: ParamPath,
     tensors: StateDict,
 }
 
@@ -109,7 +111,7 @@ impl<B: Backend> ModuleVisitor<B> for Exporter {
 }
 
 struct Importer {
-    path: PathStack,
+    path: ParamPath,
     tensors: StateDict,
     problems: Vec<String>,
 }
@@ -153,7 +155,7 @@ fn named_shape(key: &str, shape: &[usize]) -> Vec<usize> {
 /// Running statistics are read as stored: export an autodiff model through `valid()`,
 /// which folds in the last training step's update.
 pub fn export<B: Backend>(model: &ResNet<B>) -> StateDict {
-    let mut exporter = Exporter { path: PathStack::default(), tensors: StateDict::new() };
+    let mut exporter = Exporter { path: ParamPath::default(), tensors: StateDict::new() };
     model.visit(&mut exporter);
     exporter.tensors
 }
@@ -162,7 +164,7 @@ pub fn export<B: Backend>(model: &ResNet<B>) -> StateDict {
 /// wrongly-shaped key, unless the two match exactly.
 pub fn import<B: Backend>(model: ResNet<B>, mut tensors: StateDict) -> Result<ResNet<B>, WeightsError> {
     tensors.retain(|key, _| !IGNORED_SUFFIXES.iter().any(|suffix| key.ends_with(suffix)));
-    let mut importer = Importer { path: PathStack::default(), tensors, problems: Vec::new() };
+    let mut importer = Importer { path: ParamPath::default(), tensors, problems: Vec::new() };
     let model = model.map(&mut importer);
     let mut problems = importer.problems;
     problems.extend(importer.tensors.keys().map(|key| format!("  unexpected {key}")));
@@ -245,7 +247,7 @@ pub fn is_statistic(key: &str) -> bool {
 }
 
 struct ParameterCounter {
-    path: PathStack,
+    path: ParamPath,
     count: usize,
 }
 
@@ -265,7 +267,7 @@ impl<B: Backend> ModuleVisitor<B> for ParameterCounter {
 
 /// Trainable parameters, counted as torchvision does (running statistics excluded).
 pub fn parameter_count<B: Backend>(model: &ResNet<B>) -> usize {
-    let mut counter = ParameterCounter { path: PathStack::default(), count: 0 };
+    let mut counter = ParameterCounter { path: ParamPath::default(), count: 0 };
     model.visit(&mut counter);
     counter.count
 }

@@ -1,0 +1,178 @@
+//! Forgetting one class of a trained model with SSD, and measuring what changed.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::AutodiffModule;
+use burn::tensor::backend::AutodiffBackend;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use unlearn_shared::api::{EvalReport, SetOrder, SsdSettings, Subsample, Timings, UnlearnReport};
+use unlearn_shared::metrics::Evaluation;
+use unlearn_shared::model::weights::{self, Metadata, Precision, WeightsError};
+use unlearn_shared::model::ResNet;
+
+use super::evaluate::evaluate;
+use super::progress::{Cancelled, Progress};
+use super::sample;
+use super::ssd::{dampen, importance, Importance};
+use crate::data::Cifar10;
+use crate::files::write_atomic;
+use crate::models::ModelFile;
+
+/// Seed of the subsets drawn when a run is subsampled.
+const SUBSAMPLE_SEED: u64 = 0;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UnlearnError {
+    #[error("invalid settings: {0}")]
+    Settings(String),
+    #[error("forget class {0} does not exist; classes are 0..=9")]
+    Class(usize),
+    #[error(transparent)]
+    Cancelled(#[from] Cancelled),
+    #[error("importance cache {path}: {source}")]
+    Cache { path: PathBuf, source: std::io::Error },
+}
+
+/// One base model on one device, ready to forget any class. Keeps what does not depend on
+/// the class: the full-set importances (also cached on disk) and the base model's evaluation.
+pub struct Unlearner<'a, B: AutodiffBackend> {
+    data: &'a Cifar10,
+    model_name: String,
+    digest: String,
+    model: ResNet<B>,
+    device: B::Device,
+    device_name: String,
+    cache_dir: PathBuf,
+    subsample: Subsample,
+    test_indices: Vec<usize>,
+    base_evaluation: Option<Evaluation>,
+    full_importance: HashMap<(SetOrder, usize), Importance<B::InnerBackend>>,
+}
+
+impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
+    pub fn new(
+        file: &ModelFile,
+        model_name: impl Into<String>,
+        data: &'a Cifar10,
+        subsample: Subsample,
+        cache_dir: &Path,
+        device: B::Device,
+        device_name: impl Into<String>,
+    ) -> Result<Self, WeightsError> {
+        let model = weights::model_from_state_dict::<B>(file.weights.clone(), &device)?;
+        Ok(Self {
+            data,
+            model_name: model_name.into(),
+            digest: file.digest(),
+            model,
+            device,
+            device_name: device_name.into(),
+            cache_dir: cache_dir.to_owned(),
+            subsample,
+            test_indices: sample((0..data.test.len()).collect(), subsample.test, SUBSAMPLE_SEED),
+            base_evaluation: None,
+            full_importance: HashMap::new(),
+        })
+    }
+
+    /// Forgets `class`; returns the report and the unlearned model.
+    pub fn forget(
+        &mut self,
+        class: usize,
+        settings: &SsdSettings,
+        progress: &mut dyn Progress,
+    ) -> Result<(UnlearnReport, ResNet<B::InnerBackend>), UnlearnError> {
+        settings.validate().map_err(UnlearnError::Settings)?;
+        if class >= unlearn_shared::cifar::NUM_CLASSES {
+            return Err(UnlearnError::Class(class));
+        }
+        let mut timings = Timings::default();
+
+        let started = Instant::now();
+        let key = (settings.full_order, settings.importance_batch);
+        if !self.full_importance.contains_key(&key) {
+            let (full, cached) = self.load_or_compute_full_importance(settings, progress)?;
+            timings.full_importance_cached = cached;
+            self.full_importance.insert(key, full);
+        } else {
+            timings.full_importance_cached = true;
+        }
+        timings.full_importance_s = started.elapsed().as_secs_f64();
+
+        let started = Instant::now();
+        let forget_indices = sample(self.data.train.indices_of(class), self.subsample.forget, SUBSAMPLE_SEED);
+        let forget = importance(&self.model, &self.data.train, &forget_indices, settings.importance_batch, "importance (forget set)", &self.device, progress)?;
+        timings.forget_importance_s = started.elapsed().as_secs_f64();
+
+        let started = Instant::now();
+        let (unlearned, dampened) = dampen(self.model.valid(), &forget, &self.full_importance[&key], settings);
+        timings.dampen_s = started.elapsed().as_secs_f64();
+
+        let started = Instant::now();
+        let before = self.base_evaluation(progress)?.clone();
+        let after = evaluate(&unlearned, &self.data.test, &self.test_indices, &self.device, progress)?;
+        timings.evaluate_s = started.elapsed().as_secs_f64();
+
+        let report = UnlearnReport {
+            model: self.model_name.clone(),
+            device: self.device_name.clone(),
+            forget_class: class,
+            settings: *settings,
+            subsample: self.subsample,
+            dampened,
+            before: EvalReport::new(&before, class),
+            after: EvalReport::new(&after, class),
+            timings,
+        };
+        Ok((report, unlearned))
+    }
+
+    fn base_evaluation(&mut self, progress: &mut dyn Progress) -> Result<&Evaluation, Cancelled> {
+        if self.base_evaluation.is_none() {
+            let base = self.model.valid();
+            self.base_evaluation = Some(evaluate(&base, &self.data.test, &self.test_indices, &self.device, progress)?);
+        }
+        Ok(self.base_evaluation.as_ref().expect("just computed"))
+    }
+
+    /// The full training set in the order the settings ask for.
+    fn full_indices(&self, order: SetOrder) -> Vec<usize> {
+        let mut indices = sample((0..self.data.train.len()).collect(), self.subsample.full, SUBSAMPLE_SEED);
+        match order {
+            SetOrder::ClassOrdered => indices.sort_by_key(|&i| (self.data.train.label(i), i)),
+            SetOrder::Shuffled { seed } => indices.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed)),
+        }
+        indices
+    }
+
+    fn cache_path(&self, settings: &SsdSettings, images: usize) -> PathBuf {
+        let order = match settings.full_order {
+            SetOrder::ClassOrdered => "ordered".to_owned(),
+            SetOrder::Shuffled { seed } => format!("shuffled{seed}"),
+        };
+        self.cache_dir.join(format!("importance-{}-{order}-b{}-n{images}.safetensors", &self.digest[..16], settings.importance_batch))
+    }
+
+    /// The full-set importance from the disk cache, or computed and then cached.
+    fn load_or_compute_full_importance(
+        &self,
+        settings: &SsdSettings,
+        progress: &mut dyn Progress,
+    ) -> Result<(Importance<B::InnerBackend>, bool), UnlearnError> {
+        let indices = self.full_indices(settings.full_order);
+        let path = self.cache_path(settings, indices.len());
+        // An unreadable cache entry is recomputed and overwritten, never trusted.
+        if let Ok((tensors, _)) = std::fs::read(&path).map_err(drop).and_then(|bytes| weights::decode(&bytes).map_err(drop)) {
+            return Ok((Importance::from_state_dict(tensors, &self.device), true));
+        }
+        let full = importance(&self.model, &self.data.train, &indices, settings.importance_batch, "importance (full set)", &self.device, progress)?;
+        let bytes = weights::encode(&full.to_state_dict(), Metadata::new(), Precision::F32);
+        let io = |source| UnlearnError::Cache { path: path.clone(), source };
+        std::fs::create_dir_all(&self.cache_dir).map_err(io)?;
+        write_atomic(&path, &bytes).map_err(io)?;
+        Ok((full, false))
+    }
+}

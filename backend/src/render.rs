@@ -1,0 +1,78 @@
+//! Plain-text views of results for the terminal.
+
+use std::fmt::Write;
+
+use unlearn_shared::api::{EvalReport, UnlearnReport};
+use unlearn_shared::cifar::CLASSES;
+use unlearn_shared::metrics::Evaluation;
+
+/// Rows are true classes, columns predicted ones.
+pub fn confusion(matrix: &[Vec<u64>]) -> String {
+    let mut out = format!("{:>12}", "true \\ pred");
+    for name in CLASSES {
+        let _ = write!(out, " {:>6}", &name[..name.len().min(6)]);
+    }
+    out.push('\n');
+    for (class, row) in matrix.iter().enumerate() {
+        let _ = write!(out, "{:>12}", CLASSES[class]);
+        for count in row {
+            let _ = write!(out, " {count:>6}");
+        }
+        out.push('\n');
+    }
+    out
+}
+
+pub fn evaluation(evaluation: &Evaluation) -> String {
+    let overall = evaluation.overall();
+    let mut out = format!("test accuracy {:.2} %, mean NLL {:.4}, {} images\n", overall.accuracy, overall.loss, overall.images);
+    out.push_str("per-class accuracy:");
+    for (name, accuracy) in CLASSES.iter().zip(evaluation.per_class_accuracy()) {
+        let _ = write!(out, " {name} {accuracy:.1}");
+    }
+    out.push_str("\n\n");
+    out.push_str(&confusion(&evaluation.confusion));
+    out
+}
+
+pub fn run_header(report: &UnlearnReport) -> String {
+    let subsample = if report.subsample.is_full() { "full sets".to_owned() } else { format!("subsampled {:?}", report.subsample) };
+    format!("model {} on {}; SSD {:?}; {subsample}", report.model, report.device, report.settings)
+}
+
+fn split_line(label: &str, eval: &EvalReport) -> String {
+    let s = &eval.split;
+    format!(
+        "{label:>9}: forget {:6.2} % (loss {:.4}) | retain {:6.2} % (loss {:.4}) | all {:6.2} %\n",
+        s.forget.accuracy, s.forget.loss, s.retain.accuracy, s.retain.loss, eval.overall.accuracy
+    )
+}
+
+pub fn unlearn_report(report: &UnlearnReport) -> String {
+    let t = &report.timings;
+    let mut out = run_header(report);
+    let _ = writeln!(out, "\nforgetting class {} ({})", report.forget_class, CLASSES[report.forget_class]);
+    out.push_str(&split_line("before", &report.before));
+    out.push_str(&split_line("after", &report.after));
+    let _ = writeln!(
+        out,
+        "dampened {} of {} parameters ({:.4} %)",
+        report.dampened.selected,
+        report.dampened.total,
+        100.0 * report.dampened.selected as f64 / report.dampened.total.max(1) as f64
+    );
+    let _ = writeln!(
+        out,
+        "time: full importance {:.1} s{}, forget importance {:.1} s, dampen {:.2} s, evaluate {:.1} s",
+        t.full_importance_s,
+        if t.full_importance_cached { " (cached)" } else { "" },
+        t.forget_importance_s,
+        t.dampen_s,
+        t.evaluate_s
+    );
+    out.push_str("\nconfusion before:\n");
+    out.push_str(&confusion(&report.before.confusion));
+    out.push_str("\nconfusion after:\n");
+    out.push_str(&confusion(&report.after.confusion));
+    out
+}
