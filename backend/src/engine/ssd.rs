@@ -132,3 +132,116 @@ pub fn dampen<B: Backend>(
     let model = model.map(&mut mapper);
     (model, mapper.stats)
 }
+
+#[cfg(test)]
+mod tests {
+    use burn::backend::Autodiff;
+    use unlearn_shared::api::SetOrder;
+    use unlearn_shared::cifar::IMAGE_BYTES;
+    use unlearn_shared::model::weights::export;
+    use unlearn_shared::model::ResNetConfig;
+
+    use super::*;
+    use crate::device::CpuBackend as Cpu;
+    use crate::engine::progress::Silent;
+
+    const FORGET_PATTERN: [f32; 5] = [0.5, 10.0, 11.0, 20.0, 100.0];
+
+    /// Full importance 1 everywhere; forget importance cycling through `FORGET_PATTERN`.
+    fn hand_made(model: &ResNet<Cpu>) -> (Importance<Cpu>, Importance<Cpu>) {
+        let device = Default::default();
+        let (mut forget, mut full) = (FlatTensors::new(), FlatTensors::new());
+        for (key, tensor) in export(model).into_iter().filter(|(key, _)| !is_statistic(key)) {
+            let n = tensor.values.len();
+            let pattern: Vec<f32> = (0..n).map(|i| FORGET_PATTERN[i % 5]).collect();
+            forget.insert(key.clone(), Tensor::from_data(TensorData::new(pattern, [n]), &device));
+            full.insert(key, Tensor::ones([n], &device));
+        }
+        (Importance { tensors: forget }, Importance { tensors: full })
+    }
+
+    /// The forget importance of element `j` of an exported tensor. Importances are flat in
+    /// Burn's layout, which for `fc.weight` is the transpose of torchvision's.
+    fn forget_importance(key: &str, shape: &[usize], j: usize) -> f32 {
+        let i = if key == "fc.weight" { (j % shape[1]) * shape[0] + j / shape[1] } else { j };
+        FORGET_PATTERN[i % 5]
+    }
+
+    fn settings(alpha: f64, lambda: f64) -> SsdSettings {
+        SsdSettings { alpha, lambda, importance_batch: 2, full_order: SetOrder::ClassOrdered }
+    }
+
+    #[test]
+    fn dampening_selects_and_scales_as_the_formula_says() {
+        let model = ResNetConfig::new().with_width(2).init::<Cpu>(&Default::default());
+        let before = export(&model);
+        let (forget, full) = hand_made(&model);
+        let (after, stats) = dampen(model, &forget, &full, &settings(10.0, 1.0));
+        let after = export(&after);
+
+        let mut expected_selected = 0;
+        for (key, old) in &before {
+            let new = &after[key];
+            if is_statistic(key) {
+                assert_eq!(old, new, "{key}: running statistics are never dampened");
+                continue;
+            }
+            for (i, (o, n)) in old.values.iter().zip(&new.values).enumerate() {
+                let imp_forget = forget_importance(key, &old.shape, i);
+                // Selected where imp_forget > 10 * 1; beta = min(1 * 1 / imp_forget, 1).
+                let expected = if imp_forget > 10.0 { expected_selected += 1; o / imp_forget } else { *o };
+                assert!((n - expected).abs() <= 1e-6 * o.abs().max(1.0), "{key}[{i}]: {o} became {n}, expected {expected}");
+                assert!(n.abs() <= o.abs(), "{key}[{i}] grew from {o} to {n}");
+            }
+        }
+        assert_eq!(stats.selected, expected_selected);
+        assert_eq!(stats.total as usize, unlearn_shared::model::weights::parameter_count(&ResNetConfig::new().with_width(2).init::<Cpu>(&Default::default())));
+    }
+
+    #[test]
+    fn a_strong_lambda_never_grows_a_parameter() {
+        let model = ResNetConfig::new().with_width(2).init::<Cpu>(&Default::default());
+        let before = export(&model);
+        let (forget, full) = hand_made(&model);
+        // lambda 50: beta = min(50 / imp_forget, 1) is 1 for 11 and 20, 0.5 for 100.
+        let (after, stats) = dampen(model, &forget, &full, &settings(10.0, 50.0));
+        let after = export(&after);
+        for (key, old) in before.iter().filter(|(key, _)| !is_statistic(key)) {
+            for (i, (o, n)) in old.values.iter().zip(&after[key].values).enumerate() {
+                let expected = if forget_importance(key, &old.shape, i) == 100.0 { o * 0.5 } else { *o };
+                assert!((n - expected).abs() <= 1e-6 * o.abs().max(1.0), "{key}[{i}]");
+            }
+        }
+        assert!(stats.selected > 0);
+    }
+
+    #[test]
+    fn importance_is_the_mean_over_batches_of_squared_gradients() {
+        type A = Autodiff<Cpu>;
+        let device = Default::default();
+        let model = ResNetConfig::new().with_width(2).init::<A>(&device);
+        let split = Split {
+            images: (0..3 * IMAGE_BYTES).map(|i| (i * 37 % 256) as u8).collect(),
+            labels: vec![1, 4, 7],
+        };
+        // Batches of two: {0, 1} and {2}.
+        let imp = importance(&model, &split, &[0, 1, 2], 2, "test", &device, &mut Silent).unwrap();
+
+        let loss_fn = CrossEntropyLossConfig::new().init(&device);
+        let squared_grad = |indices: &[usize]| {
+            let batch = make_batch::<A>(&split, indices, None::<&mut rand_chacha::ChaCha8Rng>, &device);
+            let grads = loss_fn.forward(model.forward(batch.images, NormStats::Running), batch.labels).backward();
+            model.fc.weight.val().grad(&grads).unwrap().square().into_data().to_vec::<f32>().unwrap()
+        };
+        let (a, b) = (squared_grad(&[0, 1]), squared_grad(&[2]));
+        // fc.weight is stored [in, out]; the importance is keyed and laid out as Burn holds it.
+        let got = imp.tensors["fc.weight"].clone().into_data().to_vec::<f32>().unwrap();
+        assert_eq!(got.len(), a.len());
+        for i in 0..got.len() {
+            let expected = (a[i] + b[i]) / 2.0;
+            assert!((got[i] - expected).abs() <= 1e-6 + 1e-4 * expected.abs(), "[{i}] {} vs {expected}", got[i]);
+        }
+        assert!(got.iter().any(|&v| v > 0.0), "gradients reach the classifier");
+        assert!(!imp.tensors.keys().any(|key| is_statistic(key)), "statistics have no importance");
+    }
+}
