@@ -145,10 +145,10 @@ enum FullOrder {
 #[derive(Args)]
 struct SsdArgs {
     /// Selection threshold: dampen where imp_forget > alpha * imp_full.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0, allow_negative_numbers = true)]
     alpha: f64,
     /// Dampening strength: scale by min(lambda * imp_full / imp_forget, 1).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     lambda: f64,
     /// Mini-batch size of the importance passes.
     #[arg(long, default_value_t = 64)]

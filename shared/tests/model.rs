@@ -1,14 +1,14 @@
 //! The model's structure, its BatchNorm modes and its weight format.
 
-use burn::backend::{Autodiff, NdArray};
+use burn::backend::{Autodiff, Flex};
 use burn::module::Param;
 use burn::prelude::*;
 use unlearn_shared::model::weights::{self, decode, encode, export, import, Metadata, Precision, WeightsError};
 use unlearn_shared::model::{BatchNormConfig, NormStats, ResNetConfig, RESNET18_PARAMETERS};
 
-type B = NdArray;
+type B = Flex;
 
-fn device() -> burn::backend::ndarray::NdArrayDevice {
+fn device() -> burn::backend::flex::FlexDevice {
     Default::default()
 }
 
@@ -120,4 +120,15 @@ fn inference_mode_still_gives_gradients_under_autodiff() {
     let weight: &Param<Tensor<A, 1>> = &bn.weight;
     let grad = weight.val().grad(&grads).expect("weight has a gradient");
     assert_eq!(grad.into_data().to_vec::<f32>().unwrap(), vec![4.0 / (1.0f32 + 1e-5).sqrt(); 2]);
+}
+
+#[test]
+fn imported_parameters_stay_trainable() {
+    type A = Autodiff<B>;
+    let source = ResNetConfig::new().with_width(2).init::<B>(&device());
+    let model = weights::model_from_state_dict::<A>(export(&source), &device()).unwrap();
+    let logits = model.forward(Tensor::ones([1, 3, 32, 32], &device()), NormStats::Running);
+    let grads = logits.sum().backward();
+    assert!(model.conv1.weight.val().grad(&grads).is_some(), "imported weights receive gradients");
+    assert!(model.fc.weight.val().grad(&grads).is_some());
 }

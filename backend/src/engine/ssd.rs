@@ -6,7 +6,7 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use unlearn_shared::api::{DampenStats, SsdSettings};
-use unlearn_shared::model::weights::{is_statistic, ParamPath, StateDict};
+use unlearn_shared::model::weights::{self, is_statistic, ParamPath, StateDict};
 use unlearn_shared::model::{NormStats, ResNet};
 
 use super::batch::make_batch;
@@ -75,7 +75,8 @@ pub fn importance<B: AutodiffBackend>(
             progress.report(&timer.event((n * batch_size + chunk.len()) as u64));
         }
     }
-    let tensors = sums.into_iter().map(|(key, sum)| (key, sum / batches as f64)).collect();
+    let tensors: FlatTensors<_> = sums.into_iter().map(|(key, sum)| (key, sum / batches as f64)).collect();
+    assert_eq!(tensors.len(), weights::parameter_sizes(model).len(), "every trainable parameter has a gradient");
     Ok(Importance { tensors })
 }
 

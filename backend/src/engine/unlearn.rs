@@ -23,6 +23,8 @@ use crate::models::ModelFile;
 
 /// Seed of the subsets drawn when a run is subsampled.
 const SUBSAMPLE_SEED: u64 = 0;
+/// Part of every importance cache name; bump it when the importance computation changes.
+const IMPORTANCE_CACHE_VERSION: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UnlearnError {
@@ -153,7 +155,11 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
             SetOrder::ClassOrdered => "ordered".to_owned(),
             SetOrder::Shuffled { seed } => format!("shuffled{seed}"),
         };
-        self.cache_dir.join(format!("importance-{}-{order}-b{}-n{images}.safetensors", &self.digest[..16], settings.importance_batch))
+        self.cache_dir.join(format!(
+            "importance-v{IMPORTANCE_CACHE_VERSION}-{}-{order}-b{}-n{images}.safetensors",
+            &self.digest[..16],
+            settings.importance_batch
+        ))
     }
 
     /// The full-set importance from the disk cache, or computed and then cached.
@@ -164,8 +170,10 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
     ) -> Result<(Importance<B::InnerBackend>, bool), UnlearnError> {
         let indices = self.full_indices(settings.full_order);
         let path = self.cache_path(settings, indices.len());
-        // An unreadable cache entry is recomputed and overwritten, never trusted.
-        if let Ok((tensors, _)) = std::fs::read(&path).map_err(drop).and_then(|bytes| weights::decode(&bytes).map_err(drop)) {
+        // A cache entry that is unreadable or does not cover every parameter is recomputed.
+        let sizes = weights::parameter_sizes(&self.model);
+        let cached = std::fs::read(&path).ok().and_then(|bytes| weights::decode(&bytes).ok()).map(|(tensors, _)| tensors);
+        if let Some(tensors) = cached.filter(|t| t.len() == sizes.len() && t.iter().all(|(k, v)| sizes.get(k) == Some(&v.values.len()))) {
             return Ok((Importance::from_state_dict(tensors, &self.device), true));
         }
         let full = importance(&self.model, &self.data.train, &indices, settings.importance_batch, "importance (full set)", &self.device, progress)?;

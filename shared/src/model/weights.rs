@@ -141,6 +141,8 @@ impl<B: Backend> ModuleMapper<B> for Importer {
             return Param::from_mapped_value(id, tensor, mapper);
         }
         let loaded = Tensor::from_data(TensorData::new(values, shape), &tensor.device());
+        // A fresh tensor tracks no gradients; keep the parameter trainable if it was.
+        let loaded = if tensor.is_require_grad() { loaded.require_grad() } else { loaded };
         Param::from_mapped_value(id, loaded, mapper)
     }
 }
@@ -246,12 +248,12 @@ pub fn is_statistic(key: &str) -> bool {
     key.ends_with(".running_mean") || key.ends_with(".running_var")
 }
 
-struct ParameterCounter {
+struct ParameterSizes {
     path: ParamPath,
-    count: usize,
+    sizes: BTreeMap<String, usize>,
 }
 
-impl<B: Backend> ModuleVisitor<B> for ParameterCounter {
+impl<B: Backend> ModuleVisitor<B> for ParameterSizes {
     fn enter_module(&mut self, name: &str, _container_type: &str) {
         self.path.enter(name);
     }
@@ -259,15 +261,21 @@ impl<B: Backend> ModuleVisitor<B> for ParameterCounter {
         self.path.exit();
     }
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        if !is_statistic(&self.path.key()) {
-            self.count += param.shape().num_elements();
+        let key = self.path.key();
+        if !is_statistic(&key) {
+            self.sizes.insert(key, param.shape().num_elements());
         }
     }
 }
 
-/// Trainable parameters, counted as torchvision does (running statistics excluded).
+/// Element count of every trainable parameter (running statistics excluded), by key.
+pub fn parameter_sizes<B: Backend>(model: &ResNet<B>) -> BTreeMap<String, usize> {
+    let mut sizes = ParameterSizes { path: ParamPath::default(), sizes: BTreeMap::new() };
+    model.visit(&mut sizes);
+    sizes.sizes
+}
+
+/// Trainable parameters, counted as torchvision does.
 pub fn parameter_count<B: Backend>(model: &ResNet<B>) -> usize {
-    let mut counter = ParameterCounter { path: ParamPath::default(), count: 0 };
-    model.visit(&mut counter);
-    counter.count
+    parameter_sizes(model).values().sum()
 }

@@ -1,0 +1,194 @@
+//! The command line end to end, on the real dataset and the reference checkpoint (CPU,
+//! subsampled so that each test takes seconds to a couple of minutes).
+
+mod common;
+
+use std::path::Path;
+
+use common::{backend, fails, ok};
+use unlearn_shared::api::UnlearnReport;
+
+fn import_reference(data_dir: &Path) -> String {
+    let out = data_dir.join("models/base.safetensors");
+    let text = ok(backend(data_dir, &["import", common::reference_checkpoint().to_str().unwrap(), "--out", out.to_str().unwrap()]));
+    assert!(text.contains("11173962 parameters"), "{text}");
+    out.to_str().unwrap().to_owned()
+}
+
+const SUBSAMPLE: [&str; 6] = ["--forget-limit", "128", "--full-limit", "256", "--test-limit", "400"];
+
+#[test]
+fn unlearn_reports_the_split_and_caches_the_full_importance() {
+    let scratch = common::scratch_data_dir();
+    let dir = scratch.path();
+    let model = import_reference(dir);
+    let json = dir.join("report.json");
+    let saved = dir.join("unlearned.safetensors");
+    let mut args = vec!["unlearn", "--model", &model, "--class", "cat", "--full-order", "shuffled", "--alpha", "5"];
+    args.extend(SUBSAMPLE);
+    let run = |extra: &[&str]| {
+        let mut all = args.clone();
+        all.extend(extra);
+        ok(backend(dir, &all))
+    };
+    let text = run(&["--json", json.to_str().unwrap(), "--save", saved.to_str().unwrap()]);
+    assert!(text.contains("forgetting class 3 (cat)") && text.contains("confusion after:"), "{text}");
+
+    let report: UnlearnReport = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(report.subsample.test, Some(400));
+    assert_eq!(report.forget_class, 3);
+    assert!(!report.timings.full_importance_cached);
+    let before = &report.before;
+    assert_eq!(before.confusion.iter().flatten().sum::<u64>(), 400);
+    assert_eq!(before.split.forget.images + before.split.retain.images, 400);
+    assert!(before.overall.accuracy > 75.0, "the reference model is about 85 % accurate: {}", before.overall.accuracy);
+    assert!(report.dampened.selected > 0 && report.dampened.selected < report.dampened.total);
+    assert!(report.after.split.forget.accuracy < before.split.forget.accuracy, "dampening at alpha 5 hurts the forgotten class");
+
+    // The saved model is the unlearned one: evaluating it agrees with the report.
+    let eval = ok(backend(dir, &["eval", "--model", saved.to_str().unwrap(), "--test-limit", "400"]));
+    assert!(eval.contains(&format!("test accuracy {:.2} %", report.after.overall.accuracy)), "{eval}");
+
+    // Same request again: the full-set importance comes from the cache, results are identical.
+    let again_json = dir.join("again.json");
+    run(&["--json", again_json.to_str().unwrap()]);
+    let again: UnlearnReport = serde_json::from_slice(&std::fs::read(&again_json).unwrap()).unwrap();
+    assert!(again.timings.full_importance_cached);
+    assert_eq!(again.after, report.after);
+    assert_eq!(again.dampened, report.dampened);
+}
+
+#[test]
+fn sweep_prints_the_seed_table_for_all_classes() {
+    let scratch = common::scratch_data_dir();
+    let dir = scratch.path();
+    let model = import_reference(dir);
+    let json = dir.join("sweep.json");
+    let text = ok(backend(
+        dir,
+        &["sweep", "--model", &model, "--forget-limit", "32", "--full-limit", "128", "--test-limit", "200", "--json", json.to_str().unwrap()],
+    ));
+    assert!(text.contains("| Model | Forget class | Forget class acc (loss) | Retain class acc (loss) |"), "{text}");
+    for class in unlearn_shared::cifar::CLASSES {
+        assert!(text.contains(&format!("| original | {class} |")) && text.contains(&format!("| SSD | {class} |")), "{class}: {text}");
+    }
+    let reports: Vec<UnlearnReport> = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(reports.iter().map(|r| r.forget_class).collect::<Vec<_>>(), (0..10).collect::<Vec<_>>());
+    assert!(reports[1..].iter().all(|r| r.timings.full_importance_cached), "the full importance is computed once");
+}
+
+#[test]
+fn bad_input_gets_a_clear_error() {
+    let scratch = common::scratch_data_dir();
+    let dir = scratch.path();
+    let model = import_reference(dir);
+
+    let error = fails(backend(dir, &["unlearn", "--model", &model, "--class", "zebra"]));
+    assert!(error.contains("'zebra' is not a CIFAR-10 class"), "{error}");
+    let error = fails(backend(dir, &["unlearn", "--model", &model, "--class", "dog", "--alpha", "-1"]));
+    assert!(error.contains("alpha must be a positive number"), "{error}");
+    let error = fails(backend(dir, &["unlearn", "--model", &model, "--class", "dog", "--importance-batch", "0"]));
+    assert!(error.contains("importance batch size"), "{error}");
+
+    let missing = dir.join("nothing.safetensors");
+    let error = fails(backend(dir, &["eval", "--model", missing.to_str().unwrap()]));
+    assert!(error.contains("nothing.safetensors"), "{error}");
+
+    let truncated = dir.join("truncated.safetensors");
+    let bytes = std::fs::read(&model).unwrap();
+    std::fs::write(&truncated, &bytes[..bytes.len() / 3]).unwrap();
+    let error = fails(backend(dir, &["eval", "--model", truncated.to_str().unwrap()]));
+    assert!(error.contains("truncated.safetensors") && error.contains("not a safetensors file"), "{error}");
+
+    // A foreign network: right format, wrong keys.
+    let foreign = dir.join("foreign.safetensors");
+    let mut dict = std::collections::BTreeMap::new();
+    dict.insert("conv1.weight".to_owned(), unlearn_shared::model::weights::NamedTensor { shape: vec![64, 3, 3, 3], values: vec![0.0; 1728] });
+    dict.insert("fc.weight".to_owned(), unlearn_shared::model::weights::NamedTensor { shape: vec![10, 512], values: vec![0.0; 5120] });
+    dict.insert("encoder.proj.weight".to_owned(), unlearn_shared::model::weights::NamedTensor { shape: vec![2], values: vec![0.0; 2] });
+    std::fs::write(&foreign, unlearn_shared::model::weights::encode(&dict, Default::default(), unlearn_shared::model::weights::Precision::F32)).unwrap();
+    let out = dir.join("models/foreign.safetensors");
+    let error = fails(backend(dir, &["import", foreign.to_str().unwrap(), "--out", out.to_str().unwrap()]));
+    assert!(error.contains("missing   layer1.0.conv1.weight") && error.contains("unexpected encoder.proj.weight"), "{error}");
+    assert!(!out.exists(), "a failed import writes nothing");
+}
+
+#[test]
+fn training_resumes_exactly_from_its_checkpoint() {
+    let scratch = common::scratch_data_dir();
+    let dir = scratch.path();
+    let quick = ["--width", "4", "--train-limit", "512", "--test-limit", "200", "--batch-size", "64"];
+    let train = |out: &Path, extra: &[&str]| {
+        let mut args = vec!["train", "--out", out.to_str().unwrap()];
+        args.extend(quick);
+        args.extend(extra);
+        ok(backend(dir, &args))
+    };
+    let straight = dir.join("straight.safetensors");
+    let straight_log = train(&straight, &["--epochs", "3"]);
+    let resumed = dir.join("resumed.safetensors");
+    train(&resumed, &["--epochs", "2"]);
+    let resumed_log = train(&resumed, &["--epochs", "3", "--resume"]);
+
+    let epochs = |log: &str| -> Vec<serde_json::Value> { log.lines().map(|l| serde_json::from_str(l).unwrap()).collect() };
+    let (a, b) = (epochs(&straight_log), epochs(&resumed_log));
+    assert_eq!(a.len(), 3);
+    assert_eq!(b.len(), 3);
+    for key in ["train_loss", "test_accuracy", "test_loss"] {
+        assert_eq!(a[2][key], b[2][key], "epoch 3 {key} after resuming");
+    }
+    assert!(a[2]["train_loss"].as_f64().unwrap() < a[0]["train_loss"].as_f64().unwrap(), "training lowers the loss");
+    let log_file = std::fs::read_to_string(dir.join("resumed.safetensors.log.jsonl")).unwrap();
+    assert_eq!(log_file.lines().count(), 3);
+
+    // The checkpoint is a model like any other.
+    let eval = ok(backend(dir, &["eval", "--model", resumed.to_str().unwrap(), "--test-limit", "200"]));
+    assert!(eval.contains(&format!("test accuracy {:.2} %", b[2]["test_accuracy"].as_f64().unwrap())), "{eval}");
+    let error = fails(backend(dir, &["train", "--out", dir.join("none.safetensors").to_str().unwrap(), "--resume"]));
+    assert!(error.contains("none.safetensors"), "{error}");
+}
+
+#[test]
+fn ctrl_c_leaves_a_usable_checkpoint() {
+    let scratch = common::scratch_data_dir();
+    let dir = scratch.path();
+    let out = dir.join("interrupted.safetensors");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_backend"))
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["--device", "cpu", "train", "--width", "4", "--train-limit", "256", "--test-limit", "100", "--batch-size", "32", "--epochs", "1000", "--out"])
+        .arg(&out)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = dir.join("interrupted.safetensors.log.jsonl");
+    let started = std::time::Instant::now();
+    while !log.exists() {
+        assert!(started.elapsed().as_secs() < 300, "no epoch finished in 5 minutes");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let status = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("training stopped by request"), "{stderr}");
+    let eval = ok(backend(dir, &["eval", "--model", out.to_str().unwrap(), "--test-limit", "100"]));
+    assert!(eval.contains("test accuracy"), "{eval}");
+}
+
+#[test]
+fn bench_prints_the_three_throughputs() {
+    let scratch = tempfile::tempdir().unwrap();
+    let text = ok(backend(scratch.path(), &["bench", "--width", "8", "--steps", "1", "--train-batch", "8", "--forward-batch", "16", "--importance-batch", "8"]));
+    for line in ["train step", "forward", "importance"] {
+        let rate: f64 = text
+            .lines()
+            .find(|l| l.starts_with(line))
+            .and_then(|l| l.split(':').nth(1))
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|r| r.parse().ok())
+            .unwrap_or_else(|| panic!("no {line} figure in:\n{text}"));
+        assert!(rate > 0.0, "{line}: {rate}");
+    }
+}
