@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Mutex};
 
 use burn::backend::Autodiff;
 use burn::prelude::*;
@@ -48,20 +49,24 @@ pub enum DeviceError {
     Unavailable(DeviceChoice, String),
 }
 
-/// Runs a tiny computation to find out whether a backend works, without letting its panic out.
+/// Runs a tiny computation to find out whether a backend works, without letting its panic
+/// out. Backends often fail on a worker thread, so the first panic message anywhere is kept.
 fn probe<B: Backend>(device: &B::Device) -> Result<(), String> {
+    let first_panic = Arc::new(Mutex::new(None::<String>));
+    let record = first_panic.clone();
     let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
+    std::panic::set_hook(Box::new(move |info| {
+        let mut first = record.lock().unwrap_or_else(|e| e.into_inner());
+        let payload = info.payload();
+        let message = payload.downcast_ref::<String>().cloned().or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()));
+        first.get_or_insert_with(|| message.unwrap_or_else(|| info.to_string()));
+    }));
     let result = catch_unwind(AssertUnwindSafe(|| Tensor::<B, 1>::ones([4], device).sum().into_scalar().elem::<f32>()));
     std::panic::set_hook(hook);
     match result {
         Ok(sum) if sum == 4.0 => Ok(()),
         Ok(sum) => Err(format!("a probe computed 4 as {sum}")),
-        Err(panic) => Err(panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "it panicked".into())),
+        Err(_) => Err(first_panic.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_else(|| "it panicked".into())),
     }
 }
 
@@ -120,6 +125,11 @@ pub fn run<W: Workload>(choice: DeviceChoice, workload: W) -> Result<W::Output, 
     }
 }
 
-fn first_line(text: &str) -> &str {
-    text.lines().next().unwrap_or_default()
+/// The gist of a backend's failure, short enough for one log line.
+fn first_line(text: &str) -> String {
+    let line = text.lines().next().unwrap_or_default();
+    match line.char_indices().nth(120) {
+        Some((cut, _)) => format!("{}…", &line[..cut]),
+        None => line.to_owned(),
+    }
 }
