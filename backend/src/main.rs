@@ -6,7 +6,7 @@ mod terminal;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -20,7 +20,6 @@ use unlearn_backend::models::{ModelFile, ModelMeta};
 use unlearn_shared::api::{seed_table_markdown, SetOrder, SsdSettings, Subsample, UnlearnReport};
 use unlearn_shared::cifar::{class_from_str, CLASSES};
 use unlearn_shared::model::weights::{self, export};
-use unlearn_shared::model::{ResNetConfig, RESNET18_PARAMETERS};
 
 use terminal::TerminalProgress;
 
@@ -262,21 +261,18 @@ fn write_json<T: serde::Serialize>(path: Option<&Path>, value: &T) -> Result<()>
 
 /// Validates a foreign checkpoint by loading it into the model, then stores it as ours.
 fn import(source: &Path, out: &Path) -> Result<()> {
-    let mut file = ModelFile::read(source)?;
+    let file = ModelFile::read(source)?;
     let model = weights::model_from_state_dict::<device::CpuBackend>(file.weights.clone(), &Default::default())
         .with_context(|| format!("{} is not a ResNet18 checkpoint this workbench can use", source.display()))?;
     let config = model.config();
     let parameters = weights::parameter_count(&model);
-    if config == ResNetConfig::new() && parameters != RESNET18_PARAMETERS {
-        bail!("{} has {parameters} parameters; ResNet18 has {RESNET18_PARAMETERS}", source.display());
-    }
-    file.meta = ModelMeta {
-        provenance: format!("imported from {} (sha256 {})", source.display(), unlearn_backend::files::sha256_hex(&std::fs::read(source)?)),
-        ..file.meta
+    let digest = unlearn_backend::files::sha256_hex(&std::fs::read(source)?);
+    let meta = ModelMeta {
+        provenance: format!("imported from {} (sha256 {digest})", source.display()),
+        test_accuracy: file.meta.test_accuracy,
+        training: None,
     };
-    file.optimizer.clear();
-    file.meta.training = None;
-    file.write(out)?;
+    ModelFile { meta, weights: file.weights, optimizer: Default::default() }.write(out)?;
     println!("imported {} (width {}, {} classes, {parameters} parameters) to {}", source.display(), config.width, config.num_classes, out.display());
     Ok(())
 }

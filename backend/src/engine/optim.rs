@@ -4,11 +4,11 @@
 //! Its state is keyed by torchvision key, not by Burn's `ParamId`, so that a training
 //! checkpoint is a plain safetensors file that any fresh model can resume from.
 
-use burn::module::{Module, ModuleMapper, Param};
+use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
-use unlearn_shared::model::weights::{is_statistic, ParamPath, StateDict};
+use unlearn_shared::model::weights::{is_statistic, map_keyed, KeyedMapper, StateDict};
 use unlearn_shared::model::ResNet;
 
 use super::flat::{self, FlatTensors};
@@ -30,22 +30,14 @@ pub struct Sgd<B: Backend> {
 }
 
 struct Step<'a, B: AutodiffBackend> {
-    path: ParamPath,
     grads: &'a B::Gradients,
     config: SgdConfig,
     velocity: &'a mut FlatTensors<B::InnerBackend>,
 }
 
-impl<B: AutodiffBackend> ModuleMapper<B> for Step<'_, B> {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.enter(name);
-    }
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.exit();
-    }
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-        let key = self.path.key();
-        if is_statistic(&key) {
+impl<B: AutodiffBackend> KeyedMapper<B> for Step<'_, B> {
+    fn map<const D: usize>(&mut self, key: &str, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        if is_statistic(key) {
             return param;
         }
         let (id, tensor, mapper) = param.consume();
@@ -61,12 +53,12 @@ impl<B: AutodiffBackend> ModuleMapper<B> for Step<'_, B> {
             grad = grad + flat.clone() * c.weight_decay;
         }
         if c.momentum != 0.0 {
-            let buffer = match self.velocity.remove(&key) {
+            let buffer = match self.velocity.remove(key) {
                 Some(v) => v * c.momentum + grad.clone() * (1.0 - c.dampening),
                 None => grad.clone(),
             };
             grad = if c.nesterov { grad + buffer.clone() * c.momentum } else { buffer.clone() };
-            self.velocity.insert(key, buffer);
+            self.velocity.insert(key.to_owned(), buffer);
         }
         let updated = (flat - grad * c.lr).reshape(shape);
         Param::from_mapped_value(id, Tensor::from_inner(updated).require_grad(), mapper)
@@ -84,8 +76,8 @@ impl<B: Backend> Sgd<B> {
 
     /// Applies one update to every parameter that has a gradient.
     pub fn step<AB: AutodiffBackend<InnerBackend = B>>(&mut self, model: ResNet<AB>, grads: &AB::Gradients) -> ResNet<AB> {
-        let mut step = Step::<AB> { path: ParamPath::default(), grads, config: self.config, velocity: &mut self.velocity };
-        model.map(&mut step)
+        let mut step = Step::<AB> { grads, config: self.config, velocity: &mut self.velocity };
+        map_keyed(model, &mut step)
     }
 
     pub fn state(&self) -> StateDict {

@@ -1,12 +1,12 @@
 //! Selective Synaptic Dampening (Foster et al., 2024): parameters far more important to the
 //! forget set than to the full training set are scaled down towards zero.
 
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::module::Param;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use unlearn_shared::api::{DampenStats, SsdSettings};
-use unlearn_shared::model::weights::{self, is_statistic, ParamPath, StateDict};
+use unlearn_shared::model::weights::{self, is_statistic, map_keyed, visit_keyed, KeyedMapper, KeyedVisitor, StateDict};
 use unlearn_shared::model::{NormStats, ResNet};
 
 use super::batch::make_batch;
@@ -21,30 +21,22 @@ pub struct Importance<B: Backend> {
 }
 
 struct AccumulateSquares<'a, B: AutodiffBackend> {
-    path: ParamPath,
     grads: &'a B::Gradients,
     sums: &'a mut FlatTensors<B::InnerBackend>,
 }
 
-impl<B: AutodiffBackend> ModuleVisitor<B> for AccumulateSquares<'_, B> {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.enter(name);
-    }
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.exit();
-    }
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        let key = self.path.key();
-        if is_statistic(&key) {
+impl<B: AutodiffBackend> KeyedVisitor<B> for AccumulateSquares<'_, B> {
+    fn visit<const D: usize>(&mut self, key: &str, param: &Param<Tensor<B, D>>) {
+        if is_statistic(key) {
             return;
         }
         let Some(grad) = param.val().grad(self.grads) else { return };
         let square = grad.square().reshape([-1]);
-        let sum = match self.sums.remove(&key) {
+        let sum = match self.sums.remove(key) {
             Some(sum) => sum + square,
             None => square,
         };
-        self.sums.insert(key, sum);
+        self.sums.insert(key.to_owned(), sum);
     }
 }
 
@@ -69,7 +61,7 @@ pub fn importance<B: AutodiffBackend>(
         let batch = make_batch::<B>(split, chunk, None::<&mut rand_chacha::ChaCha8Rng>, device);
         let loss = loss_fn.forward(model.forward(batch.images, NormStats::Running), batch.labels);
         let grads = loss.backward();
-        model.visit(&mut AccumulateSquares::<B> { path: ParamPath::default(), grads: &grads, sums: &mut sums });
+        visit_keyed(model, &mut AccumulateSquares::<B> { grads: &grads, sums: &mut sums });
         if n % 16 == 0 || n + 1 == batches {
             timer.add_loss(loss.into_scalar().elem::<f64>());
             progress.report(&timer.event((n * batch_size + chunk.len()) as u64));
@@ -91,23 +83,15 @@ impl<B: Backend> Importance<B> {
 }
 
 struct Dampen<'a, B: Backend> {
-    path: ParamPath,
     forget: &'a Importance<B>,
     full: &'a Importance<B>,
     settings: &'a SsdSettings,
     stats: DampenStats,
 }
 
-impl<B: Backend> ModuleMapper<B> for Dampen<'_, B> {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.enter(name);
-    }
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.exit();
-    }
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-        let key = self.path.key();
-        let (Some(forget), Some(full)) = (self.forget.tensors.get(&key), self.full.tensors.get(&key)) else {
+impl<B: Backend> KeyedMapper<B> for Dampen<'_, B> {
+    fn map<const D: usize>(&mut self, key: &str, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (Some(forget), Some(full)) = (self.forget.tensors.get(key), self.full.tensors.get(key)) else {
             return param;
         };
         let (id, tensor, mapper) = param.consume();
@@ -129,8 +113,8 @@ pub fn dampen<B: Backend>(
     full: &Importance<B>,
     settings: &SsdSettings,
 ) -> (ResNet<B>, DampenStats) {
-    let mut mapper = Dampen { path: ParamPath::default(), forget, full, settings, stats: DampenStats { selected: 0, total: 0 } };
-    let model = model.map(&mut mapper);
+    let mut mapper = Dampen { forget, full, settings, stats: DampenStats { selected: 0, total: 0 } };
+    let model = map_keyed(model, &mut mapper);
     (model, mapper.stats)
 }
 

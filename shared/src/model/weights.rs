@@ -71,73 +71,94 @@ fn transpose(shape: &[usize], values: &[f32]) -> (Vec<usize>, Vec<f32>) {
     (vec![cols, rows], out)
 }
 
-/// Tracks where a [`ModuleVisitor`] or [`ModuleMapper`] is, to name each tensor by its key.
-#[derive(Default)]
-pub struct ParamPath(Vec<String>);
+/// Sees every float tensor of a model (parameters and running statistics) with its key.
+pub trait KeyedVisitor<B: Backend> {
+    fn visit<const D: usize>(&mut self, key: &str, param: &Param<Tensor<B, D>>);
+}
 
-impl ParamPath {
-    pub fn enter(&mut self, name: &str) {
-        self.0.push(name.to_owned());
-    }
-    pub fn exit(&mut self) {
-        self.0.pop();
-    }
-    /// The torchvision key of the tensor visited now.
-    pub fn key(&self) -> String {
-        torch_key(&self.0)
+/// Rewrites every float tensor of a model, knowing its key.
+pub trait KeyedMapper<B: Backend> {
+    fn map<const D: usize>(&mut self, key: &str, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>>;
+}
+
+/// Adapts the keyed traits to Burn's visitor and mapper by tracking the module path.
+struct Keyed<'a, T> {
+    path: Vec<String>,
+    inner: &'a mut T,
+}
+
+impl<T> Keyed<'_, T> {
+    fn key(&self) -> String {
+        torch_key(&self.path)
     }
 }
 
-struct Exporter {
-    path: ParamPath,
-    tensors: StateDict,
-}
-
-impl<B: Backend> ModuleVisitor<B> for Exporter {
+impl<B: Backend, V: KeyedVisitor<B>> ModuleVisitor<B> for Keyed<'_, V> {
     fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.enter(name);
+        self.path.push(name.to_owned());
     }
     fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.exit();
+        self.path.pop();
     }
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        let key = self.path.key();
+        let key = self.key();
+        self.inner.visit(&key, param);
+    }
+}
+
+impl<B: Backend, M: KeyedMapper<B>> ModuleMapper<B> for Keyed<'_, M> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_owned());
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let key = self.key();
+        self.inner.map(&key, param)
+    }
+}
+
+pub fn visit_keyed<B: Backend>(model: &ResNet<B>, visitor: &mut impl KeyedVisitor<B>) {
+    model.visit(&mut Keyed { path: Vec::new(), inner: visitor });
+}
+
+pub fn map_keyed<B: Backend>(model: ResNet<B>, mapper: &mut impl KeyedMapper<B>) -> ResNet<B> {
+    model.map(&mut Keyed { path: Vec::new(), inner: mapper })
+}
+
+struct Exporter(StateDict);
+
+impl<B: Backend> KeyedVisitor<B> for Exporter {
+    fn visit<const D: usize>(&mut self, key: &str, param: &Param<Tensor<B, D>>) {
         let tensor = param.val();
         let shape = tensor.dims().to_vec();
         let values = tensor.into_data().convert::<f32>().to_vec::<f32>().expect("f32 data");
-        let (shape, values) = if is_transposed(&key) { transpose(&shape, &values) } else { (shape, values) };
-        self.tensors.insert(key, NamedTensor { shape, values });
+        let (shape, values) = if is_transposed(key) { transpose(&shape, &values) } else { (shape, values) };
+        self.0.insert(key.to_owned(), NamedTensor { shape, values });
     }
 }
 
 struct Importer {
-    path: ParamPath,
     tensors: StateDict,
     problems: Vec<String>,
 }
 
-impl<B: Backend> ModuleMapper<B> for Importer {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.enter(name);
-    }
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.exit();
-    }
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-        let key = self.path.key();
+impl<B: Backend> KeyedMapper<B> for Importer {
+    fn map<const D: usize>(&mut self, key: &str, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
         let (id, tensor, mapper) = param.consume();
         let expected = tensor.dims().to_vec();
-        let Some(named) = self.tensors.remove(&key) else {
+        let Some(named) = self.tensors.remove(key) else {
             self.problems.push(format!("  missing   {key} (expected shape {expected:?})"));
             return Param::from_mapped_value(id, tensor, mapper);
         };
-        let (shape, values) = if is_transposed(&key) && named.shape.len() == 2 {
+        let (shape, values) = if is_transposed(key) && named.shape.len() == 2 {
             transpose(&named.shape, &named.values)
         } else {
             (named.shape, named.values)
         };
         if shape != expected {
-            self.problems.push(format!("  shape     {key}: checkpoint {:?}, model {expected:?}", named_shape(&key, &shape)));
+            self.problems.push(format!("  shape     {key}: checkpoint {:?}, model {expected:?}", named_shape(key, &shape)));
             return Param::from_mapped_value(id, tensor, mapper);
         }
         let loaded = Tensor::from_data(TensorData::new(values, shape), &tensor.device());
@@ -157,17 +178,17 @@ fn named_shape(key: &str, shape: &[usize]) -> Vec<usize> {
 /// Running statistics are read as stored: export an autodiff model through `valid()`,
 /// which folds in the last training step's update.
 pub fn export<B: Backend>(model: &ResNet<B>) -> StateDict {
-    let mut exporter = Exporter { path: ParamPath::default(), tensors: StateDict::new() };
-    model.visit(&mut exporter);
-    exporter.tensors
+    let mut exporter = Exporter(StateDict::new());
+    visit_keyed(model, &mut exporter);
+    exporter.0
 }
 
 /// Loads a state dict into `model`. Fails, listing every missing, unexpected and
 /// wrongly-shaped key, unless the two match exactly.
 pub fn import<B: Backend>(model: ResNet<B>, mut tensors: StateDict) -> Result<ResNet<B>, WeightsError> {
     tensors.retain(|key, _| !IGNORED_SUFFIXES.iter().any(|suffix| key.ends_with(suffix)));
-    let mut importer = Importer { path: ParamPath::default(), tensors, problems: Vec::new() };
-    let model = model.map(&mut importer);
+    let mut importer = Importer { tensors, problems: Vec::new() };
+    let model = map_keyed(model, &mut importer);
     let mut problems = importer.problems;
     problems.extend(importer.tensors.keys().map(|key| format!("  unexpected {key}")));
     if problems.is_empty() { Ok(model) } else { Err(WeightsError::Mismatch(problems)) }
@@ -248,31 +269,21 @@ pub fn is_statistic(key: &str) -> bool {
     key.ends_with(".running_mean") || key.ends_with(".running_var")
 }
 
-struct ParameterSizes {
-    path: ParamPath,
-    sizes: BTreeMap<String, usize>,
-}
+struct ParameterSizes(BTreeMap<String, usize>);
 
-impl<B: Backend> ModuleVisitor<B> for ParameterSizes {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.enter(name);
-    }
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.exit();
-    }
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        let key = self.path.key();
-        if !is_statistic(&key) {
-            self.sizes.insert(key, param.shape().num_elements());
+impl<B: Backend> KeyedVisitor<B> for ParameterSizes {
+    fn visit<const D: usize>(&mut self, key: &str, param: &Param<Tensor<B, D>>) {
+        if !is_statistic(key) {
+            self.0.insert(key.to_owned(), param.shape().num_elements());
         }
     }
 }
 
 /// Element count of every trainable parameter (running statistics excluded), by key.
 pub fn parameter_sizes<B: Backend>(model: &ResNet<B>) -> BTreeMap<String, usize> {
-    let mut sizes = ParameterSizes { path: ParamPath::default(), sizes: BTreeMap::new() };
-    model.visit(&mut sizes);
-    sizes.sizes
+    let mut sizes = ParameterSizes(BTreeMap::new());
+    visit_keyed(model, &mut sizes);
+    sizes.0
 }
 
 /// Trainable parameters, counted as torchvision does.
