@@ -344,7 +344,7 @@ impl Workload for UnlearnJob {
             if let Some(path) = &self.save {
                 let meta = ModelMeta {
                     provenance: format!("{} with class {} ({}) forgotten by SSD {:?}", self.name, class, CLASSES[class], self.settings),
-                    test_accuracy: Some(report.after.overall.accuracy),
+                    test_accuracy: Some(report.after.test.overall.accuracy),
                     training: None,
                 };
                 ModelFile { meta, weights: export(&model), optimizer: Default::default() }.write(path)?;

@@ -52,8 +52,12 @@ pub fn unlearn_report(report: &UnlearnReport) -> String {
     let t = &report.timings;
     let mut out = run_header(report);
     let _ = writeln!(out, "\nforgetting class {} ({})", report.forget_class, CLASSES[report.forget_class]);
-    out.push_str(&split_line("before", &report.before));
-    out.push_str(&split_line("after", &report.after));
+    out.push_str("test set:\n");
+    out.push_str(&split_line("before", &report.before.test));
+    out.push_str(&split_line("after", &report.after.test));
+    let _ = writeln!(out, "training subset ({} images):", report.before.train.overall.images);
+    out.push_str(&split_line("before", &report.before.train));
+    out.push_str(&split_line("after", &report.after.train));
     let _ = writeln!(
         out,
         "dampened {} of {} parameters ({:.4} %)",
@@ -70,9 +74,9 @@ pub fn unlearn_report(report: &UnlearnReport) -> String {
         t.dampen_s,
         t.evaluate_s
     );
-    out.push_str("\nconfusion before:\n");
-    out.push_str(&confusion(&report.before.confusion));
-    out.push_str("\nconfusion after:\n");
-    out.push_str(&confusion(&report.after.confusion));
+    out.push_str("\ntest confusion before:\n");
+    out.push_str(&confusion(&report.before.test.confusion));
+    out.push_str("\ntest confusion after:\n");
+    out.push_str(&confusion(&report.after.test.confusion));
     out
 }

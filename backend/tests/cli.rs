@@ -32,22 +32,25 @@ fn unlearn_reports_the_split_and_caches_the_full_importance() {
         ok(backend(dir, &all))
     };
     let text = run(&["--json", json.to_str().unwrap(), "--save", saved.to_str().unwrap()]);
-    assert!(text.contains("forgetting class 3 (cat)") && text.contains("confusion after:"), "{text}");
+    assert!(text.contains("forgetting class 3 (cat)") && text.contains("test confusion after:"), "{text}");
 
     let report: UnlearnReport = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert_eq!(report.subsample.test, Some(400));
     assert_eq!(report.forget_class, 3);
     assert!(!report.timings.full_importance_cached);
-    let before = &report.before;
+    let before = &report.before.test;
     assert_eq!(before.confusion.iter().flatten().sum::<u64>(), 400);
     assert_eq!(before.split.forget.images + before.split.retain.images, 400);
+    assert_eq!(report.before.train.overall.images, 400, "a training subset as large as the test subset");
     assert!(before.overall.accuracy > 75.0, "the reference model is about 85 % accurate: {}", before.overall.accuracy);
+    assert!(report.before.train.overall.accuracy > before.overall.accuracy, "it fits its training images better");
     assert!(report.dampened.selected > 0 && report.dampened.selected < report.dampened.total);
-    assert!(report.after.split.forget.accuracy < before.split.forget.accuracy, "dampening at alpha 5 hurts the forgotten class");
+    assert!(report.after.test.split.forget.accuracy < before.split.forget.accuracy, "dampening at alpha 5 hurts the forgotten class");
+    assert!(report.after.train.split.forget.accuracy < report.before.train.split.forget.accuracy);
 
     // The saved model is the unlearned one: evaluating it agrees with the report.
     let eval = ok(backend(dir, &["eval", "--model", saved.to_str().unwrap(), "--test-limit", "400"]));
-    assert!(eval.contains(&format!("test accuracy {:.2} %", report.after.overall.accuracy)), "{eval}");
+    assert!(eval.contains(&format!("test accuracy {:.2} %", report.after.test.overall.accuracy)), "{eval}");
 
     // Same request again: the full-set importance comes from the cache, results are identical.
     let again_json = dir.join("again.json");

@@ -53,7 +53,8 @@ impl SsdSettings {
 }
 
 /// Caps on the sets an unlearning run reads, so that a CPU run finishes in minutes.
-/// `None` means the whole set, which is the default and the real experiment.
+/// `None` means the whole set, which is the default and the real experiment. The training
+/// subset that is evaluated has as many images as the evaluated test set.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Subsample {
@@ -86,6 +87,20 @@ impl EvalReport {
             per_class_accuracy: evaluation.per_class_accuracy(),
             confusion: evaluation.confusion.clone(),
         }
+    }
+}
+
+/// One model on the test set and on a seeded training subset of the same size: how well it
+/// forgot what it was trained on, next to how it generalises.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelReport {
+    pub test: EvalReport,
+    pub train: EvalReport,
+}
+
+impl ModelReport {
+    pub fn new(test: &Evaluation, train: &Evaluation, forget_class: usize) -> Self {
+        Self { test: EvalReport::new(test, forget_class), train: EvalReport::new(train, forget_class) }
     }
 }
 
@@ -127,20 +142,20 @@ pub struct UnlearnReport {
     pub settings: SsdSettings,
     pub subsample: Subsample,
     pub dampened: DampenStats,
-    /// On the test set.
-    pub before: EvalReport,
-    pub after: EvalReport,
+    pub before: ModelReport,
+    pub after: ModelReport,
     pub timings: Timings,
 }
 
-/// The seed card's table: `Model | Forget class | Forget class acc (loss) | Retain class acc (loss)`.
+/// The seed card's table, on the test set:
+/// `Model | Forget class | Forget class acc (loss) | Retain class acc (loss)`.
 pub fn seed_table_markdown(reports: &[UnlearnReport]) -> String {
     let cell = |m: &AccLoss| format!("{:.2} ({:.4})", m.accuracy, m.loss);
     let mut table = String::from(
         "| Model | Forget class | Forget class acc (loss) | Retain class acc (loss) |\n|---|---|---|---|\n",
     );
     for report in reports {
-        for (label, eval) in [("original", &report.before), ("SSD", &report.after)] {
+        for (label, eval) in [("original", &report.before.test), ("SSD", &report.after.test)] {
             table.push_str(&format!(
                 "| {label} | {} | {} | {} |\n",
                 CLASSES[report.forget_class],
@@ -181,8 +196,8 @@ mod tests {
             settings: SsdSettings::default(),
             subsample: Subsample::default(),
             dampened: DampenStats { selected: 1, total: 2 },
-            before: EvalReport::new(&eval, 5),
-            after: EvalReport::new(&eval, 5),
+            before: ModelReport::new(&eval, &eval, 5),
+            after: ModelReport::new(&eval, &eval, 5),
             timings: Timings::default(),
         };
         let table = seed_table_markdown(&[report]);

@@ -8,7 +8,7 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use unlearn_shared::api::{EvalReport, SetOrder, SsdSettings, Subsample, Timings, UnlearnReport};
+use unlearn_shared::api::{ModelReport, SetOrder, SsdSettings, Subsample, Timings, UnlearnReport};
 use unlearn_shared::metrics::Evaluation;
 use unlearn_shared::model::weights::{self, Metadata, Precision, WeightsError};
 use unlearn_shared::model::ResNet;
@@ -50,7 +50,9 @@ pub struct Unlearner<'a, B: AutodiffBackend> {
     cache_dir: PathBuf,
     subsample: Subsample,
     test_indices: Vec<usize>,
-    base_evaluation: Option<Evaluation>,
+    /// A training subset as large as the test subset, for the same metrics on seen images.
+    train_indices: Vec<usize>,
+    base_evaluation: Option<(Evaluation, Evaluation)>,
     full_importance: HashMap<(SetOrder, usize), Importance<B::InnerBackend>>,
 }
 
@@ -75,6 +77,7 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
             cache_dir: cache_dir.to_owned(),
             subsample,
             test_indices: sample((0..data.test.len()).collect(), subsample.test, SUBSAMPLE_SEED),
+            train_indices: sample((0..data.train.len()).collect(), Some(subsample.test.unwrap_or(data.test.len())), SUBSAMPLE_SEED),
             base_evaluation: None,
             full_importance: HashMap::new(),
         })
@@ -114,8 +117,8 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
         timings.dampen_s = started.elapsed().as_secs_f64();
 
         let started = Instant::now();
-        let before = self.base_evaluation(progress)?.clone();
-        let after = evaluate(&unlearned, &self.data.test, &self.test_indices, &self.device, progress)?;
+        let (before_test, before_train) = self.base_evaluation(progress)?.clone();
+        let (after_test, after_train) = self.evaluate_both(&unlearned, progress)?;
         timings.evaluate_s = started.elapsed().as_secs_f64();
 
         let report = UnlearnReport {
@@ -125,17 +128,24 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
             settings: *settings,
             subsample: self.subsample,
             dampened,
-            before: EvalReport::new(&before, class),
-            after: EvalReport::new(&after, class),
+            before: ModelReport::new(&before_test, &before_train, class),
+            after: ModelReport::new(&after_test, &after_train, class),
             timings,
         };
         Ok((report, unlearned))
     }
 
-    fn base_evaluation(&mut self, progress: &mut dyn Progress) -> Result<&Evaluation, Cancelled> {
+    /// On the test subset and on the training subset.
+    fn evaluate_both(&self, model: &ResNet<B::InnerBackend>, progress: &mut dyn Progress) -> Result<(Evaluation, Evaluation), Cancelled> {
+        Ok((
+            evaluate(model, &self.data.test, &self.test_indices, &self.device, progress)?,
+            evaluate(model, &self.data.train, &self.train_indices, &self.device, progress)?,
+        ))
+    }
+
+    fn base_evaluation(&mut self, progress: &mut dyn Progress) -> Result<&(Evaluation, Evaluation), Cancelled> {
         if self.base_evaluation.is_none() {
-            let base = self.model.valid();
-            self.base_evaluation = Some(evaluate(&base, &self.data.test, &self.test_indices, &self.device, progress)?);
+            self.base_evaluation = Some(self.evaluate_both(&self.model.valid(), progress)?);
         }
         Ok(self.base_evaluation.as_ref().expect("just computed"))
     }
