@@ -51,9 +51,9 @@ enum Command {
     Import {
         /// The checkpoint to import.
         source: PathBuf,
-        /// Where to write the workbench model.
-        #[arg(long, default_value = "data/models/base.safetensors")]
-        out: PathBuf,
+        /// Where to write the workbench model [default: <data-dir>/models/base.safetensors].
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Train ResNet18 with the seed recipe (SGD 0.01, momentum 0.9, Nesterov, weight decay
     /// 5e-4, batch 256, 20 epochs, crop + flip), checkpointing after every epoch.
@@ -103,17 +103,28 @@ enum Command {
 
 #[derive(Args)]
 struct ModelArg {
-    /// The model file (workbench or torchvision-layout safetensors).
-    #[arg(long, default_value = "data/models/base.safetensors")]
-    model: PathBuf,
+    /// The model file (workbench or torchvision-layout safetensors)
+    /// [default: <data-dir>/models/base.safetensors].
+    #[arg(long)]
+    model: Option<PathBuf>,
+}
+
+impl ModelArg {
+    fn path(&self, data_dir: &Path) -> PathBuf {
+        self.model.clone().unwrap_or_else(|| default_model(data_dir))
+    }
+}
+
+fn default_model(data_dir: &Path) -> PathBuf {
+    data_dir.join("models/base.safetensors")
 }
 
 #[derive(Args)]
 struct TrainArgs {
-    /// The checkpoint and final model.
-    #[arg(long, default_value = "data/models/trained.safetensors")]
-    out: PathBuf,
-    /// Continue from the checkpoint at `--out`.
+    /// The checkpoint and final model [default: <data-dir>/models/trained.safetensors].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue from the checkpoint at `--out`, with its recipe; only `--epochs` can change.
     #[arg(long)]
     resume: bool,
     #[arg(long, default_value_t = 20)]
@@ -212,21 +223,23 @@ fn run(cli: Cli) -> Result<()> {
             println!("CIFAR-10 ready in {}: {} training and {} test images", data_dir.join("cifar10").display(), data.train.len(), data.test.len());
             Ok(())
         }
-        Command::Import { source, out } => import(&source, &out),
+        Command::Import { source, out } => import(&source, &out.unwrap_or_else(|| default_model(&data_dir))),
         Command::Train(args) => {
             let data = data::prepare(&data_dir, &Source::Npm)?;
-            device::run(cli.device, TrainJob { args, data })?
+            let out = args.out.clone().unwrap_or_else(|| data_dir.join("models/trained.safetensors"));
+            device::run(cli.device, TrainJob { args, out, data })?
         }
         Command::Eval { model, test_limit } => {
-            let file = ModelFile::read(&model.model)?;
+            let file = ModelFile::read(&model.path(&data_dir))?;
             let data = data::prepare(&data_dir, &Source::Npm)?;
             device::run(cli.device, EvalJob { file, data, test_limit })?
         }
         Command::Unlearn { model, class, ssd, subsample, save, json } => {
             let settings = ssd.settings()?;
-            let file = ModelFile::read(&model.model)?;
+            let path = model.path(&data_dir);
+            let file = ModelFile::read(&path)?;
             let data = data::prepare(&data_dir, &Source::Npm)?;
-            let job = UnlearnJob { name: model_name(&model.model), file, data, classes: vec![class], settings, subsample: subsample.subsample(), cache_dir: data_dir.join("cache"), save };
+            let job = UnlearnJob { name: model_name(&path), file, data, classes: vec![class], settings, subsample: subsample.subsample(), cache_dir: data_dir.join("cache"), save };
             let reports = device::run(cli.device, job)??;
             let report = &reports[0];
             print!("{}", render::unlearn_report(report));
@@ -234,9 +247,10 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Sweep { model, ssd, subsample, json } => {
             let settings = ssd.settings()?;
-            let file = ModelFile::read(&model.model)?;
+            let path = model.path(&data_dir);
+            let file = ModelFile::read(&path)?;
             let data = data::prepare(&data_dir, &Source::Npm)?;
-            let job = UnlearnJob { name: model_name(&model.model), file, data, classes: (0..CLASSES.len()).collect(), settings, subsample: subsample.subsample(), cache_dir: data_dir.join("cache"), save: None };
+            let job = UnlearnJob { name: model_name(&path), file, data, classes: (0..CLASSES.len()).collect(), settings, subsample: subsample.subsample(), cache_dir: data_dir.join("cache"), save: None };
             let reports = device::run(cli.device, job)??;
             println!("{}", render::run_header(&reports[0]));
             print!("{}", seed_table_markdown(&reports));
@@ -279,6 +293,7 @@ fn import(source: &Path, out: &Path) -> Result<()> {
 
 struct TrainJob {
     args: TrainArgs,
+    out: PathBuf,
     data: Cifar10,
 }
 
@@ -295,8 +310,8 @@ impl Workload for TrainJob {
             test_limit: a.test_limit,
             ..TrainConfig::default()
         };
-        eprintln!("training on {device_name}; checkpoint {}, log {}", a.out.display(), train::log_path(&a.out).display());
-        let state = train::train::<B>(config, &self.data, &a.out, a.resume, &device, &mut TerminalProgress::new())?;
+        eprintln!("training on {device_name}; checkpoint {}, log {}", self.out.display(), train::log_path(&self.out).display());
+        let state = train::train::<B>(config, &self.data, &self.out, a.resume, &device, &mut TerminalProgress::new())?;
         for entry in &state.log {
             println!("{}", serde_json::to_string(entry)?);
         }

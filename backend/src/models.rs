@@ -24,10 +24,10 @@ pub struct ModelMeta {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelFileError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
-    #[error("{path}: {source}")]
-    Weights { path: PathBuf, source: WeightsError },
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
+    #[error("{path}: {error}")]
+    Weights { path: PathBuf, error: WeightsError },
     #[error("{path}: unreadable workbench metadata: {problem}")]
     Meta { path: PathBuf, problem: String },
 }
@@ -46,9 +46,9 @@ impl ModelFile {
     }
 
     pub fn read(path: &Path) -> Result<Self, ModelFileError> {
-        let bytes = std::fs::read(path).map_err(|source| ModelFileError::Io { path: path.to_owned(), source })?;
+        let bytes = std::fs::read(path).map_err(|error| ModelFileError::Io { path: path.to_owned(), error })?;
         let (tensors, metadata) =
-            weights::decode(&bytes).map_err(|source| ModelFileError::Weights { path: path.to_owned(), source })?;
+            weights::decode(&bytes).map_err(|error| ModelFileError::Weights { path: path.to_owned(), error })?;
         let meta = match metadata.get(META_KEY) {
             Some(json) => serde_json::from_str(json)
                 .map_err(|e| ModelFileError::Meta { path: path.to_owned(), problem: e.to_string() })?,
@@ -65,8 +65,8 @@ impl ModelFile {
         let meta = serde_json::to_string(&self.meta).expect("metadata serialises");
         let bytes = weights::encode(&tensors, Metadata::from([(META_KEY.to_owned(), meta)]), Precision::F32);
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| ModelFileError::Io { path: dir.to_owned(), source })?;
+            std::fs::create_dir_all(dir).map_err(|error| ModelFileError::Io { path: dir.to_owned(), error })?;
         }
-        write_atomic(path, &bytes).map_err(|source| ModelFileError::Io { path: path.to_owned(), source })
+        write_atomic(path, &bytes).map_err(|error| ModelFileError::Io { path: path.to_owned(), error })
     }
 }

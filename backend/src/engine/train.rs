@@ -74,10 +74,16 @@ pub enum TrainError {
     File(#[from] ModelFileError),
     #[error("{0} is not a training checkpoint (it has no training state)")]
     NotACheckpoint(String),
-    #[error("checkpoint does not fit the model: {0}")]
+    #[error("checkpoint does not fit the model")]
     Weights(#[from] weights::WeightsError),
     #[error("training stopped by request; the checkpoint holds the last finished epoch")]
-    Cancelled(#[from] Cancelled),
+    Cancelled,
+}
+
+impl From<Cancelled> for TrainError {
+    fn from(_: Cancelled) -> Self {
+        Self::Cancelled
+    }
 }
 
 /// Trains from scratch, or from the checkpoint at `out` when `resume` is set, writing the
@@ -167,5 +173,5 @@ pub fn log_path(out: &Path) -> std::path::PathBuf {
 fn write_log(out: &Path, log: &[EpochLog]) -> Result<(), ModelFileError> {
     let path = log_path(out);
     let lines: String = log.iter().map(|entry| serde_json::to_string(entry).expect("log serialises") + "\n").collect();
-    write_atomic(&path, lines.as_bytes()).map_err(|source| ModelFileError::Io { path, source })
+    write_atomic(&path, lines.as_bytes()).map_err(|error| ModelFileError::Io { path, error })
 }

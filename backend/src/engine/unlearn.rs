@@ -34,8 +34,8 @@ pub enum UnlearnError {
     Class(usize),
     #[error(transparent)]
     Cancelled(#[from] Cancelled),
-    #[error("importance cache {path}: {source}")]
-    Cache { path: PathBuf, source: std::io::Error },
+    #[error("importance cache {path}: {error}")]
+    Cache { path: PathBuf, error: std::io::Error },
 }
 
 /// One base model on one device, ready to forget any class. Keeps what does not depend on
@@ -188,7 +188,7 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
         }
         let full = importance(&self.model, &self.data.train, &indices, settings.importance_batch, "importance (full set)", &self.device, progress)?;
         let bytes = weights::encode(&full.to_state_dict(), Metadata::new(), Precision::F32);
-        let io = |source| UnlearnError::Cache { path: path.clone(), source };
+        let io = |error| UnlearnError::Cache { path: path.clone(), error };
         std::fs::create_dir_all(&self.cache_dir).map_err(io)?;
         write_atomic(&path, &bytes).map_err(io)?;
         Ok((full, false))
