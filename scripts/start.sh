@@ -23,7 +23,7 @@ fi
 class=${1:-cat}
 shift || true
 # Subsampled so that a CPU finishes in minutes; WORKBENCH_FULL=1 runs the real experiment.
-limits=(--forget-limit 256 --full-limit 1024 --test-limit 1000)
+limits=(--forget-limit 256 --full-limit 1024 --test-limit 500)
 [ -n "${WORKBENCH_FULL:-}" ] && limits=()
 say "forgetting class '$class' with SSD"
 backend unlearn --class "$class" "${limits[@]}" --json data/last-unlearn.json "$@"
