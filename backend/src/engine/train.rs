@@ -97,18 +97,22 @@ pub fn train<B: AutodiffBackend>(
     progress: &mut dyn Progress,
 ) -> Result<TrainState, TrainError> {
     B::seed(device, config.seed);
-    let model_config = ResNetConfig::new().with_width(config.width);
-    let mut sgd = Sgd::<B::InnerBackend>::new(config.sgd);
-    let (mut model, mut state) = if resume {
-        let file = ModelFile::read(out)?;
-        let state = file.meta.training.ok_or_else(|| TrainError::NotACheckpoint(out.display().to_string()))?;
-        sgd.load_state(file.optimizer, device);
-        let model = weights::import(model_config.init::<B>(device), file.weights)?;
-        (model, TrainState { config: TrainConfig { epochs: config.epochs, ..state.config }, log: state.log })
-    } else {
-        (model_config.init::<B>(device), TrainState { config: config.clone(), log: Vec::new() })
+    let checkpoint = if resume { Some(ModelFile::read(out)?) } else { None };
+    // A resumed run keeps the checkpoint's recipe; only the number of epochs can change.
+    let mut state = match &checkpoint {
+        Some(file) => {
+            let saved = file.meta.training.clone().ok_or_else(|| TrainError::NotACheckpoint(out.display().to_string()))?;
+            TrainState { config: TrainConfig { epochs: config.epochs, ..saved.config }, log: saved.log }
+        }
+        None => TrainState { config, log: Vec::new() },
     };
     let config = state.config.clone();
+    let mut model = ResNetConfig::new().with_width(config.width).init::<B>(device);
+    let mut sgd = Sgd::<B::InnerBackend>::new(config.sgd);
+    if let Some(file) = checkpoint {
+        model = weights::import(model, file.weights)?;
+        sgd.load_state(file.optimizer, device);
+    }
     let train_indices = sample((0..data.train.len()).collect(), config.train_limit, config.seed);
     let test_indices = sample((0..data.test.len()).collect(), config.test_limit, config.seed);
     let loss_fn = CrossEntropyLossConfig::new().init(device);
