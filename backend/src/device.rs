@@ -51,6 +51,7 @@ pub enum DeviceError {
 
 /// Runs a tiny computation to find out whether a backend works, without letting its panic
 /// out. Backends often fail on a worker thread, so the first panic message anywhere is kept.
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
 fn probe<B: Backend>(device: &B::Device) -> Result<(), String> {
     let first_panic = Arc::new(Mutex::new(None::<String>));
     let record = first_panic.clone();
@@ -74,14 +75,18 @@ fn run_cpu<W: Workload>(workload: W) -> W::Output {
     workload.run::<Autodiff<CpuBackend>>(Default::default(), "cpu")
 }
 
-#[cfg(feature = "cuda")]
-fn try_cuda<W: Workload>(workload: W) -> Result<W::Output, (W, String)> {
-    use burn::backend::cuda::{Cuda, CudaDevice};
-    let device = CudaDevice::default();
-    match probe::<Cuda>(&device) {
-        Ok(()) => Ok(workload.run::<Autodiff<Cuda>>(device, "cuda")),
+/// Runs `workload` on `B` if a probe computation works there; hands it back otherwise.
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+fn try_backend<B: Backend, W: Workload>(device: B::Device, name: &str, workload: W) -> Result<W::Output, (W, String)> {
+    match probe::<B>(&device) {
+        Ok(()) => Ok(workload.run::<Autodiff<B>>(device, name)),
         Err(why) => Err((workload, why)),
     }
+}
+
+#[cfg(feature = "cuda")]
+fn try_cuda<W: Workload>(workload: W) -> Result<W::Output, (W, String)> {
+    try_backend::<burn::backend::Cuda, W>(Default::default(), "cuda", workload)
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -91,12 +96,7 @@ fn try_cuda<W: Workload>(workload: W) -> Result<W::Output, (W, String)> {
 
 #[cfg(feature = "wgpu")]
 fn try_wgpu<W: Workload>(workload: W) -> Result<W::Output, (W, String)> {
-    use burn::backend::wgpu::{Wgpu, WgpuDevice};
-    let device = WgpuDevice::default();
-    match probe::<Wgpu>(&device) {
-        Ok(()) => Ok(workload.run::<Autodiff<Wgpu>>(device, "wgpu")),
-        Err(why) => Err((workload, why)),
-    }
+    try_backend::<burn::backend::Wgpu, W>(Default::default(), "wgpu", workload)
 }
 
 #[cfg(not(feature = "wgpu"))]
