@@ -6,3 +6,4 @@ pub mod device;
 pub mod engine;
 pub mod files;
 pub mod models;
+pub mod server;

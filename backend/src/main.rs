@@ -4,6 +4,7 @@ mod bench;
 mod render;
 mod terminal;
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -17,6 +18,7 @@ use unlearn_backend::engine::train::{self, TrainConfig};
 use unlearn_backend::engine::unlearn::Unlearner;
 use unlearn_backend::engine::sample;
 use unlearn_backend::models::{ModelFile, ModelMeta};
+use unlearn_backend::server::{self, ServerConfig};
 use unlearn_shared::api::{seed_table_markdown, SetOrder, SsdSettings, Subsample, UnlearnReport};
 use unlearn_shared::cifar::{class_from_str, CLASSES};
 use unlearn_shared::model::weights::{self, export};
@@ -99,6 +101,38 @@ enum Command {
     },
     /// Throughput of a training step, a forward pass and an importance pass on random data.
     Bench(bench::BenchArgs),
+    /// Serve the JSON API and the browser UI; one worker runs jobs on the device.
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on; port 0 picks a free one.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: SocketAddr,
+    /// Rate-limit every client, and require the token for training, imports and cancelling
+    /// other clients' runs.
+    #[arg(long)]
+    public: bool,
+    /// The bearer token of `--public` mode.
+    #[arg(long, env = "WORKBENCH_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The built browser UI.
+    #[arg(long, default_value = "frontend/dist")]
+    static_dir: PathBuf,
+    /// Runs that may wait for the worker; more are refused with 429.
+    #[arg(long, default_value_t = 16)]
+    queue: usize,
+    /// Requests per minute per client in `--public` mode.
+    #[arg(long, default_value_t = 120)]
+    rate_limit: u32,
+    /// Caps for requests that set none [default: on the CPU, forget 256, full 1024, test
+    /// 500; on a GPU, the whole sets].
+    #[command(flatten)]
+    subsample: SubsampleArgs,
+    /// Use the whole sets by default, even on the CPU.
+    #[arg(long, conflicts_with_all = ["forget_limit", "full_limit", "test_limit"])]
+    full_sets: bool,
 }
 
 #[derive(Args)]
@@ -200,6 +234,11 @@ impl SubsampleArgs {
     fn subsample(&self) -> Subsample {
         Subsample { forget: self.forget_limit, full: self.full_limit, test: self.test_limit }
     }
+
+    /// `None` when no cap was given.
+    fn given(&self) -> Option<Subsample> {
+        Some(self.subsample()).filter(|s| !s.is_full())
+    }
 }
 
 fn parse_class(text: &str) -> Result<usize, String> {
@@ -257,7 +296,29 @@ fn run(cli: Cli) -> Result<()> {
             write_json(json.as_deref(), &reports)
         }
         Command::Bench(args) => device::run(cli.device, args)?,
+        Command::Serve(args) => serve(args, data_dir, cli.device),
     }
+}
+
+fn serve(args: ServeArgs, data_dir: PathBuf, device: DeviceChoice) -> Result<()> {
+    if args.public && args.token.is_none() {
+        eprintln!("note: --public without WORKBENCH_TOKEN: training, imports and cancelling others' runs are refused");
+    }
+    if args.queue == 0 {
+        anyhow::bail!("--queue must be at least 1");
+    }
+    let data = data::prepare(&data_dir, &Source::Npm)?;
+    let config = ServerConfig {
+        data_dir,
+        static_dir: args.static_dir,
+        public: args.public,
+        token: args.token,
+        queue_capacity: args.queue,
+        rate_limit: args.rate_limit,
+        subsample: if args.full_sets { Some(Subsample::default()) } else { args.subsample.given() },
+    };
+    let state = server::start(config, data, device)?;
+    tokio::runtime::Runtime::new()?.block_on(server::serve(state, args.addr))
 }
 
 fn model_name(path: &Path) -> String {
@@ -276,10 +337,7 @@ fn write_json<T: serde::Serialize>(path: Option<&Path>, value: &T) -> Result<()>
 /// Validates a foreign checkpoint by loading it into the model, then stores it as ours.
 fn import(source: &Path, out: &Path) -> Result<()> {
     let file = ModelFile::read(source)?;
-    let model = weights::model_from_state_dict::<device::CpuBackend>(file.weights.clone(), &Default::default())
-        .with_context(|| format!("{} is not a ResNet18 checkpoint this workbench can use", source.display()))?;
-    let config = model.config();
-    let parameters = weights::parameter_count(&model);
+    let (config, parameters) = file.check().with_context(|| format!("{} is not a ResNet18 checkpoint this workbench can use", source.display()))?;
     let digest = unlearn_backend::files::sha256_hex(&std::fs::read(source)?);
     let meta = ModelMeta {
         provenance: format!("imported from {} (sha256 {digest})", source.display()),

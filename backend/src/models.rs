@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use unlearn_shared::model::weights::{self, Metadata, Precision, StateDict, WeightsError};
+use unlearn_shared::model::ResNetConfig;
 
 use crate::engine::train::TrainState;
 use crate::files::{sha256_hex, write_atomic};
@@ -40,6 +41,18 @@ pub struct ModelFile {
 }
 
 impl ModelFile {
+    /// Loads the weights into the model on the CPU: what makes a file a usable model.
+    /// Returns its shape and parameter count.
+    pub fn check(&self) -> Result<(ResNetConfig, usize), WeightsError> {
+        let model = weights::model_from_state_dict::<crate::device::CpuBackend>(self.weights.clone(), &Default::default())?;
+        Ok((model.config(), weights::parameter_count(&model)))
+    }
+
+    /// The weights alone in half precision: what the browser downloads.
+    pub fn browser_weights(&self) -> Vec<u8> {
+        weights::encode(&self.weights, Metadata::new(), Precision::F16)
+    }
+
     /// Identifies the weights (not the metadata or optimizer): keys caches of derived results.
     pub fn digest(&self) -> String {
         sha256_hex(&weights::encode(&self.weights, Metadata::new(), Precision::F32))
@@ -47,12 +60,17 @@ impl ModelFile {
 
     pub fn read(path: &Path) -> Result<Self, ModelFileError> {
         let bytes = std::fs::read(path).map_err(|error| ModelFileError::Io { path: path.to_owned(), error })?;
+        Self::from_bytes(&bytes, path)
+    }
+
+    /// Parses a file's contents; `origin` names it in errors and in default provenance.
+    pub fn from_bytes(bytes: &[u8], origin: &Path) -> Result<Self, ModelFileError> {
         let (tensors, metadata) =
-            weights::decode(&bytes).map_err(|error| ModelFileError::Weights { path: path.to_owned(), error })?;
+            weights::decode(bytes).map_err(|error| ModelFileError::Weights { path: origin.to_owned(), error })?;
         let meta = match metadata.get(META_KEY) {
             Some(json) => serde_json::from_str(json)
-                .map_err(|e| ModelFileError::Meta { path: path.to_owned(), problem: e.to_string() })?,
-            None => ModelMeta { provenance: format!("loaded from {}", path.display()), ..Default::default() },
+                .map_err(|e| ModelFileError::Meta { path: origin.to_owned(), problem: e.to_string() })?,
+            None => ModelMeta { provenance: format!("loaded from {}", origin.display()), ..Default::default() },
         };
         let (optimizer, weights): (StateDict, StateDict) = tensors.into_iter().partition(|(key, _)| key.starts_with(OPTIMIZER_PREFIX));
         let optimizer = optimizer.into_iter().map(|(key, t)| (key[OPTIMIZER_PREFIX.len()..].to_owned(), t)).collect();

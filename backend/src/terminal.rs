@@ -52,7 +52,7 @@ impl Progress for TerminalProgress {
         let bar = self.bar_for(event);
         bar.set_position(event.done);
         let loss = event.loss.map(|l| format!(" loss {l:.4}")).unwrap_or_default();
-        let eta = if event.eta_s.is_finite() { format!(" ETA {:.0}s", event.eta_s) } else { String::new() };
+        let eta = event.eta_s.map(|eta| format!(" ETA {eta:.0}s")).unwrap_or_default();
         bar.set_message(format!("{:.1} img/s{eta}{loss}", event.images_per_s));
         if event.done >= event.total {
             bar.finish();

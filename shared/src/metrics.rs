@@ -7,6 +7,7 @@ use crate::cifar::NUM_CLASSES;
 
 /// Accuracy (percent) and mean NLL over a set of images.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct AccLoss {
     pub accuracy: f64,
     pub loss: f64,
@@ -15,6 +16,7 @@ pub struct AccLoss {
 
 /// The seed card's split: the forgotten class against all others.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ForgetRetain {
     pub forget: AccLoss,
     pub retain: AccLoss,
@@ -22,6 +24,7 @@ pub struct ForgetRetain {
 
 /// Everything measured on one evaluation set.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Evaluation {
     /// `confusion[true][predicted]` image counts.
     pub confusion: Vec<Vec<u64>>,

@@ -10,6 +10,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
+use unlearn_shared::api::EpochLog;
 use unlearn_shared::model::weights::{self, export};
 use unlearn_shared::model::{NormStats, ResNetConfig};
 
@@ -49,16 +50,6 @@ impl Default for TrainConfig {
             test_limit: None,
         }
     }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EpochLog {
-    pub epoch: usize,
-    pub train_loss: f64,
-    pub test_accuracy: f64,
-    pub test_loss: f64,
-    pub seconds: f64,
-    pub images_per_s: f64,
 }
 
 /// Where training stands; saved in every checkpoint.

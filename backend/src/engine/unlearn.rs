@@ -83,6 +83,11 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
         })
     }
 
+    /// sha256 of the base model's weights.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
     /// Forgets `class`; returns the report and the unlearned model.
     pub fn forget(
         &mut self,

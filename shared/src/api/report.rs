@@ -1,13 +1,14 @@
-//! Settings and reports exchanged between the engine, the CLI's JSON output, the HTTP API
-//! and the browser.
+//! What an unlearning run is asked to do and what it found.
 
 use serde::{Deserialize, Serialize};
 
 use crate::cifar::CLASSES;
 use crate::metrics::{AccLoss, Evaluation, ForgetRetain};
 
+
 /// The order of the full training set when its importance is taken in mini-batches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum SetOrder {
     /// Sorted by class, as the SSD reference code builds its loader.
@@ -18,6 +19,7 @@ pub enum SetOrder {
 
 /// Selective Synaptic Dampening's settings, recorded with every result.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SsdSettings {
     /// A parameter is selected where `imp_forget > alpha * imp_full`.
@@ -55,7 +57,8 @@ impl SsdSettings {
 /// Caps on the sets an unlearning run reads, so that a CPU run finishes in minutes.
 /// `None` means the whole set, which is the default and the real experiment. The training
 /// subset that is evaluated has as many images as the evaluated test set.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Subsample {
     pub forget: Option<usize>,
@@ -71,6 +74,7 @@ impl Subsample {
 
 /// What one evaluation set showed, in the forms the results table and heatmaps need.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct EvalReport {
     pub overall: AccLoss,
     pub split: ForgetRetain,
@@ -93,6 +97,7 @@ impl EvalReport {
 /// One model on the test set and on a seeded training subset of the same size: how well it
 /// forgot what it was trained on, next to how it generalises.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ModelReport {
     pub test: EvalReport,
     pub train: EvalReport,
@@ -105,12 +110,14 @@ impl ModelReport {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct DampenStats {
     pub selected: u64,
     pub total: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Timings {
     pub full_importance_s: f64,
     /// The full-set importance came from the on-disk cache.
@@ -122,19 +129,22 @@ pub struct Timings {
 
 /// What a long job is doing, as the terminal and the server's event stream show it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ProgressEvent {
     /// For example "train epoch 3/20", "importance (forget set)", "evaluate".
     pub phase: String,
     pub done: u64,
     pub total: u64,
     pub images_per_s: f64,
-    pub eta_s: f64,
+    /// Unknown until the phase has made some progress.
+    pub eta_s: Option<f64>,
     /// Running mean loss of the phase, where it has one.
     pub loss: Option<f64>,
 }
 
 /// The outcome of forgetting one class.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct UnlearnReport {
     pub model: String,
     pub device: String,

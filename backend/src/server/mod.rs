@@ -1,0 +1,116 @@
+//! The HTTP server: the JSON API over the engine, its event streams, the run history, and
+//! the built browser UI, all from one origin.
+
+mod catalog;
+mod error;
+mod extract;
+mod guard;
+mod jobs;
+mod openapi;
+mod routes;
+mod runs;
+mod store;
+mod worker;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::extract::DefaultBodyLimit;
+use axum::Router;
+use tower_http::services::{ServeDir, ServeFile};
+use unlearn_shared::api::{RunId, Subsample};
+
+use crate::data::Cifar10;
+use crate::device::{self, DeviceChoice};
+
+pub use catalog::Catalog;
+pub use jobs::Jobs;
+pub use store::Store;
+
+/// How the server is deployed.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    /// The built UI (`trunk build`'s output); the API works without it.
+    pub static_dir: PathBuf,
+    /// Rate limits and token-protected writes, for a server on the internet.
+    pub public: bool,
+    /// Grants training, import and cancelling others' runs in public mode.
+    pub token: Option<String>,
+    pub queue_capacity: usize,
+    /// Requests per minute per client in public mode.
+    pub rate_limit: u32,
+    /// For requests that leave theirs out; `None` lets the worker pick by device.
+    pub subsample: Option<Subsample>,
+}
+
+/// Largest JSON body accepted.
+pub const JSON_LIMIT: usize = 64 * 1024;
+/// Largest model upload accepted (ResNet18 in f32 is 45 MB).
+pub const UPLOAD_LIMIT: usize = 256 * 1024 * 1024;
+
+impl ServerConfig {
+    pub fn cache_dir(&self) -> PathBuf {
+        self.data_dir.join("cache")
+    }
+
+    pub fn run_weights_path(&self, id: RunId) -> PathBuf {
+        self.data_dir.join("runs").join(format!("{id}.safetensors"))
+    }
+}
+
+pub struct AppState {
+    pub config: ServerConfig,
+    pub store: Store,
+    pub catalog: Catalog,
+    pub jobs: Jobs,
+    pub data: Arc<Cifar10>,
+    pub limiter: guard::RateLimiter,
+}
+
+/// Opens the history and the models, and starts the worker on `device` in its own thread.
+pub fn start(config: ServerConfig, data: Cifar10, device: DeviceChoice) -> anyhow::Result<Arc<AppState>> {
+    let runs = config.data_dir.join("runs");
+    std::fs::create_dir_all(&runs).with_context(|| format!("creating {}", runs.display()))?;
+    let store = Store::open(&config.data_dir.join("runs.sqlite"))?;
+    let catalog = Catalog::scan(&config.data_dir.join("models")).with_context(|| format!("reading {}", config.data_dir.join("models").display()))?;
+    let (jobs, receiver) = Jobs::new(config.queue_capacity);
+    let limiter = guard::RateLimiter::new(config.rate_limit);
+    let subsample = config.subsample;
+    let state = Arc::new(AppState { config, store, catalog, jobs, data: Arc::new(data), limiter });
+    let worker = worker::Worker { state: state.clone(), receiver, subsample };
+    std::thread::Builder::new().name("worker".into()).spawn(move || {
+        if let Err(error) = device::run(device, worker) {
+            eprintln!("error: the worker could not start: {error}");
+            std::process::exit(1);
+        }
+    })?;
+    Ok(state)
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let ui = &state.config.static_dir;
+    let static_files = ServeDir::new(ui).fallback(ServeFile::new(ui.join("index.html")));
+    Router::new()
+        .nest("/api", routes::api())
+        .fallback_service(static_files)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard::rate_limit))
+        .layer(DefaultBodyLimit::max(JSON_LIMIT))
+        .with_state(state)
+}
+
+/// Serves until Ctrl-C. Runs in flight then are marked interrupted at the next start.
+pub async fn serve(state: Arc<AppState>, addr: SocketAddr) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+    let local = listener.local_addr()?;
+    let mode = if state.config.public { "public" } else { "local" };
+    if !state.config.static_dir.join("index.html").exists() {
+        eprintln!("note: no UI in {}; the API works, the page needs the frontend built", state.config.static_dir.display());
+    }
+    println!("workbench listening on http://{local} ({mode} mode)");
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app).with_graceful_shutdown(async { tokio::signal::ctrl_c().await.ok(); }).await?;
+    Ok(())
+}
