@@ -2,11 +2,14 @@
 //! body, path or query gets the same JSON error as everything else.
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::StatusCode;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
+use super::{JSON_LIMIT, UPLOAD_LIMIT};
 
 pub struct Json<T>(pub T);
 
@@ -16,9 +19,30 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
         match axum::Json::<T>::from_request(request, state).await {
             Ok(axum::Json(value)) => Ok(Self(value)),
-            Err(rejection) => Err(ApiError::Malformed { status: rejection.status(), detail: json_detail(&rejection) }),
+            Err(rejection) => Err(body_error(rejection.status()).unwrap_or_else(|| ApiError::Malformed { status: rejection.status(), detail: json_detail(&rejection) })),
         }
     }
+}
+
+/// A request body as raw bytes (model uploads).
+pub struct Body(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for Body {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        Bytes::from_request(request, state).await.map(Self).map_err(|rejection| {
+            body_error(rejection.status()).unwrap_or_else(|| ApiError::Malformed { status: rejection.status(), detail: rejection.body_text() })
+        })
+    }
+}
+
+/// axum says only "length limit exceeded"; say what the limits are.
+fn body_error(status: StatusCode) -> Option<ApiError> {
+    (status == StatusCode::PAYLOAD_TOO_LARGE).then(|| ApiError::Malformed {
+        status,
+        detail: format!("the body is too large: JSON requests may have {} KiB, model uploads {} MiB", JSON_LIMIT / 1024, UPLOAD_LIMIT >> 20),
+    })
 }
 
 /// axum's text names the field and what was wrong with it; its preamble adds nothing.

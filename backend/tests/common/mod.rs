@@ -64,3 +64,17 @@ pub fn fails(output: Output) -> String {
     assert!(!output.status.success(), "backend should have failed:\n{}", stdout(&output));
     stderr(&output)
 }
+
+/// A ResNet18 of width 4 with random weights, stored as model `id` in `data_dir`: big
+/// enough to run every code path, small enough to train and unlearn in seconds.
+pub fn tiny_model(data_dir: &Path, id: &str) -> PathBuf {
+    use unlearn_backend::device::CpuBackend;
+    use unlearn_backend::models::{ModelFile, ModelMeta};
+    use unlearn_shared::model::{weights, ResNetConfig};
+
+    let model = ResNetConfig::new().with_width(4).init::<CpuBackend>(&Default::default());
+    let path = data_dir.join("models").join(format!("{id}.safetensors"));
+    let meta = ModelMeta { provenance: "random tiny model for tests".into(), ..Default::default() };
+    ModelFile { meta, weights: weights::export(&model), optimizer: Default::default() }.write(&path).expect("write tiny model");
+    path
+}

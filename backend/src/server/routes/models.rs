@@ -1,6 +1,5 @@
 use std::sync::Arc;
 
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
@@ -11,7 +10,7 @@ use unlearn_shared::api::ModelInfo;
 use super::send;
 use crate::server::catalog::ImportError;
 use crate::server::error::ApiError;
-use crate::server::extract::{Path, Query};
+use crate::server::extract::{Body, Path, Query};
 use crate::server::guard::Caller;
 use crate::server::AppState;
 
@@ -30,7 +29,7 @@ pub async fn import(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Query(query): Query<ImportQuery>,
-    body: Bytes,
+    Body(body): Body,
 ) -> Result<(StatusCode, Json<ModelInfo>), ApiError> {
     caller.require("importing a model")?;
     let info = tokio::task::spawn_blocking(move || state.catalog.import(&query.name, &body))
