@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets everything up and runs the workbench: builds it, obtains CIFAR-10, installs a base
-# model, and forgets one class (default: cat) on the best device available.
-#   scripts/start.sh [CLASS] [extra `backend unlearn` options]
+# model, and serves the app on http://127.0.0.1:8080 from the best device available.
+#   scripts/start.sh [extra `backend serve` options, e.g. --addr 0.0.0.0:8080 --public]
 source "$(dirname "$0")/common.sh"
 
 need_cargo
@@ -20,10 +20,5 @@ if [ ! -f "$base" ]; then
   fi
 fi
 
-class=${1:-cat}
-shift || true
-# Subsampled so that a CPU finishes in minutes; WORKBENCH_FULL=1 runs the real experiment.
-limits=(--forget-limit 256 --full-limit 1024 --test-limit 500)
-[ -n "${WORKBENCH_FULL:-}" ] && limits=()
-say "forgetting class '$class' with SSD"
-backend unlearn --class "$class" "${limits[@]}" --json data/last-unlearn.json "$@"
+say "starting the workbench (Ctrl-C stops it)"
+exec ./target/release/backend serve "$@"
