@@ -32,3 +32,51 @@ obtain_data() {
   say "obtaining CIFAR-10"
   backend data
 }
+
+# The browser build's tools, from crates.io and npm only (nothing else is downloaded):
+# trunk, wasm-bindgen-cli matching the wasm-bindgen crate in Cargo.lock, and wasm-opt from
+# the npm package binaryen (in .tools/, versions as frontend/Trunk.toml pins them).
+need_web_tools() {
+  if command -v rustup >/dev/null && ! rustup target list --installed | grep -q wasm32-unknown-unknown; then
+    say "adding the wasm32 target"
+    rustup target add wasm32-unknown-unknown
+  fi
+  local bindgen binaryen
+  bindgen=$(grep -A1 '^name = "wasm-bindgen"$' Cargo.lock | sed -n 's/^version = "\(.*\)"/\1/p')
+  binaryen=$(sed -n 's/^wasm_opt = "version_\(.*\)"/\1/p' frontend/Trunk.toml)
+  grep -q "^wasm_bindgen = \"$bindgen\"" frontend/Trunk.toml || {
+    echo "frontend/Trunk.toml must pin wasm_bindgen = \"$bindgen\" (the version in Cargo.lock)" >&2; exit 1; }
+  if [ "$(trunk --version 2>/dev/null)" != "trunk 0.21.14" ]; then
+    say "installing trunk 0.21.14 (a few minutes, once)"
+    cargo install trunk --version 0.21.14 --locked
+  fi
+  if [ "$(wasm-bindgen --version 2>/dev/null)" != "wasm-bindgen $bindgen" ]; then
+    say "installing wasm-bindgen-cli $bindgen (a few minutes, once)"
+    cargo install wasm-bindgen-cli --version "$bindgen"
+  fi
+  export PATH="$PWD/.tools/npm/node_modules/.bin:$PATH"
+  if [ "$(wasm-opt --version 2>/dev/null)" != "wasm-opt version $binaryen (version_$binaryen)" ]; then
+    need_npm
+    say "installing wasm-opt (npm package binaryen@$binaryen)"
+    mkdir -p .tools/npm
+    (cd .tools/npm && npm install --no-audit --no-fund "binaryen@$binaryen.0.0" >/dev/null)
+  fi
+}
+
+build_frontend() {
+  need_web_tools
+  say "building the browser UI (trunk, offline)"
+  (cd frontend && trunk build --offline)
+}
+
+# Headless Chromium and its WebDriver, for the browser tests.
+need_chromium() {
+  command -v chromedriver >/dev/null && command -v chromium >/dev/null && return
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    say "installing Chromium and chromedriver (for the browser tests)"
+    apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null
+  else
+    echo "the browser tests need chromium and chromedriver on PATH" >&2
+    exit 1
+  fi
+}

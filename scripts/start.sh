@@ -6,6 +6,7 @@ source "$(dirname "$0")/common.sh"
 
 need_cargo
 build_backend
+build_frontend
 obtain_data
 
 base=data/models/base.safetensors

@@ -3,15 +3,15 @@
 source "$(dirname "$0")/common.sh"
 
 need_cargo
-if command -v rustup >/dev/null && ! rustup target list --installed | grep -q wasm32-unknown-unknown; then
-  say "adding the wasm32 target (the browser runs the shared crate)"
-  rustup target add wasm32-unknown-unknown
-fi
 build_backend
+build_frontend
 obtain_data
+need_chromium
 
-say "running the tests"
-cargo test --release --workspace
+say "running the tests (the end-to-end ones drive headless Chromium)"
+cargo test --release --workspace --exclude unlearn-frontend
 
-say "checking that the shared crate builds for the browser"
-cargo build --release -p unlearn-shared --target wasm32-unknown-unknown
+say "running the browser UI's tests in headless Chromium"
+CHROMEDRIVER=$(command -v chromedriver) WASM_BINDGEN_TEST_TIMEOUT=120 \
+  CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
+  cargo test --release -p unlearn-frontend --target wasm32-unknown-unknown

@@ -4,92 +4,13 @@
 
 #[path = "../backend/tests/common/mod.rs"]
 mod common;
+mod support;
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
-use unlearn_shared::api::{ModelInfo, ProgressEvent, Run, RunAccepted, RunResult, RunStatus};
-
-/// A running server, killed when dropped.
-struct Server {
-    child: Child,
-    url: String,
-    agent: ureq::Agent,
-}
-
-impl Server {
-    fn start(data_dir: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_backend"))
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(["--device", "cpu", "serve", "--addr", "127.0.0.1:0"])
-            .args(["--forget-limit", "64", "--full-limit", "128", "--test-limit", "100"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("backend starts");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let banner = lines.next().expect("a banner").expect("readable stdout");
-        let url = banner.split("http://").nth(1).and_then(|rest| rest.split_whitespace().next()).unwrap_or_else(|| panic!("no address in: {banner}"));
-        let agent = ureq::Agent::new_with_config(ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(600))).build());
-        let server = Self { child, url: format!("http://{url}"), agent };
-        let started = Instant::now();
-        while server.get("/api/health")["device"].is_null() {
-            assert!(started.elapsed() < Duration::from_secs(60), "the worker did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        server
-    }
-
-    fn get(&self, path: &str) -> Value {
-        let mut response = self.agent.get(format!("{}{path}", self.url)).call().expect("GET");
-        assert_eq!(response.status(), 200, "GET {path}");
-        serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap()
-    }
-
-    fn submit(&self, request: Value) -> (u16, RunAccepted) {
-        let mut response = self
-            .agent
-            .post(format!("{}/api/runs", self.url))
-            .header("content-type", "application/json")
-            .send(request.to_string())
-            .expect("POST");
-        let status = response.status().as_u16();
-        let body = response.body_mut().read_to_string().unwrap();
-        assert!(status == 200 || status == 202, "{status}: {body}");
-        (status, serde_json::from_str(&body).unwrap())
-    }
-
-    fn run(&self, id: i64) -> Run {
-        serde_json::from_value(self.get(&format!("/api/runs/{id}"))).unwrap()
-    }
-
-    /// Reads the event stream to its end: (event name, data) pairs.
-    fn events(&self, id: i64) -> Vec<(String, String)> {
-        let mut response = self.agent.get(format!("{}/api/runs/{id}/events", self.url)).call().expect("GET events");
-        assert_eq!(response.headers()["content-type"], "text/event-stream");
-        let mut events = Vec::new();
-        let mut name = String::new();
-        for line in BufReader::new(response.body_mut().as_reader()).lines() {
-            let line = line.expect("stream line");
-            if let Some(event) = line.strip_prefix("event: ") {
-                name = event.to_owned();
-            } else if let Some(data) = line.strip_prefix("data: ") {
-                events.push((std::mem::take(&mut name), data.to_owned()));
-            }
-        }
-        events
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use serde_json::json;
+use support::Server;
+use unlearn_shared::api::{ModelInfo, ProgressEvent, Run, RunResult, RunStatus};
 
 #[test]
 fn a_run_streams_to_its_result_which_survives_a_restart() {
@@ -98,7 +19,7 @@ fn a_run_streams_to_its_result_which_survives_a_restart() {
     let model = dir.join("models/tiny.safetensors");
     common::ok(common::backend(dir, &["train", "--width", "4", "--epochs", "1", "--train-limit", "512", "--test-limit", "100", "--out", model.to_str().unwrap()]));
 
-    let server = Server::start(dir);
+    let server = Server::start(dir, &[]);
     let models: Vec<ModelInfo> = serde_json::from_value(server.get("/api/models")).unwrap();
     let tiny = models.iter().find(|m| m.id == "tiny").expect("the trained model is offered");
     assert!(tiny.test_accuracy.is_some() && tiny.provenance.contains("trained by the workbench"), "{tiny:?}");
@@ -131,7 +52,7 @@ fn a_run_streams_to_its_result_which_survives_a_restart() {
     }
     drop(server);
 
-    let server = Server::start(dir);
+    let server = Server::start(dir, &[]);
     let after_restart = server.run(accepted.id);
     assert_eq!(after_restart.status, RunStatus::Succeeded);
     assert_eq!(after_restart.result, finished.result, "the stored result is the streamed one");

@@ -44,6 +44,14 @@ mod tests {
         assert_eq!(class_from_str("10"), None);
         assert_eq!(class_from_str("zebra"), None);
     }
+
+    #[test]
+    fn rgba_becomes_channel_planar_rgb() {
+        let rgba: Vec<u8> = (0..1024).flat_map(|p| [1, 2, 3, (p % 256) as u8]).collect();
+        let chw = chw_from_rgba(&rgba);
+        assert_eq!(chw.len(), IMAGE_BYTES);
+        assert!(chw[..1024].iter().all(|&v| v == 1) && chw[1024..2048].iter().all(|&v| v == 2) && chw[2048..].iter().all(|&v| v == 3));
+    }
 }
 
 /// Appends one CHW u8 image, scaled to [0, 1] and normalised per channel, to `out`.
@@ -53,4 +61,11 @@ pub fn normalize_into(image: &[u8], out: &mut Vec<f32>) {
         let c = i / plane;
         (v as f32 / 255.0 - MEAN[c]) / STD[c]
     }));
+}
+
+/// A 32x32 RGBA image (as a canvas gives it) in channel-planar RGB, alpha dropped.
+pub fn chw_from_rgba(rgba: &[u8]) -> Vec<u8> {
+    let pixels = IMAGE_SIDE * IMAGE_SIDE;
+    assert_eq!(rgba.len(), pixels * 4, "a 32x32 RGBA image");
+    (0..CHANNELS).flat_map(|c| rgba.chunks_exact(4).map(move |px| px[c])).collect()
 }

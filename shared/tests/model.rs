@@ -132,3 +132,22 @@ fn imported_parameters_stay_trainable() {
     assert!(model.conv1.weight.val().grad(&grads).is_some(), "imported weights receive gradients");
     assert!(model.fc.weight.val().grad(&grads).is_some());
 }
+
+#[test]
+fn classify_normalises_like_training_and_gives_probabilities() {
+    let model = ResNetConfig::new().with_width(4).init::<B>(&device());
+    let images: Vec<u8> = (0..2 * unlearn_shared::cifar::IMAGE_BYTES).map(|i| (i * 7 % 256) as u8).collect();
+    let probabilities = model.classify(&images, &device());
+    assert_eq!(probabilities.dims(), [2, 10]);
+    let sums = probabilities.clone().sum_dim(1).into_data().to_vec::<f32>().unwrap();
+    assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-4), "{sums:?}");
+
+    let mut normalised = Vec::new();
+    for image in images.chunks_exact(unlearn_shared::cifar::IMAGE_BYTES) {
+        unlearn_shared::cifar::normalize_into(image, &mut normalised);
+    }
+    let logits = model.forward(Tensor::<B, 1>::from_floats(normalised.as_slice(), &device()).reshape([2, 3, 32, 32]), NormStats::Running);
+    let expected = burn::tensor::activation::softmax(logits, 1).into_data().to_vec::<f32>().unwrap();
+    let got = probabilities.into_data().to_vec::<f32>().unwrap();
+    assert!(expected.iter().zip(&got).all(|(a, b)| (a - b).abs() < 1e-6));
+}

@@ -177,6 +177,21 @@ pub fn seed_table_markdown(reports: &[UnlearnReport]) -> String {
     table
 }
 
+/// The same table as CSV, with accuracy and loss in columns of their own.
+pub fn seed_table_csv(reports: &[UnlearnReport]) -> String {
+    let mut table = String::from("model,forget_class,forget_accuracy,forget_loss,retain_accuracy,retain_loss\n");
+    for report in reports {
+        for (label, eval) in [("original", &report.before.test), ("SSD", &report.after.test)] {
+            let (forget, retain) = (&eval.split.forget, &eval.split.retain);
+            table.push_str(&format!(
+                "{label},{},{:.2},{:.4},{:.2},{:.4}\n",
+                CLASSES[report.forget_class], forget.accuracy, forget.loss, retain.accuracy, retain.loss
+            ));
+        }
+    }
+    table
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,8 +225,10 @@ mod tests {
             after: ModelReport::new(&eval, &eval, 5),
             timings: Timings::default(),
         };
-        let table = seed_table_markdown(&[report]);
+        let table = seed_table_markdown(std::slice::from_ref(&report));
         assert!(table.contains("| original | dog | 100.00 (0.5000) | 100.00 (0.2500) |"), "{table}");
         assert_eq!(table.lines().count(), 4);
+        let csv = seed_table_csv(&[report]);
+        assert_eq!(csv.lines().nth(2), Some("SSD,dog,100.00,0.5000,100.00,0.2500"), "{csv}");
     }
 }

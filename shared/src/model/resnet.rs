@@ -7,11 +7,11 @@ use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
-use burn::tensor::activation::relu;
+use burn::tensor::activation::{relu, softmax};
 use burn::tensor::module::adaptive_avg_pool2d;
 
 use super::norm::{BatchNorm, BatchNormConfig, NormStats};
-use crate::cifar::{CHANNELS, NUM_CLASSES};
+use crate::cifar::{normalize_into, CHANNELS, IMAGE_BYTES, IMAGE_SIDE, NUM_CLASSES};
 
 /// Trainable parameters of the real model (width 64, 10 classes), as torchvision counts them.
 pub const RESNET18_PARAMETERS: usize = 11_173_962;
@@ -124,6 +124,18 @@ impl<B: Backend> ResNet<B> {
         }
         let pooled = adaptive_avg_pool2d(x, [1, 1]).flatten(1, 3);
         self.fc.forward(pooled)
+    }
+
+    /// Class probabilities `[batch, classes]` for channel-planar u8 images, normalised as
+    /// in training: what the browser shows for an image.
+    pub fn classify(&self, images: &[u8], device: &B::Device) -> Tensor<B, 2> {
+        let batch = images.len() / IMAGE_BYTES;
+        let mut values = Vec::with_capacity(images.len());
+        for image in images.chunks_exact(IMAGE_BYTES) {
+            normalize_into(image, &mut values);
+        }
+        let images = Tensor::<B, 1>::from_floats(values.as_slice(), device).reshape([batch, CHANNELS, IMAGE_SIDE, IMAGE_SIDE]);
+        softmax(self.forward(images, NormStats::Running), 1)
     }
 
     fn blocks(&self) -> impl Iterator<Item = &BasicBlock<B>> {

@@ -1,0 +1,122 @@
+use leptos::prelude::*;
+use wasm_bindgen::JsCast;
+
+use crate::api;
+use crate::app::Workbench;
+use crate::inference::{self, ModelCache, Models, Prediction, BACKEND_NAME};
+use crate::pixels;
+
+#[derive(Clone, PartialEq)]
+struct Outcome {
+    image: String,
+    base: Prediction,
+    unlearned: Option<(i64, Prediction)>,
+}
+
+/// Classify a gallery image or the user's own, with the base and the unlearned model, here
+/// in the browser.
+#[component]
+pub fn Classify() -> impl IntoView {
+    let workbench = expect_context::<Workbench>();
+    let models: ModelCache = StoredValue::new_local(Models::default());
+    let outcome = RwSignal::new(None::<Outcome>);
+    let working = RwSignal::new(false);
+    let gallery = LocalResource::new(move || api::samples(Some(workbench.class.get()), 12));
+
+    let classify = move |image: String| {
+        working.set(true);
+        leptos::task::spawn_local(async move {
+            let result = async {
+                let rgba = pixels::rgba_32(&image).await?;
+                let base = Models::get(models, &format!("/api/models/{}/weights", workbench.model.get_untracked())).await?;
+                let base = inference::predict(&base, &rgba);
+                let run = workbench.shown.get_untracked().filter(|r| r.has_weights);
+                let unlearned = match run {
+                    Some(run) => {
+                        let model = Models::get(models, &format!("/api/runs/{}/weights", run.id)).await?;
+                        Some((run.id, inference::predict(&model, &rgba)))
+                    }
+                    None => None,
+                };
+                Ok::<_, String>(Outcome { image, base, unlearned })
+            }
+            .await;
+            match result {
+                Ok(result) => outcome.set(Some(result)),
+                Err(error) => workbench.fail(error),
+            }
+            working.set(false);
+        });
+    };
+    let classify_file = {
+        let classify = classify.clone();
+        move |file: Option<web_sys::File>| match file.map(|f| pixels::file_url(&f)) {
+            Some(Ok(url)) => classify(url),
+            Some(Err(error)) => workbench.fail(error),
+            None => {}
+        }
+    };
+    let on_pick = {
+        let classify_file = classify_file.clone();
+        move |ev: leptos::ev::Event| {
+            let input: web_sys::HtmlInputElement = ev.target().expect("input").unchecked_into();
+            classify_file(input.files().and_then(|files| files.get(0)));
+        }
+    };
+    let on_drop = move |ev: leptos::ev::DragEvent| {
+        ev.prevent_default();
+        classify_file(ev.data_transfer().and_then(|d| d.files()).and_then(|files| files.get(0)));
+    };
+    let gallery_view = {
+        let classify = classify.clone();
+        move || {
+            let classify = classify.clone();
+            gallery.get().and_then(|r| r.ok()).map(|samples| {
+                samples.into_iter().map(|sample| {
+                    let classify = classify.clone();
+                    let url = sample.url.clone();
+                    view! { <button class="thumb" title=sample.class on:click=move |_| classify(url.clone())><img src=sample.url alt="test image" /></button> }
+                }).collect_view()
+            })
+        }
+    };
+
+    view! {
+        <h2>"Try it in your browser"</h2>
+        <p class="hint">{format!("Runs on {BACKEND_NAME}; images stay on this computer.")}</p>
+        <div class="gallery" id="gallery">{gallery_view}</div>
+        <label class="drop" on:dragover=|ev: leptos::ev::DragEvent| ev.prevent_default() on:drop=on_drop>
+            "Drop an image here, or " <input id="upload" type="file" accept="image/*" on:change=on_pick />
+        </label>
+        {move || working.get().then(|| view! { <p class="hint">"classifying…"</p> })}
+        <div id="predictions">
+            {move || outcome.get().map(|o| view! {
+                <div class="predictions">
+                    <img class="query" src=o.image alt="the image classified" />
+                    <PredictionList title="Base model".into() prediction=o.base />
+                    {match o.unlearned {
+                        Some((id, p)) => view! { <PredictionList title=format!("Unlearned (run {id})") prediction=p /> }.into_any(),
+                        None => view! { <p class="hint">"Run an unlearning to compare with the unlearned model."</p> }.into_any(),
+                    }}
+                </div>
+            })}
+        </div>
+    }
+}
+
+#[component]
+fn PredictionList(title: String, prediction: Prediction) -> impl IntoView {
+    view! {
+        <div class="prediction">
+            <h4>{title}</h4>
+            <ol>
+                {prediction.top.into_iter().map(|g| view! {
+                    <li><span class="class-name">{g.class}</span>
+                        <meter min="0" max="1" value=g.probability></meter>
+                        <span>{format!("{:.1} %", g.probability * 100.0)}</span></li>
+                }).collect_view()}
+            </ol>
+            <p class="time">{format!("{:.1} ms", prediction.milliseconds)}</p>
+        </div>
+    }
+}

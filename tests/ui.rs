@@ -1,0 +1,64 @@
+//! The whole workbench in headless Chromium: the real server with a tiny trained model, the
+//! built UI, an unlearning run from the page to its table and heatmaps, and local inference
+//! on a gallery image and on an uploaded file. Saves a screenshot in `target/e2e/`.
+
+#[path = "../backend/tests/common/mod.rs"]
+mod common;
+mod support;
+mod webdriver;
+
+use std::time::Duration;
+
+use support::Server;
+use webdriver::Browser;
+
+#[test]
+fn a_user_forgets_a_class_and_classifies_an_image_locally() {
+    let dist = common::workspace().join("frontend/dist");
+    assert!(dist.join("index.html").exists(), "the UI is not built in {}; scripts/test.sh builds it with trunk", dist.display());
+    let scratch = common::scratch_data_dir();
+    let dir = scratch.path();
+    let model = dir.join("models/base.safetensors");
+    common::ok(common::backend(dir, &["train", "--width", "4", "--epochs", "1", "--train-limit", "512", "--test-limit", "100", "--out", model.to_str().unwrap()]));
+    let server = Server::start(dir, &["--static-dir", dist.to_str().unwrap()]);
+
+    let browser = Browser::start();
+    browser.open(&server.url);
+    browser.wait_for_text("#health", Duration::from_secs(30), |t| t.contains("cpu"));
+    browser.wait_for("#model option[value='base']", 1, Duration::from_secs(30));
+
+    browser.click("button.class[data-class='dog']");
+    browser.wait_for_text("#run", Duration::from_secs(5), |t| t == "Forget dog");
+    browser.click("#run");
+    browser.wait_for("#results .seed-table tbody tr", 2, Duration::from_secs(180));
+    let table = browser.text("#results .seed-table");
+    assert!(table.contains("original dog") && table.contains("SSD dog"), "{table}");
+    assert_eq!(browser.all("#results .heatmap g.cell").len(), 200, "two 10x10 heatmaps");
+    let history = browser.wait_for_text(".history", Duration::from_secs(10), |t| t.contains("forget dog"));
+    assert!(history.contains("succeeded"), "{history}");
+
+    // A gallery image, classified by both models in the page.
+    browser.click("#gallery button.thumb");
+    browser.wait_for("#predictions .prediction", 2, Duration::from_secs(120));
+    let predictions = browser.text("#predictions");
+    assert!(predictions.contains("Base model") && predictions.contains("Unlearned (run 1)"), "{predictions}");
+    assert!(predictions.contains(" ms") && predictions.contains('%'), "{predictions}");
+
+    // The user's own file: the page reads it and shows it.
+    let upload = dir.join("mine.png");
+    let mut response = support::agent().get(format!("{}/api/samples/7", server.url)).call().unwrap();
+    std::fs::write(&upload, response.body_mut().read_to_vec().unwrap()).unwrap();
+    browser.type_into("#upload", upload.to_str().unwrap());
+    let started = std::time::Instant::now();
+    while !browser.script("return document.querySelector('#predictions img.query')?.src ?? ''").as_str().unwrap_or_default().starts_with("blob:") {
+        assert!(started.elapsed() < Duration::from_secs(60), "the upload was not classified: {}", browser.text("body"));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(browser.all(".error").is_empty(), "no error shown: {}", browser.text(".error"));
+
+    let shots = common::workspace().join("target/e2e");
+    std::fs::create_dir_all(&shots).unwrap();
+    let png = browser.screenshot();
+    assert_eq!(&png[1..4], b"PNG");
+    std::fs::write(shots.join("workbench.png"), png).unwrap();
+}
