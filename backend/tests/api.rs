@@ -188,6 +188,11 @@ async fn bad_input_gets_a_json_error_and_the_server_keeps_serving() {
     assert!(page.runs.is_empty(), "no bad request made a run: {page:?}");
     let models: Vec<ModelInfo> = server.get("/api/models").await;
     assert_eq!(models.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), ["tiny"], "no bad upload was kept");
+
+    // Without a built UI the page says how to build it instead of answering nothing.
+    let (status, _, page) = server.send(Call::new(Method::GET, "/")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(String::from_utf8_lossy(&page).contains("trunk build"));
 }
 
 #[tokio::test(flavor = "multi_thread")]

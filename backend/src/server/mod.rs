@@ -17,7 +17,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::Html;
 use axum::Router;
 use tower_http::services::{ServeDir, ServeFile};
 use unlearn_shared::api::{RunId, Subsample};
@@ -92,13 +94,27 @@ pub fn start(config: ServerConfig, data: Cifar10, device: DeviceChoice) -> anyho
 
 pub fn router(state: Arc<AppState>) -> Router {
     let ui = &state.config.static_dir;
-    let static_files = ServeDir::new(ui).fallback(ServeFile::new(ui.join("index.html")));
-    Router::new()
-        .nest("/api", routes::api())
-        .fallback_service(static_files)
+    let api = Router::new().nest("/api", routes::api());
+    // Paths the UI does not have get its page, so that its own routes survive a reload.
+    let app = if ui.join("index.html").exists() {
+        api.fallback_service(ServeDir::new(ui).fallback(ServeFile::new(ui.join("index.html"))))
+    } else {
+        api.fallback(ui_missing)
+    };
+    app
         .layer(axum::middleware::from_fn_with_state(state.clone(), guard::rate_limit))
         .layer(DefaultBodyLimit::max(JSON_LIMIT))
         .with_state(state)
+}
+
+async fn ui_missing(State(state): State<Arc<AppState>>) -> (StatusCode, Html<String>) {
+    let page = format!(
+        "<!doctype html><title>Unlearning workbench</title><h1>The UI is not built</h1>\
+         <p>There is no <code>index.html</code> in <code>{}</code>. Run <code>scripts/start.sh</code>, \
+         or <code>cd frontend && trunk build --offline</code>. The API is up: <a href=\"/api/health\">/api/health</a>.</p>",
+        state.config.static_dir.display()
+    );
+    (StatusCode::SERVICE_UNAVAILABLE, Html(page))
 }
 
 /// Serves until Ctrl-C. Runs in flight then are marked interrupted at the next start.
