@@ -9,14 +9,19 @@ use unlearn_shared::api::{ErrorBody, Health, ModelInfo, ProgressEvent, Run, RunA
 pub type ApiResult<T> = Result<T, String>;
 
 async fn read<T: DeserializeOwned>(response: Response) -> ApiResult<T> {
-    if response.ok() {
-        return response.json::<T>().await.map_err(|e| format!("unreadable answer from the server: {e}"));
+    if !response.ok() {
+        return Err(failure(response).await);
     }
+    response.json::<T>().await.map_err(|e| format!("unreadable answer from the server: {e}"))
+}
+
+/// A failed answer's `ErrorBody`, in words.
+async fn failure(response: Response) -> String {
     let status = response.status();
-    Err(match response.json::<ErrorBody>().await {
+    match response.json::<ErrorBody>().await {
         Ok(body) => format!("{} ({status}): {}", body.error, body.detail),
         Err(_) => format!("the server answered {status} {}", response.status_text()),
-    })
+    }
 }
 
 fn unreachable(error: gloo_net::Error) -> String {
@@ -63,7 +68,7 @@ pub async fn cancel(id: RunId) -> ApiResult<Run> {
 pub async fn bytes(url: &str) -> ApiResult<Vec<u8>> {
     let response = Request::get(url).send().await.map_err(unreachable)?;
     if !response.ok() {
-        return read::<()>(response).await.map(|_| Vec::new());
+        return Err(failure(response).await);
     }
     response.binary().await.map_err(|e| format!("downloading {url}: {e}"))
 }

@@ -123,7 +123,8 @@ impl Jobs {
             })
     }
 
-    /// Gives back a place taken by [`reserve`](Self::reserve) when the run was not enqueued.
+    /// Gives back a place taken by [`reserve`](Self::reserve): the worker took the run off
+    /// the queue, or it was never enqueued.
     pub fn release(&self) {
         self.waiting.fetch_sub(1, Ordering::SeqCst);
     }
@@ -134,11 +135,6 @@ impl Jobs {
         self.live.lock().expect("live lock").insert(id, live.clone());
         // The worker holds the receiver for as long as the server runs.
         let _ = self.sender.send(Job { id, request, live });
-    }
-
-    /// Called by the worker as it takes a job off the queue.
-    pub fn dequeued(&self) {
-        self.release();
     }
 
     pub fn live(&self, id: RunId) -> Option<Arc<LiveRun>> {

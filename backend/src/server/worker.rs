@@ -87,7 +87,7 @@ impl Workload for Worker {
         self.state.jobs.set_worker(WorkerInfo { device: device_name.to_owned(), default_subsample });
         let mut executor = Executor::<B> { state: &self.state, device, device_name, unlearners: HashMap::new() };
         for job in self.receiver {
-            self.state.jobs.dequeued();
+            self.state.jobs.release();
             if job.live.is_cancelled() {
                 continue; // Cancelled while queued; the cancelling request stored that.
             }
