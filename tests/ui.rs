@@ -27,12 +27,17 @@ fn a_user_forgets_a_class_and_classifies_an_image_locally() {
     browser.wait_for_text("#health", Duration::from_secs(30), |t| t.contains("cpu"));
     browser.wait_for("#model option[value='base']", 1, Duration::from_secs(30));
 
+    let alpha = browser.script("return document.querySelector('#alpha').value");
+    assert_eq!(alpha.as_str(), Some("auto"), "the default preset calibrates alpha");
     browser.click("button.class[data-class='dog']");
     browser.wait_for_text("#run", Duration::from_secs(5), |t| t == "Forget dog");
     browser.click("#run");
     browser.wait_for("#results .seed-table tbody tr", 2, Duration::from_secs(180));
     let table = browser.text("#results .seed-table");
     assert!(table.contains("original dog") && table.contains("SSD dog"), "{table}");
+    assert!(table.contains("MIA (% members)") && table.contains("Time (s)"), "{table}");
+    let meta = browser.text("#results");
+    assert!(meta.contains("calibrated") && meta.contains("membership attack"), "the default preset calibrates alpha: {meta}");
     assert_eq!(browser.all("#results .heatmap g.cell").len(), 200, "two 10x10 heatmaps");
     let history = browser.wait_for_text(".history", Duration::from_secs(10), |t| t.contains("forget dog"));
     assert!(history.contains("succeeded"), "{history}");

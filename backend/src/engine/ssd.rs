@@ -85,6 +85,7 @@ impl<B: Backend> Importance<B> {
 struct Dampen<'a, B: Backend> {
     forget: &'a Importance<B>,
     full: &'a Importance<B>,
+    alpha: f64,
     settings: &'a SsdSettings,
     stats: DampenStats,
 }
@@ -94,26 +95,31 @@ impl<B: Backend> KeyedMapper<B> for Dampen<'_, B> {
         let (Some(forget), Some(full)) = (self.forget.tensors.get(key), self.full.tensors.get(key)) else {
             return param;
         };
+        self.stats.total += forget.shape().num_elements() as u64;
+        if !self.settings.layers.contains(key) {
+            return param;
+        }
         let (id, tensor, mapper) = param.consume();
         let shape = tensor.shape();
-        let selected = forget.clone().greater(full.clone() * self.settings.alpha);
+        let selected = forget.clone().greater(full.clone() * self.alpha);
         let beta = (full.clone() * self.settings.lambda / forget.clone()).clamp_max(1.0);
         let factor = Tensor::ones_like(&beta).mask_where(selected.clone(), beta);
         self.stats.selected += selected.int().sum().into_scalar().elem::<i64>() as u64;
-        self.stats.total += shape.num_elements() as u64;
         Param::from_mapped_value(id, tensor * factor.reshape(shape), mapper)
     }
 }
 
-/// Scales each parameter where `imp_forget > alpha * imp_full` by
+/// Scales each parameter of `settings.layers` where `imp_forget > alpha * imp_full` by
 /// `min(lambda * imp_full / imp_forget, 1)`; BatchNorm running statistics are never touched.
+/// `alpha` is given apart from the settings because they may leave it to calibration.
 pub fn dampen<B: Backend>(
     model: ResNet<B>,
     forget: &Importance<B>,
     full: &Importance<B>,
+    alpha: f64,
     settings: &SsdSettings,
 ) -> (ResNet<B>, DampenStats) {
-    let mut mapper = Dampen { forget, full, settings, stats: DampenStats { selected: 0, total: 0 } };
+    let mut mapper = Dampen { forget, full, alpha, settings, stats: DampenStats { selected: 0, total: 0 } };
     let model = map_keyed(model, &mut mapper);
     (model, mapper.stats)
 }
@@ -121,7 +127,7 @@ pub fn dampen<B: Backend>(
 #[cfg(test)]
 mod tests {
     use burn::backend::Autodiff;
-    use unlearn_shared::api::SetOrder;
+    use unlearn_shared::api::{Alpha, Layers, SetOrder};
     use unlearn_shared::cifar::IMAGE_BYTES;
     use unlearn_shared::model::weights::export;
     use unlearn_shared::model::ResNetConfig;
@@ -152,8 +158,8 @@ mod tests {
         FORGET_PATTERN[i % 5]
     }
 
-    fn settings(alpha: f64, lambda: f64) -> SsdSettings {
-        SsdSettings { alpha, lambda, importance_batch: 2, full_order: SetOrder::ClassOrdered }
+    fn settings(lambda: f64, layers: Layers) -> SsdSettings {
+        SsdSettings { alpha: Alpha::Auto, lambda, layers, importance_batch: 2, full_order: SetOrder::ClassOrdered }
     }
 
     #[test]
@@ -161,7 +167,7 @@ mod tests {
         let model = ResNetConfig::new().with_width(2).init::<Cpu>(&Default::default());
         let before = export(&model);
         let (forget, full) = hand_made(&model);
-        let (after, stats) = dampen(model, &forget, &full, &settings(10.0, 1.0));
+        let (after, stats) = dampen(model, &forget, &full, 10.0, &settings(1.0, Layers::All));
         let after = export(&after);
 
         let mut expected_selected = 0;
@@ -184,12 +190,28 @@ mod tests {
     }
 
     #[test]
+    fn dampening_leaves_layers_outside_its_scope_alone() {
+        let model = ResNetConfig::new().with_width(2).init::<Cpu>(&Default::default());
+        let before = export(&model);
+        let (forget, full) = hand_made(&model);
+        let (after, stats) = dampen(model, &forget, &full, 10.0, &settings(1.0, Layers::Classifier));
+        let after = export(&after);
+        for (key, old) in &before {
+            let changed = old.values.iter().zip(&after[key].values).any(|(o, n)| o != n);
+            assert_eq!(changed, key.starts_with("fc.") && old.values.iter().any(|&v| v != 0.0), "{key}");
+        }
+        let fc = before["fc.weight"].values.len() + before["fc.bias"].values.len();
+        assert!(stats.selected > 0 && stats.selected < fc as u64, "{stats:?}");
+        assert_eq!(stats.total as usize, unlearn_shared::model::weights::parameter_count(&ResNetConfig::new().with_width(2).init::<Cpu>(&Default::default())));
+    }
+
+    #[test]
     fn a_strong_lambda_never_grows_a_parameter() {
         let model = ResNetConfig::new().with_width(2).init::<Cpu>(&Default::default());
         let before = export(&model);
         let (forget, full) = hand_made(&model);
         // lambda 50: beta = min(50 / imp_forget, 1) is 1 for 11 and 20, 0.5 for 100.
-        let (after, stats) = dampen(model, &forget, &full, &settings(10.0, 50.0));
+        let (after, stats) = dampen(model, &forget, &full, 10.0, &settings(50.0, Layers::All));
         let after = export(&after);
         for (key, old) in before.iter().filter(|(key, _)| !is_statistic(key)) {
             for (i, (o, n)) in old.values.iter().zip(&after[key].values).enumerate() {

@@ -33,6 +33,9 @@ pub struct TrainConfig {
     pub width: usize,
     /// Train on a seeded random subset of this many images (for quick CPU runs).
     pub train_limit: Option<usize>,
+    /// Leave this class out of training: the retrain-from-scratch baseline of unlearning it.
+    #[serde(default)]
+    pub exclude_class: Option<usize>,
     /// Report test accuracy on a seeded random subset of this many images.
     pub test_limit: Option<usize>,
 }
@@ -47,6 +50,7 @@ impl Default for TrainConfig {
             seed: 0,
             width: 64,
             train_limit: None,
+            exclude_class: None,
             test_limit: None,
         }
     }
@@ -104,7 +108,8 @@ pub fn train<B: AutodiffBackend>(
         model = weights::import(model, file.weights)?;
         sgd.load_state(file.optimizer, device);
     }
-    let train_indices = sample((0..data.train.len()).collect(), config.train_limit, config.seed);
+    let kept = (0..data.train.len()).filter(|&i| Some(data.train.label(i)) != config.exclude_class).collect();
+    let train_indices = sample(kept, config.train_limit, config.seed);
     let test_indices = sample((0..data.test.len()).collect(), config.test_limit, config.seed);
     let loss_fn = CrossEntropyLossConfig::new().init(device);
 
@@ -145,7 +150,11 @@ pub fn train<B: AutodiffBackend>(
         });
         ModelFile {
             meta: ModelMeta {
-                provenance: format!("trained by the workbench, seed recipe, {epoch} of {} epochs", config.epochs),
+                provenance: format!(
+                    "trained by the workbench, seed recipe, {epoch} of {} epochs{}",
+                    config.epochs,
+                    config.exclude_class.map(|c| format!(", without class {c} ({})", unlearn_shared::cifar::CLASSES[c])).unwrap_or_default()
+                ),
                 test_accuracy: Some(overall.accuracy),
                 training: Some(state.clone()),
             },

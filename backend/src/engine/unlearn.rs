@@ -8,11 +8,12 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use unlearn_shared::api::{ModelReport, SetOrder, SsdSettings, Subsample, Timings, UnlearnReport};
-use unlearn_shared::metrics::Evaluation;
+use unlearn_shared::api::{Alpha, Membership, ModelReport, RetrainedReport, SetOrder, SsdSettings, Subsample, Timings, UnlearnReport};
+use unlearn_shared::metrics::{Evaluation, MembershipAttack};
 use unlearn_shared::model::weights::{self, Metadata, Precision, WeightsError};
 use unlearn_shared::model::ResNet;
 
+use super::calibrate::{calibrate, CalibrationConfig};
 use super::evaluate::evaluate;
 use super::progress::{Cancelled, Progress};
 use super::sample;
@@ -25,6 +26,8 @@ use crate::models::ModelFile;
 const SUBSAMPLE_SEED: u64 = 0;
 /// Part of every importance cache name; bump it when the importance computation changes.
 const IMPORTANCE_CACHE_VERSION: u32 = 1;
+/// Forget-set images that calibration and the membership attack classify.
+const PROBE_IMAGES: usize = 500;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UnlearnError {
@@ -53,6 +56,10 @@ pub struct Unlearner<'a, B: AutodiffBackend> {
     /// A training subset as large as the test subset, for the same metrics on seen images.
     train_indices: Vec<usize>,
     base_evaluation: Option<(Evaluation, Evaluation)>,
+    /// The base model on each class's probe images.
+    base_probe: HashMap<usize, Evaluation>,
+    /// Models of the same recipe trained without a class, by that class, with their names.
+    retrained: HashMap<usize, (String, ResNet<B::InnerBackend>)>,
     full_importance: HashMap<(SetOrder, usize), Importance<B::InnerBackend>>,
 }
 
@@ -79,8 +86,17 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
             test_indices: sample((0..data.test.len()).collect(), subsample.test, SUBSAMPLE_SEED),
             train_indices: sample((0..data.train.len()).collect(), Some(subsample.test.unwrap_or(data.test.len())), SUBSAMPLE_SEED),
             base_evaluation: None,
+            base_probe: HashMap::new(),
+            retrained: HashMap::new(),
             full_importance: HashMap::new(),
         })
+    }
+
+    /// Compares every run forgetting `class` with `file`, a model trained without it.
+    pub fn add_retrained(&mut self, class: usize, name: impl Into<String>, file: &ModelFile) -> Result<(), WeightsError> {
+        let model = weights::model_from_state_dict::<B::InnerBackend>(file.weights.clone(), &self.device)?;
+        self.retrained.insert(class, (name.into(), model));
+        Ok(())
     }
 
     /// sha256 of the base model's weights.
@@ -117,27 +133,75 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
         let forget = importance(&self.model, &self.data.train, &forget_indices, settings.importance_batch, "importance (forget set)", &self.device, progress)?;
         timings.forget_importance_s = started.elapsed().as_secs_f64();
 
-        let started = Instant::now();
-        let (unlearned, dampened) = dampen(self.model.valid(), &forget, &self.full_importance[&key], settings);
-        timings.dampen_s = started.elapsed().as_secs_f64();
+        let probe = sample(forget_indices.clone(), Some(PROBE_IMAGES), SUBSAMPLE_SEED);
+        let full = &self.full_importance[&key];
+        let (unlearned, alpha, layers, calibration, dampened) = match settings.alpha {
+            Alpha::Fixed(alpha) => {
+                let started = Instant::now();
+                let (unlearned, dampened) = dampen(self.model.valid(), &forget, full, alpha, settings);
+                timings.dampen_s = started.elapsed().as_secs_f64();
+                (unlearned, alpha, settings.layers, None, dampened)
+            }
+            Alpha::Auto => {
+                let started = Instant::now();
+                let config = CalibrationConfig::default();
+                let found = calibrate(&self.model.valid(), &forget, full, settings, &config, &self.data.train, &probe, &self.device, progress)?;
+                timings.calibrate_s = started.elapsed().as_secs_f64();
+                (found.model, found.alpha, found.layers, Some(found.calibration), found.dampened)
+            }
+        };
 
         let started = Instant::now();
         let (before_test, before_train) = self.base_evaluation(progress)?.clone();
+        let before_probe = self.base_probe(class, &probe, progress)?;
         let (after_test, after_train) = self.evaluate_both(&unlearned, progress)?;
+        let after_probe = evaluate(&unlearned, &self.data.train, &probe, &self.device, progress)?;
         timings.evaluate_s = started.elapsed().as_secs_f64();
 
+        let member_percent = |test: &Evaluation, train: &Evaluation, probe: &Evaluation| {
+            MembershipAttack::fit(&train.entropies(|c| c != class), &test.entropies(|_| true)).member_percent(&probe.entropies(|c| c == class))
+        };
+        let retrained = match self.retrained.get(&class) {
+            Some((name, model)) => {
+                let (test, train) = self.evaluate_both(model, progress)?;
+                let probe = evaluate(model, &self.data.train, &probe, &self.device, progress)?;
+                let membership = member_percent(&test, &train, &probe);
+                Some(RetrainedReport { model: name.clone(), report: ModelReport::new(&test, &train, class), membership })
+            }
+            None => None,
+        };
+        let membership = Membership {
+            before: member_percent(&before_test, &before_train, &before_probe),
+            after: member_percent(&after_test, &after_train, &after_probe),
+            images: probe.len(),
+        };
         let report = UnlearnReport {
             model: self.model_name.clone(),
             device: self.device_name.clone(),
             forget_class: class,
             settings: *settings,
+            alpha,
+            layers,
+            calibration,
             subsample: self.subsample,
             dampened,
+            membership,
             before: ModelReport::new(&before_test, &before_train, class),
             after: ModelReport::new(&after_test, &after_train, class),
             timings,
+            retrained,
         };
         Ok((report, unlearned))
+    }
+
+    /// The base model on the probe images of `class`, evaluated once per class.
+    fn base_probe(&mut self, class: usize, probe: &[usize], progress: &mut dyn Progress) -> Result<Evaluation, Cancelled> {
+        if let Some(evaluation) = self.base_probe.get(&class) {
+            return Ok(evaluation.clone());
+        }
+        let evaluation = evaluate(&self.model.valid(), &self.data.train, probe, &self.device, progress)?;
+        self.base_probe.insert(class, evaluation.clone());
+        Ok(evaluation)
     }
 
     /// On the test subset and on the training subset.

@@ -209,6 +209,7 @@ impl<'a, B: AutodiffBackend> Executor<'a, B> {
             seed: request.seed,
             width: request.width,
             train_limit: request.train_limit,
+            exclude_class: request.exclude_class.map(|c| c.index()),
             test_limit: request.test_limit,
             ..TrainConfig::default()
         };

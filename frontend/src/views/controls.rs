@@ -1,12 +1,14 @@
 use leptos::prelude::*;
-use unlearn_shared::api::{ClassId, RunRequest, SsdSettings, UnlearnRequest};
+use unlearn_shared::api::{Alpha, ClassId, Layers, RunRequest, SsdSettings, UnlearnRequest};
 use unlearn_shared::cifar::CLASSES;
 
 use crate::api;
 use crate::app::Workbench;
 
-/// Named settings a user can start from.
-const PRESETS: [(&str, f64, f64); 2] = [("Seed (α 10, λ 1)", 10.0, 1.0), ("Stronger (α 2, λ 1)", 2.0, 1.0)];
+/// Named settings a user can start from: the project's default and the seed card's.
+fn presets() -> [(&'static str, SsdSettings); 2] {
+    [("Calibrated α (default)", SsdSettings::default()), ("Seed (α 10, λ 1)", SsdSettings::seed())]
+}
 
 fn parse_positive(text: &str, name: &str) -> Result<f64, String> {
     match text.trim().parse::<f64>() {
@@ -24,7 +26,8 @@ pub fn Controls() -> impl IntoView {
     let defaults = SsdSettings::default();
     let alpha = RwSignal::new(defaults.alpha.to_string());
     let lambda = RwSignal::new(defaults.lambda.to_string());
-    let settings = move || Ok::<_, String>((parse_positive(&alpha.get(), "alpha")?, parse_positive(&lambda.get(), "lambda")?));
+    let layers = RwSignal::new(defaults.layers);
+    let settings = move || Ok::<_, String>((alpha.get().parse::<Alpha>()?, parse_positive(&lambda.get(), "lambda")?));
 
     let start = move |sweep: bool| {
         let Ok((alpha, lambda)) = settings() else { return };
@@ -33,6 +36,7 @@ pub fn Controls() -> impl IntoView {
             class: (!sweep).then(|| ClassId::new(workbench.class.get_untracked()).expect("picker offers classes 0-9")),
             alpha,
             lambda,
+            layers: layers.get_untracked(),
             importance_batch: defaults.importance_batch,
             full_order: defaults.full_order,
             subsample: None,
@@ -82,13 +86,25 @@ pub fn Controls() -> impl IntoView {
             }).collect_view()}
         </div>
         <div class="settings">
-            <label>"α (selection) " <input id="alpha" type="number" step="any" min="0" prop:value=move || alpha.get()
+            <label title="a positive number, or auto to calibrate it for the class">"α (selection) "
+                <input id="alpha" type="text" inputmode="decimal" size="6" prop:value=move || alpha.get()
                 on:input=move |ev| alpha.set(event_target_value(&ev)) /></label>
             <label>"λ (dampening) " <input id="lambda" type="number" step="any" min="0" prop:value=move || lambda.get()
                 on:input=move |ev| lambda.set(event_target_value(&ev)) /></label>
+            <label>"Dampen "
+                <select id="layers" on:change=move |ev| {
+                    if let Some(choice) = Layers::ALL.into_iter().find(|l| l.describe() == event_target_value(&ev)) { layers.set(choice); }
+                }>
+                    {Layers::ALL.map(|choice| view! { <option value=choice.describe() selected=move || layers.get() == choice>{choice.describe()}</option> }).collect_view()}
+                </select>
+            </label>
             <div class="presets">
-                {PRESETS.map(|(name, a, l)| view! {
-                    <button class="secondary" on:click=move |_| { alpha.set(a.to_string()); lambda.set(l.to_string()); }>{name}</button>
+                {presets().map(|(name, preset)| view! {
+                    <button class="secondary" on:click=move |_| {
+                        alpha.set(preset.alpha.to_string());
+                        lambda.set(preset.lambda.to_string());
+                        layers.set(preset.layers);
+                    }>{name}</button>
                 }).collect_view()}
             </div>
             {move || settings().err().map(|e| view! { <p class="invalid">{e}</p> })}

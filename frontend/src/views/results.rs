@@ -26,18 +26,26 @@ pub fn SeedTable(reports: Vec<UnlearnReport>) -> impl IntoView {
         });
     };
     let rows = reports.iter().flat_map(|report| {
-        [("original", &report.before.test), ("SSD", &report.after.test)].map(|(label, eval)| view! {
+        [
+            ("original", &report.before.test, None, report.membership.before, None),
+            ("SSD", &report.after.test, Some(report.alpha), report.membership.after, Some(report.timings.unlearn_s())),
+        ]
+        .map(|(label, eval, alpha, members, seconds)| view! {
             <tr class=label>
                 <td>{label}</td>
                 <td>{CLASSES[report.forget_class]}</td>
                 <td>{cell(&eval.split.forget)}</td>
                 <td>{cell(&eval.split.retain)}</td>
+                <td>{alpha.map_or("–".to_owned(), |a| format!("{a:.3}"))}</td>
+                <td>{format!("{members:.1}")}</td>
+                <td>{seconds.map_or("–".to_owned(), |s| format!("{s:.1}"))}</td>
             </tr>
         })
     }).collect_view();
     view! {
         <table class="seed-table">
-            <thead><tr><th>"Model"</th><th>"Forget class"</th><th>"Forget class acc (loss)"</th><th>"Retain class acc (loss)"</th></tr></thead>
+            <thead><tr><th>"Model"</th><th>"Forget class"</th><th>"Forget class acc (loss)"</th><th>"Retain class acc (loss)"</th>
+                <th>"α"</th><th title="membership attack on the forget set's training images">"MIA (% members)"</th><th>"Time (s)"</th></tr></thead>
             <tbody>{rows}</tbody>
         </table>
         <div class="table-actions">
@@ -53,17 +61,32 @@ pub fn ReportView(report: UnlearnReport) -> impl IntoView {
     let forget = report.forget_class;
     let t = &report.timings;
     let timing = format!(
-        "full-set importance {:.1} s{} · forget-set importance {:.1} s · dampening {:.2} s · evaluation {:.1} s",
+        "full-set importance {:.1} s{} · forget-set importance {:.1} s · choosing α {:.1} s · dampening {:.2} s · evaluation {:.1} s",
         t.full_importance_s,
         if t.full_importance_cached { " (cached)" } else { "" },
         t.forget_importance_s,
+        t.calibrate_s,
         t.dampen_s,
         t.evaluate_s
     );
+    let alpha = match &report.calibration {
+        Some(c) => format!(
+            "α {:.3} on {} (calibrated: ≤ {} % of {} forget-set images{})",
+            report.alpha,
+            report.layers.describe(),
+            c.target_forget_accuracy,
+            c.images,
+            if c.reached { "" } else { ", not reached" }
+        ),
+        None => format!("α {} on {}", report.alpha, report.layers.describe()),
+    };
+    let membership = format!(
+        "membership attack: {:.1} % of {} forget-set training images called members before, {:.1} % after",
+        report.membership.before, report.membership.images, report.membership.after
+    );
     let settings = format!(
-        "model {} · α {} · λ {} · {} of {} parameters dampened · {} · {} test images",
+        "model {} · {alpha} · λ {} · {} of {} parameters dampened · {} · {} test images",
         report.model,
-        report.settings.alpha,
         report.settings.lambda,
         report.dampened.selected,
         report.dampened.total,
@@ -78,6 +101,7 @@ pub fn ReportView(report: UnlearnReport) -> impl IntoView {
             <Heatmap title="Test confusion after".into() confusion=report.after.test.confusion.clone() forget=forget />
             <ClassBars before=report.before.test.per_class_accuracy.clone() after=report.after.test.per_class_accuracy.clone() forget=forget />
         </div>
+        <p class="meta">{membership}</p>
         <p class="meta">{timing}</p>
     }
 }

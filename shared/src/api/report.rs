@@ -17,32 +17,171 @@ pub enum SetOrder {
     Shuffled { seed: u64 },
 }
 
+/// SSD's selection threshold: a parameter is dampened where `imp_forget > alpha * imp_full`.
+/// JSON: a positive number, or `"auto"`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Alpha {
+    /// As given; the seed's value is 10.
+    Fixed(f64),
+    /// Calibrated per request: the largest alpha whose dampened model no longer recognises
+    /// the forget set (see `Calibration`).
+    Auto,
+}
+
+impl Alpha {
+    /// The seed card's value.
+    pub const SEED: Self = Self::Fixed(10.0);
+}
+
+impl std::fmt::Display for Alpha {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Fixed(alpha) => write!(f, "{alpha}"),
+            Self::Auto => f.write_str("auto"),
+        }
+    }
+}
+
+impl std::str::FromStr for Alpha {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        if text == "auto" {
+            return Ok(Self::Auto);
+        }
+        match text.parse::<f64>() {
+            Ok(alpha) if alpha.is_finite() && alpha > 0.0 => Ok(Self::Fixed(alpha)),
+            _ => Err(format!("alpha must be a positive number or `auto`, got '{text}'")),
+        }
+    }
+}
+
+impl Serialize for Alpha {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Fixed(alpha) => serializer.serialize_f64(*alpha),
+            Self::Auto => serializer.serialize_str("auto"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Alpha {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Alpha;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a positive number or \"auto\"")
+            }
+            fn visit_f64<E: serde::de::Error>(self, alpha: f64) -> Result<Alpha, E> {
+                Ok(Alpha::Fixed(alpha))
+            }
+            fn visit_u64<E: serde::de::Error>(self, alpha: u64) -> Result<Alpha, E> {
+                Ok(Alpha::Fixed(alpha as f64))
+            }
+            fn visit_i64<E: serde::de::Error>(self, alpha: i64) -> Result<Alpha, E> {
+                Ok(Alpha::Fixed(alpha as f64))
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Alpha, E> {
+                match text {
+                    "auto" => Ok(Alpha::Auto),
+                    _ => Err(E::custom(format!("alpha must be a positive number or \"auto\", got \"{text}\""))),
+                }
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+#[cfg(feature = "schema")]
+impl schemars::JsonSchema for Alpha {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Alpha".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "SSD's selection threshold: a positive number, or \"auto\" to calibrate it per request.",
+            "oneOf": [
+                { "type": "number", "exclusiveMinimum": 0 },
+                { "type": "string", "enum": ["auto"] },
+            ]
+        })
+    }
+}
+
+/// The parameters SSD may dampen, by torchvision key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum Layers {
+    /// Every weight and bias, as the SSD paper does.
+    All,
+    /// The last residual stage (`layer4`) and the classifier (`fc`).
+    LastStage,
+    /// The classifier (`fc`) alone.
+    Classifier,
+}
+
+impl Layers {
+    /// Narrowest first.
+    pub const ALL: [Self; 3] = [Self::Classifier, Self::LastStage, Self::All];
+
+    /// For people.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::All => "all layers",
+            Self::LastStage => "layer4 + fc",
+            Self::Classifier => "classifier (fc)",
+        }
+    }
+
+    pub fn contains(self, key: &str) -> bool {
+        match self {
+            Self::All => true,
+            Self::LastStage => key.starts_with("layer4.") || key.starts_with("fc."),
+            Self::Classifier => key.starts_with("fc."),
+        }
+    }
+}
+
 /// Selective Synaptic Dampening's settings, recorded with every result.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SsdSettings {
-    /// A parameter is selected where `imp_forget > alpha * imp_full`.
-    pub alpha: f64,
+    pub alpha: Alpha,
     /// Selected parameters are scaled by `min(lambda * imp_full / imp_forget, 1)`.
     pub lambda: f64,
+    pub layers: Layers,
     /// Mini-batch size of the importance passes.
     pub importance_batch: usize,
     pub full_order: SetOrder,
 }
 
 impl Default for SsdSettings {
-    /// The SSD paper's settings for this task, with the reference code's batch and order.
+    /// The project's default: alpha calibrated per request, only the classifier dampened;
+    /// importances as the seed computes them.
     fn default() -> Self {
-        Self { alpha: 10.0, lambda: 1.0, importance_batch: 64, full_order: SetOrder::ClassOrdered }
+        Self { alpha: Alpha::Auto, layers: Layers::Classifier, ..Self::seed() }
     }
 }
 
 impl SsdSettings {
+    /// The seed card's preset: the SSD paper's settings for this task, with the reference
+    /// code's batch and class-ordered full set.
+    pub fn seed() -> Self {
+        Self { alpha: Alpha::SEED, lambda: 1.0, layers: Layers::All, importance_batch: 64, full_order: SetOrder::ClassOrdered }
+    }
+
     /// Rejects settings that cannot give a meaningful result.
     pub fn validate(&self) -> Result<(), String> {
-        if !(self.alpha.is_finite() && self.alpha > 0.0) {
-            return Err(format!("alpha must be a positive number, got {}", self.alpha));
+        if let Alpha::Fixed(alpha) = self.alpha {
+            if !(alpha.is_finite() && alpha > 0.0) {
+                return Err(format!("alpha must be a positive number or \"auto\", got {alpha}"));
+            }
         }
         if !(self.lambda.is_finite() && self.lambda > 0.0) {
             return Err(format!("lambda must be a positive number, got {}", self.lambda));
@@ -123,8 +262,49 @@ pub struct Timings {
     /// The full-set importance came from the on-disk cache.
     pub full_importance_cached: bool,
     pub forget_importance_s: f64,
+    /// Choosing alpha (zero when it was given); includes the final dampening.
+    pub calibrate_s: f64,
     pub dampen_s: f64,
     pub evaluate_s: f64,
+}
+
+/// How `alpha: "auto"` chose alpha: the largest alpha whose dampened model recognises at most
+/// `target_forget_accuracy` percent of the forget set, found by a walk down a log scale and a
+/// bisection; from the classifier, the scope widens to the last stage if the classifier alone
+/// cannot get there.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct Calibration {
+    pub target_forget_accuracy: f64,
+    /// Forget-set training images each step classified.
+    pub images: usize,
+    /// Every alpha tried, in order.
+    pub steps: Vec<CalibrationStep>,
+    /// False when no step met the target; the step that recognised the fewest was used.
+    pub reached: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct CalibrationStep {
+    pub alpha: f64,
+    pub layers: Layers,
+    pub selected: u64,
+    /// Percent of the calibration images still classified as the forget class; a step that
+    /// stopped counting early (its target already missed) reports what it had counted.
+    pub forget_accuracy: f64,
+    pub reached: bool,
+}
+
+/// The membership-inference attack (`MembershipAttack`, fitted per model on retain-class
+/// training images against test images) asked about the forget set's training images:
+/// the percent it calls members. A retrained model's figure is the goal.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct Membership {
+    pub before: f64,
+    pub after: f64,
+    pub images: usize,
 }
 
 /// What a long job is doing, as the terminal and the server's event stream show it.
@@ -150,44 +330,122 @@ pub struct UnlearnReport {
     pub device: String,
     pub forget_class: usize,
     pub settings: SsdSettings,
+    /// The alpha used: as given, or as calibrated.
+    pub alpha: f64,
+    /// The parameters dampened: as given, or as calibration widened them.
+    pub layers: Layers,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<Calibration>,
     pub subsample: Subsample,
     pub dampened: DampenStats,
+    pub membership: Membership,
     pub before: ModelReport,
     pub after: ModelReport,
     pub timings: Timings,
+    /// The same recipe trained without the forget class, when one was supplied: the gold
+    /// standard the unlearned model is measured against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retrained: Option<RetrainedReport>,
 }
 
-/// The seed card's table, on the test set:
-/// `Model | Forget class | Forget class acc (loss) | Retain class acc (loss)`.
+/// A model retrained from scratch without the forget class, on the same sets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct RetrainedReport {
+    pub model: String,
+    pub report: ModelReport,
+    /// Membership attack's verdict on the forget set's training images, percent members.
+    pub membership: f64,
+}
+
+impl Timings {
+    /// Seconds the unlearning itself took once the full-set importance exists: the forget-set
+    /// importance, choosing alpha, and dampening; evaluation excluded.
+    pub fn unlearn_s(&self) -> f64 {
+        self.forget_importance_s + self.calibrate_s + self.dampen_s
+    }
+}
+
+/// One row of the seed card's table, with the columns this project adds.
+struct TableRow<'a> {
+    label: &'static str,
+    class: &'static str,
+    eval: &'a EvalReport,
+    alpha: Option<f64>,
+    member_percent: f64,
+    seconds: Option<f64>,
+}
+
+/// Original and SSD for every report, then the retrained model where there is one.
+fn table_rows(reports: &[UnlearnReport]) -> impl Iterator<Item = TableRow<'_>> {
+    reports.iter().flat_map(|report| {
+        let class = CLASSES[report.forget_class];
+        let retrained = report.retrained.as_ref().map(|r| TableRow {
+            label: "retrained",
+            class,
+            eval: &r.report.test,
+            alpha: None,
+            member_percent: r.membership,
+            seconds: None,
+        });
+        [
+            TableRow { label: "original", class, eval: &report.before.test, alpha: None, member_percent: report.membership.before, seconds: None },
+            TableRow {
+                label: "SSD",
+                class,
+                eval: &report.after.test,
+                alpha: Some(report.alpha),
+                member_percent: report.membership.after,
+                seconds: Some(report.timings.unlearn_s()),
+            },
+        ]
+        .into_iter()
+        .chain(retrained)
+    })
+}
+
+/// The seed card's table on the test set (`Model | Forget class | Forget class acc (loss) |
+/// Retain class acc (loss)`), then the alpha used, the membership attack's verdict on the
+/// forget set's training images, and the seconds unlearning took.
 pub fn seed_table_markdown(reports: &[UnlearnReport]) -> String {
     let cell = |m: &AccLoss| format!("{:.2} ({:.4})", m.accuracy, m.loss);
+    let or_dash = |value: Option<String>| value.unwrap_or_else(|| "–".into());
     let mut table = String::from(
-        "| Model | Forget class | Forget class acc (loss) | Retain class acc (loss) |\n|---|---|---|---|\n",
+        "| Model | Forget class | Forget class acc (loss) | Retain class acc (loss) | α | MIA (% members) | Time (s) |\n|---|---|---|---|---|---|---|\n",
     );
-    for report in reports {
-        for (label, eval) in [("original", &report.before.test), ("SSD", &report.after.test)] {
-            table.push_str(&format!(
-                "| {label} | {} | {} | {} |\n",
-                CLASSES[report.forget_class],
-                cell(&eval.split.forget),
-                cell(&eval.split.retain)
-            ));
-        }
+    for row in table_rows(reports) {
+        table.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {:.1} | {} |\n",
+            row.label,
+            row.class,
+            cell(&row.eval.split.forget),
+            cell(&row.eval.split.retain),
+            or_dash(row.alpha.map(|a| format!("{a:.3}"))),
+            row.member_percent,
+            or_dash(row.seconds.map(|s| format!("{s:.1}"))),
+        ));
     }
     table
 }
 
 /// The same table as CSV, with accuracy and loss in columns of their own.
 pub fn seed_table_csv(reports: &[UnlearnReport]) -> String {
-    let mut table = String::from("model,forget_class,forget_accuracy,forget_loss,retain_accuracy,retain_loss\n");
-    for report in reports {
-        for (label, eval) in [("original", &report.before.test), ("SSD", &report.after.test)] {
-            let (forget, retain) = (&eval.split.forget, &eval.split.retain);
-            table.push_str(&format!(
-                "{label},{},{:.2},{:.4},{:.2},{:.4}\n",
-                CLASSES[report.forget_class], forget.accuracy, forget.loss, retain.accuracy, retain.loss
-            ));
-        }
+    let or_empty = |value: Option<f64>| value.map(|v| v.to_string()).unwrap_or_default();
+    let mut table = String::from("model,forget_class,forget_accuracy,forget_loss,retain_accuracy,retain_loss,alpha,mia_member_percent,seconds\n");
+    for row in table_rows(reports) {
+        let (forget, retain) = (&row.eval.split.forget, &row.eval.split.retain);
+        table.push_str(&format!(
+            "{},{},{:.2},{:.4},{:.2},{:.4},{},{:.1},{}\n",
+            row.label,
+            row.class,
+            forget.accuracy,
+            forget.loss,
+            retain.accuracy,
+            retain.loss,
+            or_empty(row.alpha),
+            row.member_percent,
+            or_empty(row.seconds.map(|s| (s * 10.0).round() / 10.0)),
+        ));
     }
     table
 }
@@ -200,8 +458,8 @@ mod tests {
     fn settings_reject_nonsense() {
         assert!(SsdSettings::default().validate().is_ok());
         for bad in [
-            SsdSettings { alpha: f64::NAN, ..Default::default() },
-            SsdSettings { alpha: -1.0, ..Default::default() },
+            SsdSettings { alpha: Alpha::Fixed(f64::NAN), ..Default::default() },
+            SsdSettings { alpha: Alpha::Fixed(-1.0), ..Default::default() },
             SsdSettings { lambda: f64::INFINITY, ..Default::default() },
             SsdSettings { importance_batch: 0, ..Default::default() },
         ] {
@@ -210,25 +468,56 @@ mod tests {
     }
 
     #[test]
+    fn alpha_is_a_number_or_auto() {
+        let parse = |json: &str| serde_json::from_str::<Alpha>(json);
+        assert_eq!(parse("10").unwrap(), Alpha::Fixed(10.0));
+        assert_eq!(parse("2.5").unwrap(), Alpha::Fixed(2.5));
+        assert_eq!(parse("\"auto\"").unwrap(), Alpha::Auto);
+        assert!(parse("\"sometimes\"").unwrap_err().to_string().contains("positive number or \"auto\""));
+        assert!(parse("true").is_err());
+        for alpha in [Alpha::Auto, Alpha::Fixed(3.5)] {
+            assert_eq!(parse(&serde_json::to_string(&alpha).unwrap()).unwrap(), alpha);
+            assert_eq!(alpha.to_string().parse::<Alpha>().unwrap(), alpha);
+        }
+        assert!("0".parse::<Alpha>().is_err() && "nan".parse::<Alpha>().is_err());
+        assert_eq!(SsdSettings::seed().alpha, Alpha::SEED);
+        assert_eq!(SsdSettings::default(), SsdSettings { alpha: Alpha::Auto, layers: Layers::Classifier, ..SsdSettings::seed() });
+    }
+
+    #[test]
     fn table_has_a_row_per_model_and_class() {
         let mut eval = Evaluation::default();
-        eval.record(5, 5, 0.5);
-        eval.record(1, 1, 0.25);
+        eval.record(5, 5, 0.5, 0.1);
+        eval.record(1, 1, 0.25, 0.1);
         let report = UnlearnReport {
             model: "m".into(),
             device: "cpu".into(),
             forget_class: 5,
             settings: SsdSettings::default(),
+            alpha: 10.0,
+            layers: Layers::All,
+            calibration: None,
             subsample: Subsample::default(),
             dampened: DampenStats { selected: 1, total: 2 },
+            membership: Membership { before: 90.0, after: 10.0, images: 1 },
             before: ModelReport::new(&eval, &eval, 5),
             after: ModelReport::new(&eval, &eval, 5),
-            timings: Timings::default(),
+            timings: Timings { forget_importance_s: 2.0, dampen_s: 0.5, ..Timings::default() },
+            retrained: None,
         };
         let table = seed_table_markdown(std::slice::from_ref(&report));
-        assert!(table.contains("| original | dog | 100.00 (0.5000) | 100.00 (0.2500) |"), "{table}");
+        assert!(table.contains("| original | dog | 100.00 (0.5000) | 100.00 (0.2500) | – | 90.0 | – |"), "{table}");
+        assert!(table.contains("| SSD | dog | 100.00 (0.5000) | 100.00 (0.2500) | 10.000 | 10.0 | 2.5 |"), "{table}");
         assert_eq!(table.lines().count(), 4);
-        let csv = seed_table_csv(&[report]);
-        assert_eq!(csv.lines().nth(2), Some("SSD,dog,100.00,0.5000,100.00,0.2500"), "{csv}");
+        let csv = seed_table_csv(std::slice::from_ref(&report));
+        assert_eq!(csv.lines().nth(2), Some("SSD,dog,100.00,0.5000,100.00,0.2500,10,10.0,2.5"), "{csv}");
+
+        let retrained = UnlearnReport {
+            retrained: Some(RetrainedReport { model: "without-dog".into(), report: ModelReport::new(&eval, &eval, 5), membership: 12.5 }),
+            ..report
+        };
+        let table = seed_table_markdown(&[retrained]);
+        assert_eq!(table.lines().count(), 5);
+        assert!(table.lines().last().unwrap().starts_with("| retrained | dog | 100.00 (0.5000) |"), "{table}");
     }
 }

@@ -4,7 +4,7 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use super::report::{ProgressEvent, SetOrder, SsdSettings, Subsample, UnlearnReport};
+use super::report::{Alpha, Layers, ProgressEvent, SetOrder, SsdSettings, Subsample, UnlearnReport};
 use crate::cifar::{class_from_str, CLASSES, NUM_CLASSES};
 use crate::metrics::AccLoss;
 
@@ -69,7 +69,8 @@ fn default_model() -> String {
 }
 
 /// Forgetting with SSD: one class (`kind: unlearn`) or each class in turn (`kind: sweep`).
-/// Left-out settings take the seed's values.
+/// Left-out settings take the project's defaults (`SsdSettings::default()`); the seed card's
+/// SSD is `"alpha": 10, "layers": "all"`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
@@ -79,10 +80,13 @@ pub struct UnlearnRequest {
     /// Required by `unlearn`; a `sweep` forgets every class and takes none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub class: Option<ClassId>,
+    /// `"auto"` (the default) calibrates it for the class; the seed's value is 10.
     #[serde(default = "defaults::alpha")]
-    pub alpha: f64,
+    pub alpha: Alpha,
     #[serde(default = "defaults::lambda")]
     pub lambda: f64,
+    #[serde(default = "defaults::layers")]
+    pub layers: Layers,
     #[serde(default = "defaults::importance_batch")]
     pub importance_batch: usize,
     #[serde(default = "defaults::full_order")]
@@ -95,11 +99,14 @@ pub struct UnlearnRequest {
 mod defaults {
     use super::*;
 
-    pub fn alpha() -> f64 {
+    pub fn alpha() -> Alpha {
         SsdSettings::default().alpha
     }
     pub fn lambda() -> f64 {
         SsdSettings::default().lambda
+    }
+    pub fn layers() -> Layers {
+        SsdSettings::default().layers
     }
     pub fn importance_batch() -> usize {
         SsdSettings::default().importance_batch
@@ -111,7 +118,7 @@ mod defaults {
 
 impl UnlearnRequest {
     pub fn settings(&self) -> SsdSettings {
-        SsdSettings { alpha: self.alpha, lambda: self.lambda, importance_batch: self.importance_batch, full_order: self.full_order }
+        SsdSettings { alpha: self.alpha, lambda: self.lambda, layers: self.layers, importance_batch: self.importance_batch, full_order: self.full_order }
     }
 }
 
@@ -144,6 +151,9 @@ pub struct TrainRequest {
     pub width: usize,
     #[serde(default)]
     pub train_limit: Option<usize>,
+    /// Leave this class out: the retrain-from-scratch baseline of forgetting it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exclude_class: Option<ClassId>,
     #[serde(default)]
     pub test_limit: Option<usize>,
 }

@@ -1,0 +1,202 @@
+//! Choosing SSD's alpha per request. Dampening is instant once the importances exist, so the
+//! largest alpha whose model stops recognising the forget set is searched for directly, each
+//! step classifying a sample of the forget set. Forgetting is not monotone in alpha (a smaller
+//! alpha also dampens what other classes need, and their lost logits can hand the forget class
+//! back some images), so the search walks down from the largest alpha and refines only the
+//! first bracket where the target is met.
+
+use burn::prelude::*;
+use unlearn_shared::api::{Calibration, CalibrationStep, DampenStats, Layers, SsdSettings};
+use unlearn_shared::model::{NormStats, ResNet};
+
+use super::batch::make_batch;
+use super::progress::{Cancelled, PhaseTimer, Progress};
+use super::ssd::{dampen, Importance};
+use crate::data::Split;
+
+/// What the search aims for and where it looks.
+#[derive(Debug, Clone, Copy)]
+pub struct CalibrationConfig {
+    /// Highest acceptable percent of forget-set images still classified as their class.
+    pub target_forget_accuracy: f64,
+    /// The alphas searched; the largest is tried first, the smallest is the fallback.
+    pub alpha_range: (f64, f64),
+    /// Ratio between the alphas of the downward walk.
+    pub step: f64,
+    /// The bracket the walk finds is bisected until its ratio is below this.
+    pub resolution: f64,
+}
+
+impl Default for CalibrationConfig {
+    fn default() -> Self {
+        Self { target_forget_accuracy: 1.0, alpha_range: (0.5, 256.0), step: 2.0, resolution: 1.1 }
+    }
+}
+
+/// Images per forward pass while counting.
+const COUNT_BATCH: usize = 100;
+
+/// The dampened model at the calibrated alpha, with what the search saw.
+pub struct Calibrated<B: Backend> {
+    pub model: ResNet<B>,
+    pub alpha: f64,
+    pub layers: Layers,
+    pub dampened: DampenStats,
+    pub calibration: Calibration,
+}
+
+/// The scopes tried in turn, narrowest first, starting from the requested one. Widening stops
+/// at the last stage: with every layer in scope the first alpha that forgets already costs
+/// other classes most of their accuracy (docs/unlearning.md).
+fn scopes(start: Layers) -> &'static [Layers] {
+    match start {
+        Layers::Classifier => &[Layers::Classifier, Layers::LastStage],
+        Layers::LastStage => &[Layers::LastStage],
+        Layers::All => &[Layers::All],
+    }
+}
+
+/// Searches alpha (and, from the classifier, the scope) for `model` forgetting `class`,
+/// judged on `probe` (images of `class` in `split`); `settings.alpha` is ignored.
+#[allow(clippy::too_many_arguments)]
+pub fn calibrate<B: Backend>(
+    model: &ResNet<B>,
+    forget: &Importance<B>,
+    full: &Importance<B>,
+    settings: &SsdSettings,
+    config: &CalibrationConfig,
+    split: &Split,
+    probe: &[usize],
+    device: &B::Device,
+    progress: &mut dyn Progress,
+) -> Result<Calibrated<B>, Cancelled> {
+    let allowed = (config.target_forget_accuracy / 100.0 * probe.len() as f64).floor() as usize;
+    let timer = PhaseTimer::new("calibrate alpha", 0);
+    let mut steps: Vec<CalibrationStep> = Vec::new();
+    let mut try_alpha = |alpha: f64, layers: Layers, progress: &mut dyn Progress| -> Result<bool, Cancelled> {
+        let (candidate, dampened) = dampen(model.clone(), forget, full, alpha, &SsdSettings { layers, ..*settings });
+        let (recognised, counted) = count_recognised(&candidate, split, probe, allowed, device, progress)?;
+        let reached = recognised <= allowed;
+        let forget_accuracy = 100.0 * recognised as f64 / counted.max(1) as f64;
+        steps.push(CalibrationStep { alpha, layers, selected: dampened.selected, forget_accuracy, reached });
+        progress.report(&timer.event(steps.len() as u64));
+        Ok(reached)
+    };
+
+    let mut found = None;
+    for &layers in scopes(settings.layers) {
+        if let Some(alpha) = search(config, |alpha| try_alpha(alpha, layers, progress))? {
+            found = Some((alpha, layers));
+            break;
+        }
+    }
+    let reached = found.is_some();
+    // Missed everywhere: the step that recognised the fewest, narrowest scope and largest
+    // alpha first among equals (steps are in that order).
+    let (alpha, layers) = found.unwrap_or_else(|| {
+        let best = steps.iter().fold(&steps[0], |best, step| if step.forget_accuracy < best.forget_accuracy { step } else { best });
+        (best.alpha, best.layers)
+    });
+    let (model, dampened) = dampen(model.clone(), forget, full, alpha, &SsdSettings { layers, ..*settings });
+    let calibration = Calibration { target_forget_accuracy: config.target_forget_accuracy, images: probe.len(), steps, reached };
+    Ok(Calibrated { model, alpha, layers, dampened, calibration })
+}
+
+/// The largest alpha for which `forgets` holds, to `config.resolution`: a walk down from the
+/// top of the range, then a bisection of the first bracket. `None` if no alpha in the range
+/// forgets.
+fn search(config: &CalibrationConfig, mut forgets: impl FnMut(f64) -> Result<bool, Cancelled>) -> Result<Option<f64>, Cancelled> {
+    let (smallest, largest) = config.alpha_range;
+    // `low` forgets, `high` (when there is one) does not.
+    let (mut low, mut high) = (largest, None);
+    loop {
+        if forgets(low)? {
+            break;
+        }
+        if low <= smallest {
+            return Ok(None);
+        }
+        high = Some(low);
+        low = (low / config.step).max(smallest);
+    }
+    if let Some(mut high) = high {
+        while high / low > config.resolution {
+            let middle = (low * high).sqrt();
+            if forgets(middle)? {
+                low = middle;
+            } else {
+                high = middle;
+            }
+        }
+    }
+    Ok(Some(low))
+}
+
+/// How many `probe` images the model classifies as their class, and how many it looked at:
+/// counting stops once more than `limit` are recognised.
+fn count_recognised<B: Backend>(
+    model: &ResNet<B>,
+    split: &Split,
+    probe: &[usize],
+    limit: usize,
+    device: &B::Device,
+    progress: &mut dyn Progress,
+) -> Result<(usize, usize), Cancelled> {
+    let (mut recognised, mut counted) = (0, 0);
+    for chunk in probe.chunks(COUNT_BATCH) {
+        if progress.cancelled() {
+            return Err(Cancelled);
+        }
+        let batch = make_batch::<B>(split, chunk, None::<&mut rand_chacha::ChaCha8Rng>, device);
+        let predicted = model.forward(batch.images, NormStats::Running).argmax(1).squeeze_dim::<1>(1);
+        recognised += predicted.equal(batch.labels).int().sum().into_scalar().elem::<i64>() as usize;
+        counted += chunk.len();
+        if recognised > limit {
+            break;
+        }
+    }
+    Ok((recognised, counted))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs the search against a made-up response: forgets inside `window`.
+    fn searched(window: std::ops::RangeInclusive<f64>) -> (Option<f64>, Vec<f64>) {
+        let mut tried = Vec::new();
+        let found = search(&CalibrationConfig::default(), |alpha| {
+            tried.push(alpha);
+            Ok(window.contains(&alpha))
+        })
+        .unwrap();
+        (found, tried)
+    }
+
+    #[test]
+    fn search_finds_the_largest_forgetting_alpha_to_the_resolution() {
+        let (found, tried) = searched(0.0..=9.5);
+        let found = found.unwrap();
+        assert!(found <= 9.5 && found * CalibrationConfig::default().resolution > 9.5, "{found}");
+        assert_eq!(&tried[..6], &[256.0, 128.0, 64.0, 32.0, 16.0, 8.0]);
+        assert!(tried.len() < 12, "{tried:?}");
+    }
+
+    #[test]
+    fn search_takes_the_first_window_from_the_top_even_if_smaller_alphas_stop_forgetting() {
+        // Forgetting is not monotone: only 4..=6 forgets; the walk finds 4 and refines up.
+        let (found, _) = searched(4.0..=6.0);
+        let found = found.unwrap();
+        assert!((4.0..=6.0).contains(&found) && found * 1.1 > 6.0, "{found}");
+    }
+
+    #[test]
+    fn search_reports_a_miss() {
+        assert_eq!(searched(1000.0..=2000.0).0, None);
+        let (found, tried) = searched(300.0..=400.0);
+        assert_eq!(found, None);
+        assert_eq!(*tried.last().unwrap(), 0.5, "the walk ends at the smallest alpha");
+        // Everything forgets: the largest alpha is the answer at once.
+        assert_eq!(searched(0.0..=1000.0), (Some(256.0), vec![256.0]));
+    }
+}
