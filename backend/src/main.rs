@@ -19,7 +19,7 @@ use unlearn_backend::engine::unlearn::Unlearner;
 use unlearn_backend::engine::sample;
 use unlearn_backend::models::{ModelFile, ModelMeta};
 use unlearn_backend::server::{self, ServerConfig};
-use unlearn_shared::api::{seed_table_markdown, Alpha, Layers, SetOrder, SsdSettings, Subsample, UnlearnReport};
+use unlearn_shared::api::{seed_recipe, seed_table_markdown, Alpha, Layers, SetOrder, SsdSettings, Subsample, UnlearnReport};
 use unlearn_shared::cifar::{class_from_str, CLASSES};
 use unlearn_shared::model::weights::{self, export};
 
@@ -188,14 +188,14 @@ struct TrainArgs {
     /// Continue from the checkpoint at `--out`, with its recipe; only `--epochs` can change.
     #[arg(long)]
     resume: bool,
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = seed_recipe::EPOCHS)]
     epochs: usize,
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = seed_recipe::BATCH_SIZE)]
     batch_size: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Channels of the first stage (64 is ResNet18; smaller is for quick tests).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = seed_recipe::WIDTH)]
     width: usize,
     /// Train on a seeded random subset of this many images.
     #[arg(long)]

@@ -150,6 +150,8 @@ async fn bad_input_gets_a_json_error_and_the_server_keeps_serving() {
         (unlearn(json!({ "class": "zebra" })), unprocessable, "unknown class 'zebra'"),
         (unlearn(json!({ "class": 10 })), unprocessable, "unknown class 10"),
         (unlearn(json!({ "alpha": -1 })), unprocessable, "alpha must be a positive number"),
+        (unlearn(json!({ "alpha": "sometimes" })), unprocessable, "positive number or \"auto\""),
+        (unlearn(json!({ "layers": "middle" })), unprocessable, "unknown variant `middle`"),
         (unlearn(json!({ "lambda": 0 })), unprocessable, "lambda must be a positive number"),
         (unlearn(json!({ "importance_batch": 0 })), unprocessable, "batch size"),
         (unlearn(json!({ "model": "nope" })), StatusCode::NOT_FOUND, "no model 'nope'"),

@@ -33,6 +33,22 @@ pub fn class_from_str(text: &str) -> Option<usize> {
         .or_else(|| CLASSES.iter().position(|name| name.eq_ignore_ascii_case(text)))
 }
 
+/// Appends one CHW u8 image, scaled to [0, 1] and normalised per channel, to `out`.
+pub fn normalize_into(image: &[u8], out: &mut Vec<f32>) {
+    let plane = IMAGE_SIDE * IMAGE_SIDE;
+    out.extend(image.iter().enumerate().map(|(i, &v)| {
+        let c = i / plane;
+        (v as f32 / 255.0 - MEAN[c]) / STD[c]
+    }));
+}
+
+/// A 32x32 RGBA image (as a canvas gives it) in channel-planar RGB, alpha dropped.
+pub fn chw_from_rgba(rgba: &[u8]) -> Vec<u8> {
+    let pixels = IMAGE_SIDE * IMAGE_SIDE;
+    assert_eq!(rgba.len(), pixels * 4, "a 32x32 RGBA image");
+    (0..CHANNELS).flat_map(|c| rgba.chunks_exact(4).map(move |px| px[c])).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -52,20 +68,4 @@ mod tests {
         assert_eq!(chw.len(), IMAGE_BYTES);
         assert!(chw[..1024].iter().all(|&v| v == 1) && chw[1024..2048].iter().all(|&v| v == 2) && chw[2048..].iter().all(|&v| v == 3));
     }
-}
-
-/// Appends one CHW u8 image, scaled to [0, 1] and normalised per channel, to `out`.
-pub fn normalize_into(image: &[u8], out: &mut Vec<f32>) {
-    let plane = IMAGE_SIDE * IMAGE_SIDE;
-    out.extend(image.iter().enumerate().map(|(i, &v)| {
-        let c = i / plane;
-        (v as f32 / 255.0 - MEAN[c]) / STD[c]
-    }));
-}
-
-/// A 32x32 RGBA image (as a canvas gives it) in channel-planar RGB, alpha dropped.
-pub fn chw_from_rgba(rgba: &[u8]) -> Vec<u8> {
-    let pixels = IMAGE_SIDE * IMAGE_SIDE;
-    assert_eq!(rgba.len(), pixels * 4, "a 32x32 RGBA image");
-    (0..CHANNELS).flat_map(|c| rgba.chunks_exact(4).map(move |px| px[c])).collect()
 }

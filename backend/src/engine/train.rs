@@ -10,7 +10,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use unlearn_shared::api::EpochLog;
+use unlearn_shared::api::{seed_recipe, EpochLog};
 use unlearn_shared::model::weights::{self, export};
 use unlearn_shared::model::{NormStats, ResNetConfig};
 
@@ -44,11 +44,11 @@ impl Default for TrainConfig {
     /// The seed recipe.
     fn default() -> Self {
         Self {
-            epochs: 20,
-            batch_size: 256,
+            epochs: seed_recipe::EPOCHS,
+            batch_size: seed_recipe::BATCH_SIZE,
             sgd: SgdConfig { lr: 0.01, momentum: 0.9, dampening: 0.0, nesterov: true, weight_decay: 5e-4 },
             seed: 0,
-            width: 64,
+            width: seed_recipe::WIDTH,
             train_limit: None,
             exclude_class: None,
             test_limit: None,

@@ -133,7 +133,7 @@ impl<'a, B: AutodiffBackend> Executor<'a, B> {
                 let unlearner = self.unlearner(request)?;
                 let (report, model) = unlearner.forget(class, &request.settings(), &mut progress).map_err(from_unlearn)?;
                 let etag = self.save_run_weights(job.id, &export(&model))?;
-                Ok((RunResult::Unlearn(report), Some(etag)))
+                Ok((RunResult::Unlearn(Box::new(report)), Some(etag)))
             }
             RunRequest::Sweep(request) => {
                 let settings = request.settings();

@@ -48,37 +48,26 @@ pub fn Classify() -> impl IntoView {
             working.set(false);
         });
     };
-    let classify_file = {
-        let classify = classify.clone();
-        move |file: Option<web_sys::File>| match file.map(|f| pixels::file_url(&f)) {
-            Some(Ok(url)) => classify(url),
-            Some(Err(error)) => workbench.fail(error),
-            None => {}
-        }
+    let classify_file = move |file: Option<web_sys::File>| match file.map(|f| pixels::file_url(&f)) {
+        Some(Ok(url)) => classify(url),
+        Some(Err(error)) => workbench.fail(error),
+        None => {}
     };
-    let on_pick = {
-        let classify_file = classify_file.clone();
-        move |ev: leptos::ev::Event| {
-            let input: web_sys::HtmlInputElement = ev.target().expect("input").unchecked_into();
-            classify_file(input.files().and_then(|files| files.get(0)));
-        }
+    let on_pick = move |ev: leptos::ev::Event| {
+        let input: web_sys::HtmlInputElement = ev.target().expect("input").unchecked_into();
+        classify_file(input.files().and_then(|files| files.get(0)));
     };
     let on_drop = move |ev: leptos::ev::DragEvent| {
         ev.prevent_default();
         classify_file(ev.data_transfer().and_then(|d| d.files()).and_then(|files| files.get(0)));
     };
-    let gallery_view = {
-        let classify = classify.clone();
-        move || {
-            let classify = classify.clone();
-            gallery.get().and_then(|r| r.ok()).map(|samples| {
-                samples.into_iter().map(|sample| {
-                    let classify = classify.clone();
-                    let url = sample.url.clone();
-                    view! { <button class="thumb" title=sample.class on:click=move |_| classify(url.clone())><img src=sample.url alt="test image" /></button> }
-                }).collect_view()
-            })
-        }
+    let gallery_view = move || {
+        gallery.get().and_then(|r| r.ok()).map(|samples| {
+            samples.into_iter().map(|sample| {
+                let url = sample.url.clone();
+                view! { <button class="thumb" title=sample.class on:click=move |_| classify(url.clone())><img src=sample.url alt="test image" /></button> }
+            }).collect_view()
+        })
     };
 
     view! {

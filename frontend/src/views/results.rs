@@ -110,7 +110,7 @@ pub fn ReportView(report: UnlearnReport) -> impl IntoView {
 pub fn run_view(run: Run) -> AnyView {
     let title = format!("Run {}", run.id);
     let body = match run.result {
-        Some(RunResult::Unlearn(report)) => view! { <ReportView report=report /> }.into_any(),
+        Some(RunResult::Unlearn(report)) => view! { <ReportView report=*report /> }.into_any(),
         Some(RunResult::Sweep { reports }) => view! { <SeedTable reports=reports /> }.into_any(),
         Some(RunResult::Eval(summary)) => view! {
             <p class="meta">{format!("{}: test accuracy {:.2} %, loss {:.4} on {} images", summary.model, summary.overall.accuracy, summary.overall.loss, summary.overall.images)}</p>

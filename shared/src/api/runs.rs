@@ -140,14 +140,14 @@ pub struct EvalRequest {
 #[serde(deny_unknown_fields)]
 pub struct TrainRequest {
     pub name: String,
-    #[serde(default = "train_defaults::epochs")]
+    #[serde(default = "seed_recipe::epochs")]
     pub epochs: usize,
-    #[serde(default = "train_defaults::batch_size")]
+    #[serde(default = "seed_recipe::batch_size")]
     pub batch_size: usize,
     #[serde(default)]
     pub seed: u64,
     /// Channels of the first stage: 64 is ResNet18, smaller is for quick tests.
-    #[serde(default = "train_defaults::width")]
+    #[serde(default = "seed_recipe::width")]
     pub width: usize,
     #[serde(default)]
     pub train_limit: Option<usize>,
@@ -158,15 +158,21 @@ pub struct TrainRequest {
     pub test_limit: Option<usize>,
 }
 
-mod train_defaults {
-    pub fn epochs() -> usize {
-        20
+/// The seed recipe's shape, which the trainer's defaults also take.
+pub mod seed_recipe {
+    pub const EPOCHS: usize = 20;
+    pub const BATCH_SIZE: usize = 256;
+    /// Channels of the first stage: ResNet18.
+    pub const WIDTH: usize = 64;
+
+    pub(super) fn epochs() -> usize {
+        EPOCHS
     }
-    pub fn batch_size() -> usize {
-        256
+    pub(super) fn batch_size() -> usize {
+        BATCH_SIZE
     }
-    pub fn width() -> usize {
-        64
+    pub(super) fn width() -> usize {
+        WIDTH
     }
 }
 
@@ -299,7 +305,7 @@ pub struct TrainSummary {
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum RunResult {
-    Unlearn(UnlearnReport),
+    Unlearn(Box<UnlearnReport>),
     Sweep { reports: Vec<UnlearnReport> },
     Eval(EvalSummary),
     Train(TrainSummary),
@@ -391,11 +397,14 @@ mod tests {
     }
 
     #[test]
-    fn requests_fill_in_the_seed_settings_and_reject_unknown_fields() {
+    fn requests_fill_in_the_default_settings_and_reject_unknown_fields() {
         let request: RunRequest = serde_json::from_str(r#"{"kind":"unlearn","class":"cat"}"#).unwrap();
         let RunRequest::Unlearn(unlearn) = &request else { panic!("{request:?}") };
         assert_eq!((unlearn.model.as_str(), unlearn.settings()), ("base", SsdSettings::default()));
         assert!(request.validate().is_ok());
+        let seed: RunRequest = serde_json::from_str(r#"{"kind":"sweep","alpha":10,"layers":"all"}"#).unwrap();
+        let RunRequest::Sweep(seed) = seed else { panic!("{seed:?}") };
+        assert_eq!(seed.settings(), SsdSettings::seed(), "the seed card's SSD in two fields");
 
         let error = serde_json::from_str::<RunRequest>(r#"{"kind":"unlearn","class":3,"alpa":2}"#).unwrap_err();
         assert!(error.to_string().contains("unknown field `alpa`"), "{error}");
