@@ -69,12 +69,12 @@ pub fn unlearn_report(report: &UnlearnReport) -> String {
         100.0 * report.dampened.selected as f64 / report.dampened.total.max(1) as f64
     );
     if let Some(calibration) = &report.calibration {
-        let steps: Vec<String> = calibration.steps.iter().map(|s| format!("{:?} {:.3} → {:.1} %", s.layers, s.alpha, s.forget_accuracy)).collect();
+        let steps: Vec<String> = calibration.steps.iter().map(|s| format!("{} {:.3} → {:.1} %", s.layers.describe(), s.alpha, s.forget_accuracy)).collect();
         let _ = writeln!(
             out,
-            "alpha {:.3} on {:?}, calibrated for at most {} % of {} forget-set images{}: {}",
+            "alpha {:.3} on {}, calibrated for at most {} % of {} forget-set images{}: {}",
             report.alpha,
-            report.layers,
+            report.layers.describe(),
             calibration.target_forget_accuracy,
             calibration.images,
             if calibration.reached { "" } else { " (NOT reached; the step that recognised the fewest)" },

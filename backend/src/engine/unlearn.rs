@@ -41,6 +41,27 @@ pub enum UnlearnError {
     Cache { path: PathBuf, error: std::io::Error },
 }
 
+/// One model on the sets every report reads.
+struct Measured {
+    test: Evaluation,
+    train: Evaluation,
+    /// Images of the forget class from its training set.
+    probe: Evaluation,
+}
+
+impl Measured {
+    fn report(&self, class: usize) -> ModelReport {
+        ModelReport::new(&self.test, &self.train, class)
+    }
+
+    /// The membership attack, fitted on retain-class training images against test images,
+    /// asked about the probe.
+    fn member_percent(&self, class: usize) -> f64 {
+        let attack = MembershipAttack::fit(&self.train.entropies(|c| c != class), &self.test.entropies(|_| true));
+        attack.member_percent(&self.probe.entropies(|c| c == class))
+    }
+}
+
 /// One base model on one device, ready to forget any class. Keeps what does not depend on
 /// the class: the full-set importances (also cached on disk) and the base model's evaluation.
 pub struct Unlearner<'a, B: AutodiffBackend> {
@@ -152,29 +173,19 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
         };
 
         let started = Instant::now();
-        let (before_test, before_train) = self.base_evaluation(progress)?.clone();
-        let before_probe = self.base_probe(class, &probe, progress)?;
-        let (after_test, after_train) = self.evaluate_both(&unlearned, progress)?;
-        let after_probe = evaluate(&unlearned, &self.data.train, &probe, &self.device, progress)?;
+        let (test, train) = self.base_evaluation(progress)?.clone();
+        let before = Measured { test, train, probe: self.base_probe(class, &probe, progress)? };
+        let after = self.measure(&unlearned, &probe, progress)?;
         timings.evaluate_s = started.elapsed().as_secs_f64();
 
-        let member_percent = |test: &Evaluation, train: &Evaluation, probe: &Evaluation| {
-            MembershipAttack::fit(&train.entropies(|c| c != class), &test.entropies(|_| true)).member_percent(&probe.entropies(|c| c == class))
-        };
         let retrained = match self.retrained.get(&class) {
             Some((name, model)) => {
-                let (test, train) = self.evaluate_both(model, progress)?;
-                let probe = evaluate(model, &self.data.train, &probe, &self.device, progress)?;
-                let membership = member_percent(&test, &train, &probe);
-                Some(RetrainedReport { model: name.clone(), report: ModelReport::new(&test, &train, class), membership })
+                let measured = self.measure(model, &probe, progress)?;
+                Some(RetrainedReport { model: name.clone(), report: measured.report(class), membership: measured.member_percent(class) })
             }
             None => None,
         };
-        let membership = Membership {
-            before: member_percent(&before_test, &before_train, &before_probe),
-            after: member_percent(&after_test, &after_train, &after_probe),
-            images: probe.len(),
-        };
+        let membership = Membership { before: before.member_percent(class), after: after.member_percent(class), images: probe.len() };
         let report = UnlearnReport {
             model: self.model_name.clone(),
             device: self.device_name.clone(),
@@ -186,8 +197,8 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
             subsample: self.subsample,
             dampened,
             membership,
-            before: ModelReport::new(&before_test, &before_train, class),
-            after: ModelReport::new(&after_test, &after_train, class),
+            before: before.report(class),
+            after: after.report(class),
             timings,
             retrained,
         };
@@ -202,6 +213,12 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
         let evaluation = evaluate(&self.model.valid(), &self.data.train, probe, &self.device, progress)?;
         self.base_probe.insert(class, evaluation.clone());
         Ok(evaluation)
+    }
+
+    /// On the test subset, the training subset and the probe of the forget set.
+    fn measure(&self, model: &ResNet<B::InnerBackend>, probe: &[usize], progress: &mut dyn Progress) -> Result<Measured, Cancelled> {
+        let (test, train) = self.evaluate_both(model, progress)?;
+        Ok(Measured { test, train, probe: evaluate(model, &self.data.train, probe, &self.device, progress)? })
     }
 
     /// On the test subset and on the training subset.

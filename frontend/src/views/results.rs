@@ -1,14 +1,8 @@
 use leptos::prelude::*;
-use unlearn_shared::api::{seed_table_csv, seed_table_markdown, Run, RunResult, UnlearnReport};
-use unlearn_shared::cifar::CLASSES;
-use unlearn_shared::metrics::AccLoss;
+use unlearn_shared::api::{seed_table_csv, seed_table_markdown, table_rows, Run, RunResult, UnlearnReport, TABLE_HEADER};
 
 use super::charts::{ClassBars, Heatmap};
 use crate::app::Workbench;
-
-fn cell(m: &AccLoss) -> String {
-    format!("{:.2} ({:.4})", m.accuracy, m.loss)
-}
 
 /// The seed card's table, with copy as Markdown and download as CSV.
 #[component]
@@ -25,27 +19,15 @@ pub fn SeedTable(reports: Vec<UnlearnReport>) -> impl IntoView {
             }
         });
     };
-    let rows = reports.iter().flat_map(|report| {
-        [
-            ("original", &report.before.test, None, report.membership.before, None),
-            ("SSD", &report.after.test, Some(report.alpha), report.membership.after, Some(report.timings.unlearn_s())),
-        ]
-        .map(|(label, eval, alpha, members, seconds)| view! {
-            <tr class=label>
-                <td>{label}</td>
-                <td>{CLASSES[report.forget_class]}</td>
-                <td>{cell(&eval.split.forget)}</td>
-                <td>{cell(&eval.split.retain)}</td>
-                <td>{alpha.map_or("–".to_owned(), |a| format!("{a:.3}"))}</td>
-                <td>{format!("{members:.1}")}</td>
-                <td>{seconds.map_or("–".to_owned(), |s| format!("{s:.1}"))}</td>
-            </tr>
+    let rows = table_rows(&reports)
+        .map(|row| {
+            let cells = row.cells().map(|cell| view! { <td>{cell}</td> });
+            view! { <tr class=row.label>{cells.collect_view()}</tr> }
         })
-    }).collect_view();
+        .collect_view();
     view! {
         <table class="seed-table">
-            <thead><tr><th>"Model"</th><th>"Forget class"</th><th>"Forget class acc (loss)"</th><th>"Retain class acc (loss)"</th>
-                <th>"α"</th><th title="membership attack on the forget set's training images">"MIA (% members)"</th><th>"Time (s)"</th></tr></thead>
+            <thead><tr>{TABLE_HEADER.map(|name| view! { <th>{name}</th> }).collect_view()}</tr></thead>
             <tbody>{rows}</tbody>
         </table>
         <div class="table-actions">

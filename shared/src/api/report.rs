@@ -366,18 +366,42 @@ impl Timings {
     }
 }
 
+/// The seed card's columns (`Model | Forget class | Forget class acc (loss) | Retain class
+/// acc (loss)`), then the alpha used, the membership attack's verdict on the forget set's
+/// training images, and the seconds unlearning took.
+pub const TABLE_HEADER: [&str; 7] =
+    ["Model", "Forget class", "Forget class acc (loss)", "Retain class acc (loss)", "α", "MIA (% members)", "Time (s)"];
+
 /// One row of the seed card's table, with the columns this project adds.
-struct TableRow<'a> {
-    label: &'static str,
-    class: &'static str,
-    eval: &'a EvalReport,
-    alpha: Option<f64>,
-    member_percent: f64,
-    seconds: Option<f64>,
+pub struct TableRow<'a> {
+    /// `original`, `SSD` or `retrained`.
+    pub label: &'static str,
+    pub class: &'static str,
+    pub eval: &'a EvalReport,
+    pub alpha: Option<f64>,
+    pub member_percent: f64,
+    pub seconds: Option<f64>,
+}
+
+impl TableRow<'_> {
+    /// The row as the table shows it, under [`TABLE_HEADER`].
+    pub fn cells(&self) -> [String; 7] {
+        let acc_loss = |m: &AccLoss| format!("{:.2} ({:.4})", m.accuracy, m.loss);
+        let or_dash = |value: Option<String>| value.unwrap_or_else(|| "–".into());
+        [
+            self.label.to_owned(),
+            self.class.to_owned(),
+            acc_loss(&self.eval.split.forget),
+            acc_loss(&self.eval.split.retain),
+            or_dash(self.alpha.map(|a| format!("{a:.3}"))),
+            format!("{:.1}", self.member_percent),
+            or_dash(self.seconds.map(|s| format!("{s:.1}"))),
+        ]
+    }
 }
 
 /// Original and SSD for every report, then the retrained model where there is one.
-fn table_rows(reports: &[UnlearnReport]) -> impl Iterator<Item = TableRow<'_>> {
+pub fn table_rows(reports: &[UnlearnReport]) -> impl Iterator<Item = TableRow<'_>> {
     reports.iter().flat_map(|report| {
         let class = CLASSES[report.forget_class];
         let retrained = report.retrained.as_ref().map(|r| TableRow {
@@ -404,26 +428,13 @@ fn table_rows(reports: &[UnlearnReport]) -> impl Iterator<Item = TableRow<'_>> {
     })
 }
 
-/// The seed card's table on the test set (`Model | Forget class | Forget class acc (loss) |
-/// Retain class acc (loss)`), then the alpha used, the membership attack's verdict on the
-/// forget set's training images, and the seconds unlearning took.
+/// The seed card's table on the test set, as Markdown.
 pub fn seed_table_markdown(reports: &[UnlearnReport]) -> String {
-    let cell = |m: &AccLoss| format!("{:.2} ({:.4})", m.accuracy, m.loss);
-    let or_dash = |value: Option<String>| value.unwrap_or_else(|| "–".into());
-    let mut table = String::from(
-        "| Model | Forget class | Forget class acc (loss) | Retain class acc (loss) | α | MIA (% members) | Time (s) |\n|---|---|---|---|---|---|---|\n",
-    );
+    let line = |cells: &[String]| format!("| {} |\n", cells.join(" | "));
+    let mut table = line(&TABLE_HEADER.map(String::from));
+    table.push_str(&format!("|{}\n", "---|".repeat(TABLE_HEADER.len())));
     for row in table_rows(reports) {
-        table.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {:.1} | {} |\n",
-            row.label,
-            row.class,
-            cell(&row.eval.split.forget),
-            cell(&row.eval.split.retain),
-            or_dash(row.alpha.map(|a| format!("{a:.3}"))),
-            row.member_percent,
-            or_dash(row.seconds.map(|s| format!("{s:.1}"))),
-        ));
+        table.push_str(&line(&row.cells()));
     }
     table
 }
