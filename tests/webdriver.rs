@@ -11,6 +11,13 @@ use serde_json::{json, Value};
 
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
+/// Whether the browser offers WebGPU: headless Chromium's is SwiftShader, in software.
+#[derive(Clone, Copy, PartialEq)]
+pub enum WebGpu {
+    Offered,
+    Absent,
+}
+
 pub struct Browser {
     driver: Child,
     base: String,
@@ -20,7 +27,7 @@ pub struct Browser {
 impl Browser {
     /// Starts chromedriver (`$CHROMEDRIVER`, default `/usr/bin/chromedriver`) and a headless
     /// Chromium session.
-    pub fn start() -> Self {
+    pub fn start(webgpu: WebGpu) -> Self {
         let driver_path = std::env::var("CHROMEDRIVER").unwrap_or_else(|_| "/usr/bin/chromedriver".into());
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let driver = Command::new(&driver_path)
@@ -36,7 +43,11 @@ impl Browser {
             std::thread::sleep(Duration::from_millis(100));
         }
         let binary = std::env::var("CHROME").unwrap_or_else(|_| "/usr/bin/chromium".into());
-        let args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
+        let gpu = match webgpu {
+            WebGpu::Offered => "--enable-unsafe-webgpu",
+            WebGpu::Absent => "--disable-gpu",
+        };
+        let args = ["--headless", "--no-sandbox", gpu, "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
                     "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1400,1800"];
         let session = browser.call("POST", "/session", json!({ "capabilities": { "alwaysMatch": {
             "browserName": "chrome", "goog:chromeOptions": { "binary": binary, "args": args } } } }));

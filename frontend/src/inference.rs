@@ -1,18 +1,117 @@
-//! The model in the page: weights from the server, run with Burn's CPU backend compiled to
-//! WebAssembly. Images never leave the browser.
+//! The model in the page: weights from the server, run with Burn compiled to WebAssembly, on
+//! the GPU through WebGPU where the browser offers it, else on the CPU. Images never leave
+//! the browser.
 
 use std::collections::HashMap;
 use std::rc::Rc;
 
+use burn::prelude::Backend;
 use burn_flex::Flex;
+use burn_wgpu::{graphics, Wgpu, WgpuDevice};
+use futures_util::future::{FutureExt, LocalBoxFuture, Shared};
 use leptos::prelude::{LocalStorage, StoredValue, UpdateValue, WithValue};
-use unlearn_shared::cifar::{chw_from_rgba, CLASSES};
+use unlearn_shared::cifar::{chw_from_rgba, CLASSES, IMAGE_SIDE};
 use unlearn_shared::model::{weights, ResNet};
+use wasm_bindgen::{JsCast, JsValue};
+use wasm_bindgen_futures::JsFuture;
 
 use crate::api;
 
-pub type Backend = Flex;
-pub const BACKEND_NAME: &str = "WebAssembly CPU (Burn Flex, SIMD)";
+/// Where the page runs a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Engine {
+    WebGpu,
+    Cpu,
+}
+
+impl Engine {
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::WebGpu => "WebGPU (Burn wgpu)",
+            Engine::Cpu => "WebAssembly CPU (Burn Flex, SIMD)",
+        }
+    }
+
+    /// The engines this browser can run, best first: WebGPU on a real GPU, then the CPU, then
+    /// WebGPU in software (SwiftShader runs ResNet18 some twenty times slower than the CPU).
+    pub async fn available() -> Vec<Engine> {
+        match WEBGPU.with(Clone::clone).await {
+            Some(Adapter::Hardware) => vec![Engine::WebGpu, Engine::Cpu],
+            Some(Adapter::Software) => vec![Engine::Cpu, Engine::WebGpu],
+            None => vec![Engine::Cpu],
+        }
+    }
+}
+
+/// The GPU the browser's WebGPU offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Adapter {
+    Hardware,
+    /// A fallback adapter: the GPU emulated on the CPU.
+    Software,
+}
+
+thread_local! {
+    /// The page's WebGPU adapter, set up for Burn once, on first asking.
+    static WEBGPU: Shared<LocalBoxFuture<'static, Option<Adapter>>> = start_webgpu().boxed_local().shared();
+}
+
+async fn start_webgpu() -> Option<Adapter> {
+    let adapter = offered_adapter().await?;
+    burn_wgpu::init_setup_async::<graphics::WebGpu>(&WgpuDevice::default(), Default::default()).await;
+    Some(adapter)
+}
+
+/// What `navigator.gpu.requestAdapter()` gives. Asked before Burn's set-up, which panics
+/// without an adapter, and a panic ends the page's WebAssembly.
+async fn offered_adapter() -> Option<Adapter> {
+    let field = |object: &JsValue, name: &str| js_sys::Reflect::get(object, &name.into()).ok().filter(|v| !v.is_undefined() && !v.is_null());
+    let gpu = field(&web_sys::window()?.navigator(), "gpu")?;
+    let request = field(&gpu, "requestAdapter")?.dyn_into::<js_sys::Function>().ok()?;
+    let promise = request.call0(&gpu).ok()?.dyn_into::<js_sys::Promise>().ok()?;
+    let adapter = JsFuture::from(promise).await.ok().filter(|a| !a.is_undefined() && !a.is_null())?;
+    let software = field(&adapter, "info").and_then(|info| field(&info, "isFallbackAdapter")).is_some_and(|f| f.is_truthy());
+    Some(if software { Adapter::Software } else { Adapter::Hardware })
+}
+
+/// A model ready to run on one engine.
+pub enum Model {
+    WebGpu(Box<ResNet<Wgpu>>),
+    Cpu(Box<ResNet<Flex>>),
+}
+
+impl Model {
+    async fn load(engine: Engine, bytes: &[u8]) -> Result<Model, String> {
+        let (tensors, _) = weights::decode(bytes).map_err(|e| e.to_string())?;
+        let model = match engine {
+            Engine::WebGpu => Model::WebGpu(Box::new(weights::model_from_state_dict(tensors, &WgpuDevice::default()).map_err(|e| e.to_string())?)),
+            Engine::Cpu => Model::Cpu(Box::new(weights::model_from_state_dict(tensors, &Default::default()).map_err(|e| e.to_string())?)),
+        };
+        // The GPU compiles its shaders on the first run: do it now, so the times shown are the model's.
+        model.probabilities(&[0; IMAGE_SIDE * IMAGE_SIDE * 4]).await?;
+        Ok(model)
+    }
+
+    pub fn engine(&self) -> Engine {
+        match self {
+            Model::WebGpu(_) => Engine::WebGpu,
+            Model::Cpu(_) => Engine::Cpu,
+        }
+    }
+
+    async fn probabilities(&self, rgba: &[u8]) -> Result<Vec<f32>, String> {
+        match self {
+            Model::WebGpu(model) => probabilities(model, rgba).await,
+            Model::Cpu(model) => probabilities(model, rgba).await,
+        }
+    }
+}
+
+async fn probabilities<B: Backend>(model: &ResNet<B>, rgba: &[u8]) -> Result<Vec<f32>, String> {
+    let output = model.classify(&chw_from_rgba(rgba), &Default::default());
+    let data = output.into_data_async().await.map_err(|e| format!("the model did not run: {e:?}"))?;
+    data.to_vec::<f32>().map_err(|e| format!("{e:?}"))
+}
 
 /// One class's probability.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,28 +124,29 @@ pub struct Guess {
 pub struct Prediction {
     pub top: Vec<Guess>,
     pub milliseconds: f64,
+    pub engine: Engine,
 }
 
-/// Models already downloaded and built, by weights URL.
+/// Models already downloaded and built, by engine and weights URL.
 #[derive(Default)]
 pub struct Models {
-    loaded: HashMap<String, Rc<ResNet<Backend>>>,
+    loaded: HashMap<(Engine, String), Rc<Model>>,
 }
 
 /// Where the page keeps its models: local to the page's one thread.
 pub type ModelCache = StoredValue<Models, LocalStorage>;
 
 impl Models {
-    /// The model at `url`, downloaded once.
-    pub async fn get(cache: ModelCache, url: &str) -> Result<Rc<ResNet<Backend>>, String> {
-        if let Some(model) = cache.with_value(|models| models.loaded.get(url).cloned()) {
+    /// The model at `url` on `engine`, downloaded once.
+    pub async fn get(cache: ModelCache, engine: Engine, url: &str) -> Result<Rc<Model>, String> {
+        let key = (engine, url.to_owned());
+        if let Some(model) = cache.with_value(|models| models.loaded.get(&key).cloned()) {
             return Ok(model);
         }
         let bytes = api::bytes(url).await?;
-        let (tensors, _) = weights::decode(&bytes).map_err(|e| format!("{url}: {e}"))?;
-        let model = Rc::new(weights::model_from_state_dict::<Backend>(tensors, &Default::default()).map_err(|e| format!("{url}: {e}"))?);
+        let model = Rc::new(Model::load(engine, &bytes).await.map_err(|e| format!("{url}: {e}"))?);
         cache.update_value(|models| {
-            models.loaded.insert(url.to_owned(), model.clone());
+            models.loaded.insert(key, model.clone());
         });
         Ok(model)
     }
@@ -57,11 +157,11 @@ fn now_ms() -> f64 {
 }
 
 /// The three likeliest classes for a 32x32 RGBA image, and the time the model took.
-pub fn predict(model: &ResNet<Backend>, rgba: &[u8]) -> Prediction {
+pub async fn predict(model: &Model, rgba: &[u8]) -> Result<Prediction, String> {
     let started = now_ms();
-    let probabilities = model.classify(&chw_from_rgba(rgba), &Default::default()).into_data().to_vec::<f32>().expect("f32 probabilities");
+    let probabilities = model.probabilities(rgba).await?;
     let milliseconds = now_ms() - started;
-    Prediction { top: top_k(&probabilities, 3), milliseconds }
+    Ok(Prediction { top: top_k(&probabilities, 3), milliseconds, engine: model.engine() })
 }
 
 pub fn top_k(probabilities: &[f32], k: usize) -> Vec<Guess> {
@@ -73,6 +173,7 @@ pub fn top_k(probabilities: &[f32], k: usize) -> Vec<Guess> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use unlearn_shared::model::ResNetConfig;
     use wasm_bindgen_test::wasm_bindgen_test;
 
     #[wasm_bindgen_test]
@@ -82,13 +183,37 @@ mod tests {
         assert_eq!(top.iter().map(|g| g.class).collect::<Vec<_>>(), ["cat", "automobile", "dog"]);
     }
 
+    /// A tiny random model, as the server would send it.
+    fn weights_file() -> Vec<u8> {
+        let model = ResNetConfig::new().with_width(4).init::<Flex>(&Default::default());
+        weights::encode(&weights::export(&model), Default::default(), weights::Precision::F16)
+    }
+
+    fn image() -> Vec<u8> {
+        (0..32 * 32 * 4).map(|i| (i * 37 % 251) as u8).collect()
+    }
+
     #[wasm_bindgen_test]
-    fn a_model_runs_in_the_browser() {
-        let model = unlearn_shared::model::ResNetConfig::new().with_width(4).init::<Backend>(&Default::default());
-        let prediction = predict(&model, &[128u8; 32 * 32 * 4]);
+    async fn a_model_runs_on_the_cpu() {
+        let model = Model::load(Engine::Cpu, &weights_file()).await.expect("loaded");
+        let prediction = predict(&model, &image()).await.expect("ran");
         assert_eq!(prediction.top.len(), 3);
         let total: f32 = prediction.top.iter().map(|g| g.probability).sum();
         assert!(total > 0.0 && total <= 1.0001, "{total}");
         assert!(prediction.milliseconds >= 0.0);
+        assert_eq!(prediction.engine, Engine::Cpu);
+    }
+
+    /// The browser tests run Chromium with WebGPU on (`webdriver.json`), in software
+    /// (SwiftShader), so it must be found and ranked after the CPU, and the GPU must compute
+    /// what the CPU computes.
+    #[wasm_bindgen_test]
+    async fn webgpu_is_found_and_agrees_with_the_cpu() {
+        assert_eq!(Engine::available().await, [Engine::Cpu, Engine::WebGpu]);
+        let file = weights_file();
+        let cpu = Model::load(Engine::Cpu, &file).await.expect("CPU model").probabilities(&image()).await.expect("CPU run");
+        let gpu = Model::load(Engine::WebGpu, &file).await.expect("WebGPU model").probabilities(&image()).await.expect("WebGPU run");
+        let largest = cpu.iter().zip(&gpu).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        assert!(largest < 1e-4, "CPU {cpu:?} vs WebGPU {gpu:?}");
     }
 }

@@ -3,7 +3,7 @@ use wasm_bindgen::JsCast;
 
 use crate::api;
 use crate::app::Workbench;
-use crate::inference::{self, ModelCache, Models, Prediction, BACKEND_NAME};
+use crate::inference::{self, Engine, ModelCache, Models, Prediction};
 use crate::pixels;
 
 #[derive(Clone, PartialEq)]
@@ -22,19 +22,27 @@ pub fn Classify() -> impl IntoView {
     let outcome = RwSignal::new(None::<Outcome>);
     let working = RwSignal::new(false);
     let gallery = LocalResource::new(move || api::samples(Some(workbench.class.get()), 12));
+    let engines = LocalResource::new(Engine::available);
+    let picked = RwSignal::new(None::<Engine>);
+    // The user's pick, else the best this browser has.
+    let engine = move || picked.get().or_else(|| engines.get().and_then(|e| e.first().copied()));
 
     let classify = move |image: String| {
         working.set(true);
         leptos::task::spawn_local(async move {
             let result = async {
+                let engine = match picked.get_untracked() {
+                    Some(engine) => engine,
+                    None => Engine::available().await[0],
+                };
                 let rgba = pixels::rgba_32(&image).await?;
-                let base = Models::get(models, &format!("/api/models/{}/weights", workbench.model.get_untracked())).await?;
-                let base = inference::predict(&base, &rgba);
+                let base = Models::get(models, engine, &format!("/api/models/{}/weights", workbench.model.get_untracked())).await?;
+                let base = inference::predict(&base, &rgba).await?;
                 let run = workbench.shown.get_untracked().filter(|r| r.has_weights);
                 let unlearned = match run {
                     Some(run) => {
-                        let model = Models::get(models, &format!("/api/runs/{}/weights", run.id)).await?;
-                        Some((run.id, inference::predict(&model, &rgba)))
+                        let model = Models::get(models, engine, &format!("/api/runs/{}/weights", run.id)).await?;
+                        Some((run.id, inference::predict(&model, &rgba).await?))
                     }
                     None => None,
                 };
@@ -72,7 +80,14 @@ pub fn Classify() -> impl IntoView {
 
     view! {
         <h2>"Try it in your browser"</h2>
-        <p class="hint">{format!("Runs on {BACKEND_NAME}; images stay on this computer.")}</p>
+        <p class="hint">
+            "Runs on " <EnginePicker engines picked engine /> "; images stay on this computer."
+            {move || engines.get().map(|e| match e.as_slice() {
+                [Engine::Cpu] => " (This browser offers no WebGPU.)",
+                [Engine::Cpu, Engine::WebGpu] => " (This browser's WebGPU runs in software, slower than the CPU.)",
+                _ => "",
+            })}
+        </p>
         <div class="gallery" id="gallery">{gallery_view}</div>
         <label class="drop" on:dragover=|ev: leptos::ev::DragEvent| ev.prevent_default() on:drop=on_drop>
             "Drop an image here, or " <input id="upload" type="file" accept="image/*" on:change=on_pick />
@@ -93,6 +108,26 @@ pub fn Classify() -> impl IntoView {
     }
 }
 
+/// The engines this browser has; the choice applies to the next image.
+#[component]
+fn EnginePicker(
+    engines: LocalResource<Vec<Engine>>,
+    picked: RwSignal<Option<Engine>>,
+    engine: impl Fn() -> Option<Engine> + Copy + Send + Sync + 'static,
+) -> impl IntoView {
+    let on_change = move |ev: leptos::ev::Event| {
+        let value = event_target_value(&ev);
+        picked.set(engines.get_untracked().and_then(|e| e.into_iter().find(|e| e.name() == value)));
+    };
+    view! {
+        <select id="engine" on:change=on_change>
+            {move || engines.get().unwrap_or_default().into_iter().map(|e| view! {
+                <option value=e.name() selected=move || engine() == Some(e)>{e.name()}</option>
+            }).collect_view()}
+        </select>
+    }
+}
+
 #[component]
 fn PredictionList(title: String, prediction: Prediction) -> impl IntoView {
     view! {
@@ -105,7 +140,7 @@ fn PredictionList(title: String, prediction: Prediction) -> impl IntoView {
                         <span>{format!("{:.1} %", g.probability * 100.0)}</span></li>
                 }).collect_view()}
             </ol>
-            <p class="time">{format!("{:.1} ms", prediction.milliseconds)}</p>
+            <p class="time">{format!("{:.1} ms on {}", prediction.milliseconds, prediction.engine.name())}</p>
         </div>
     }
 }
