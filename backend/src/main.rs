@@ -219,7 +219,7 @@ enum FullOrder {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Preset {
-    /// The project's default: alpha calibrated per class, the classifier layer dampened.
+    /// The project's default: alpha calibrated per class, the forget class's row of the classifier dampened (lambda 0.1).
     Default,
     /// The seed card's SSD: alpha 10, lambda 1, every layer, as the SSD reference runs it.
     Seed,
@@ -229,9 +229,9 @@ enum Preset {
 enum LayersArg {
     /// Every weight and bias.
     All,
-    /// `layer4` and `fc`.
+    /// `layer4`, and the forget class's row of `fc`.
     LastStage,
-    /// `fc` alone.
+    /// The forget class's row of `fc` alone.
     Classifier,
 }
 

@@ -229,7 +229,7 @@ async fn an_unlearning_run_reports_serves_its_model_and_is_reused() {
     // Asking again gives the stored run; so does spelling the defaults out.
     let (status, again) = server.submit(request).await;
     assert_eq!((status, again.id, again.reused), (StatusCode::OK, run.id, true));
-    let explicit = json!({ "kind": "unlearn", "model": "tiny", "class": 5, "alpha": 2, "lambda": 1, "subsample": { "forget": 32, "full": 64, "test": 50 } });
+    let explicit = json!({ "kind": "unlearn", "model": "tiny", "class": 5, "alpha": 2, "lambda": 0.1, "subsample": { "forget": 32, "full": 64, "test": 50 } });
     assert_eq!(server.submit(explicit).await.1.id, run.id);
 
     // A run with no model to serve says so.

@@ -11,7 +11,7 @@ use unlearn_shared::model::{NormStats, ResNet};
 
 use super::batch::make_batch;
 use super::progress::{Cancelled, PhaseTimer, Progress};
-use super::ssd::{dampen, Importance};
+use super::ssd::{dampen, Importances};
 use crate::data::Split;
 
 /// What the search aims for and where it looks.
@@ -61,8 +61,7 @@ fn scopes(start: Layers) -> &'static [Layers] {
 #[allow(clippy::too_many_arguments)]
 pub fn calibrate<B: Backend>(
     model: &ResNet<B>,
-    forget: &Importance<B>,
-    full: &Importance<B>,
+    importances: &Importances<B>,
     settings: &SsdSettings,
     config: &CalibrationConfig,
     split: &Split,
@@ -74,7 +73,7 @@ pub fn calibrate<B: Backend>(
     let timer = PhaseTimer::new("calibrate alpha", 0);
     let mut steps: Vec<CalibrationStep> = Vec::new();
     let mut try_alpha = |alpha: f64, layers: Layers, progress: &mut dyn Progress| -> Result<bool, Cancelled> {
-        let (candidate, dampened) = dampen(model.clone(), forget, full, alpha, &SsdSettings { layers, ..*settings });
+        let (candidate, dampened) = dampen(model.clone(), importances, alpha, &SsdSettings { layers, ..*settings });
         let (recognised, counted) = count_recognised(&candidate, split, probe, allowed, device, progress)?;
         let reached = recognised <= allowed;
         let forget_accuracy = 100.0 * recognised as f64 / counted.max(1) as f64;
@@ -97,7 +96,7 @@ pub fn calibrate<B: Backend>(
         let best = steps.iter().fold(&steps[0], |best, step| if step.forget_accuracy < best.forget_accuracy { step } else { best });
         (best.alpha, best.layers)
     });
-    let (model, dampened) = dampen(model.clone(), forget, full, alpha, &SsdSettings { layers, ..*settings });
+    let (model, dampened) = dampen(model.clone(), importances, alpha, &SsdSettings { layers, ..*settings });
     let calibration = Calibration { target_forget_accuracy: config.target_forget_accuracy, images: probe.len(), steps, reached };
     Ok(Calibrated { model, alpha, layers, dampened, calibration })
 }

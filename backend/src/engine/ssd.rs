@@ -5,7 +5,7 @@ use burn::module::Param;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use unlearn_shared::api::{DampenStats, SsdSettings};
+use unlearn_shared::api::{DampenStats, Reach, SsdSettings};
 use unlearn_shared::model::weights::{self, is_statistic, map_keyed, visit_keyed, KeyedMapper, KeyedVisitor, StateDict};
 use unlearn_shared::model::{NormStats, ResNet};
 
@@ -82,26 +82,47 @@ impl<B: Backend> Importance<B> {
     }
 }
 
+/// What SSD weighs against each other: one class's importance and the full training set's.
+pub struct Importances<'a, B: Backend> {
+    pub class: usize,
+    pub forget: &'a Importance<B>,
+    pub full: &'a Importance<B>,
+}
+
 struct Dampen<'a, B: Backend> {
-    forget: &'a Importance<B>,
-    full: &'a Importance<B>,
+    importances: &'a Importances<'a, B>,
     alpha: f64,
     settings: &'a SsdSettings,
     stats: DampenStats,
 }
 
+impl<B: Backend> Dampen<'_, B> {
+    /// The elements of a flat `fc` tensor that feed the forget class's logit. Both are flat in
+    /// Burn's layout, class fastest: `fc.weight` is `[features, classes]`, `fc.bias` `[classes]`.
+    fn forget_class_row(&self, len: usize, device: &B::Device) -> Tensor<B, 1, Bool> {
+        let classes = self.importances.full.tensors["fc.bias"].shape().num_elements();
+        let row: Vec<bool> = (0..len).map(|i| i % classes == self.importances.class).collect();
+        Tensor::from_data(TensorData::new(row, [len]), device)
+    }
+}
+
 impl<B: Backend> KeyedMapper<B> for Dampen<'_, B> {
     fn map<const D: usize>(&mut self, key: &str, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-        let (Some(forget), Some(full)) = (self.forget.tensors.get(key), self.full.tensors.get(key)) else {
+        let (Some(forget), Some(full)) = (self.importances.forget.tensors.get(key), self.importances.full.tensors.get(key)) else {
             return param;
         };
-        self.stats.total += forget.shape().num_elements() as u64;
-        if !self.settings.layers.contains(key) {
+        let len = forget.shape().num_elements();
+        self.stats.total += len as u64;
+        let reach = self.settings.layers.reach(key);
+        if reach == Reach::Nothing {
             return param;
         }
         let (id, tensor, mapper) = param.consume();
         let shape = tensor.shape();
-        let selected = forget.clone().greater(full.clone() * self.alpha);
+        let mut selected = forget.clone().greater(full.clone() * self.alpha);
+        if reach == Reach::ForgetClassRow {
+            selected = selected.bool_and(self.forget_class_row(len, &forget.device()));
+        }
         let beta = (full.clone() * self.settings.lambda / forget.clone()).clamp_max(1.0);
         let factor = Tensor::ones_like(&beta).mask_where(selected.clone(), beta);
         self.stats.selected += selected.int().sum().into_scalar().elem::<i64>() as u64;
@@ -109,17 +130,11 @@ impl<B: Backend> KeyedMapper<B> for Dampen<'_, B> {
     }
 }
 
-/// Scales each parameter of `settings.layers` where `imp_forget > alpha * imp_full` by
+/// Scales each parameter within `settings.layers` where `imp_forget > alpha * imp_full` by
 /// `min(lambda * imp_full / imp_forget, 1)`; BatchNorm running statistics are never touched.
 /// `alpha` is given apart from the settings because they may leave it to calibration.
-pub fn dampen<B: Backend>(
-    model: ResNet<B>,
-    forget: &Importance<B>,
-    full: &Importance<B>,
-    alpha: f64,
-    settings: &SsdSettings,
-) -> (ResNet<B>, DampenStats) {
-    let mut mapper = Dampen { forget, full, alpha, settings, stats: DampenStats { selected: 0, total: 0 } };
+pub fn dampen<B: Backend>(model: ResNet<B>, importances: &Importances<B>, alpha: f64, settings: &SsdSettings) -> (ResNet<B>, DampenStats) {
+    let mut mapper = Dampen { importances, alpha, settings, stats: DampenStats { selected: 0, total: 0 } };
     let model = map_keyed(model, &mut mapper);
     (model, mapper.stats)
 }
@@ -167,7 +182,7 @@ mod tests {
         let model = ResNetConfig::new().with_width(2).init::<Cpu>(&Default::default());
         let before = export(&model);
         let (forget, full) = hand_made(&model);
-        let (after, stats) = dampen(model, &forget, &full, 10.0, &settings(1.0, Layers::All));
+        let (after, stats) = dampen(model, &Importances { class: 3, forget: &forget, full: &full }, 10.0, &settings(1.0, Layers::All));
         let after = export(&after);
 
         let mut expected_selected = 0;
@@ -190,19 +205,34 @@ mod tests {
     }
 
     #[test]
-    fn dampening_leaves_layers_outside_its_scope_alone() {
-        let model = ResNetConfig::new().with_width(2).init::<Cpu>(&Default::default());
-        let before = export(&model);
-        let (forget, full) = hand_made(&model);
-        let (after, stats) = dampen(model, &forget, &full, 10.0, &settings(1.0, Layers::Classifier));
-        let after = export(&after);
-        for (key, old) in &before {
-            let changed = old.values.iter().zip(&after[key].values).any(|(o, n)| o != n);
-            assert_eq!(changed, key.starts_with("fc.") && old.values.iter().any(|&v| v != 0.0), "{key}");
+    fn narrow_scopes_dampen_only_the_forget_class_row_of_the_classifier() {
+        let class = 3;
+        for layers in [Layers::Classifier, Layers::LastStage] {
+            let model = ResNetConfig::new().with_width(2).init::<Cpu>(&Default::default());
+            let before = export(&model);
+            let (forget, full) = hand_made(&model);
+            let (after, stats) = dampen(model, &Importances { class, forget: &forget, full: &full }, 10.0, &settings(1.0, layers));
+            let after = export(&after);
+            let mut changed_in_row = 0;
+            for (key, old) in &before {
+                // Exported in torchvision's layout: `fc.weight` is [classes, features].
+                let row_len = if key == "fc.weight" { old.shape[1] } else { 1 };
+                for (j, (o, n)) in old.values.iter().zip(&after[key].values).enumerate() {
+                    if o == n {
+                        continue;
+                    }
+                    match layers.reach(key) {
+                        Reach::ForgetClassRow => assert_eq!(j / row_len, class, "{layers:?}: {key}[{j}] is in another class's row"),
+                        Reach::Whole => assert!(key.starts_with("layer4."), "{layers:?}: {key}"),
+                        Reach::Nothing => panic!("{layers:?}: {key}[{j}] is out of scope"),
+                    }
+                    changed_in_row += usize::from(key.starts_with("fc."));
+                }
+            }
+            assert!(changed_in_row > 0, "{layers:?}: the forget class's row is dampened");
+            assert!(stats.selected > 0 && stats.selected < stats.total, "{stats:?}");
+            assert_eq!(stats.total as usize, unlearn_shared::model::weights::parameter_count(&ResNetConfig::new().with_width(2).init::<Cpu>(&Default::default())));
         }
-        let fc = before["fc.weight"].values.len() + before["fc.bias"].values.len();
-        assert!(stats.selected > 0 && stats.selected < fc as u64, "{stats:?}");
-        assert_eq!(stats.total as usize, unlearn_shared::model::weights::parameter_count(&ResNetConfig::new().with_width(2).init::<Cpu>(&Default::default())));
     }
 
     #[test]
@@ -211,7 +241,7 @@ mod tests {
         let before = export(&model);
         let (forget, full) = hand_made(&model);
         // lambda 50: beta = min(50 / imp_forget, 1) is 1 for 11 and 20, 0.5 for 100.
-        let (after, stats) = dampen(model, &forget, &full, 10.0, &settings(50.0, Layers::All));
+        let (after, stats) = dampen(model, &Importances { class: 3, forget: &forget, full: &full }, 10.0, &settings(50.0, Layers::All));
         let after = export(&after);
         for (key, old) in before.iter().filter(|(key, _)| !is_statistic(key)) {
             for (i, (o, n)) in old.values.iter().zip(&after[key].values).enumerate() {

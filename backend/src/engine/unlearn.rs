@@ -17,7 +17,7 @@ use super::calibrate::{calibrate, CalibrationConfig};
 use super::evaluate::evaluate;
 use super::progress::{Cancelled, Progress};
 use super::sample;
-use super::ssd::{dampen, importance, Importance};
+use super::ssd::{dampen, importance, Importance, Importances};
 use crate::data::Cifar10;
 use crate::files::write_atomic;
 use crate::models::ModelFile;
@@ -155,18 +155,18 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
         timings.forget_importance_s = started.elapsed().as_secs_f64();
 
         let probe = sample(forget_indices.clone(), Some(PROBE_IMAGES), SUBSAMPLE_SEED);
-        let full = &self.full_importance[&key];
+        let importances = Importances { class, forget: &forget, full: &self.full_importance[&key] };
         let (unlearned, alpha, layers, calibration, dampened) = match settings.alpha {
             Alpha::Fixed(alpha) => {
                 let started = Instant::now();
-                let (unlearned, dampened) = dampen(self.model.valid(), &forget, full, alpha, settings);
+                let (unlearned, dampened) = dampen(self.model.valid(), &importances, alpha, settings);
                 timings.dampen_s = started.elapsed().as_secs_f64();
                 (unlearned, alpha, settings.layers, None, dampened)
             }
             Alpha::Auto => {
                 let started = Instant::now();
                 let config = CalibrationConfig::default();
-                let found = calibrate(&self.model.valid(), &forget, full, settings, &config, &self.data.train, &probe, &self.device, progress)?;
+                let found = calibrate(&self.model.valid(), &importances, settings, &config, &self.data.train, &probe, &self.device, progress)?;
                 timings.calibrate_s = started.elapsed().as_secs_f64();
                 (found.model, found.alpha, found.layers, Some(found.calibration), found.dampened)
             }

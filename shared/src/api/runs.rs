@@ -402,9 +402,9 @@ mod tests {
         let RunRequest::Unlearn(unlearn) = &request else { panic!("{request:?}") };
         assert_eq!((unlearn.model.as_str(), unlearn.settings()), ("base", SsdSettings::default()));
         assert!(request.validate().is_ok());
-        let seed: RunRequest = serde_json::from_str(r#"{"kind":"sweep","alpha":10,"layers":"all"}"#).unwrap();
+        let seed: RunRequest = serde_json::from_str(r#"{"kind":"sweep","alpha":10,"lambda":1,"layers":"all"}"#).unwrap();
         let RunRequest::Sweep(seed) = seed else { panic!("{seed:?}") };
-        assert_eq!(seed.settings(), SsdSettings::seed(), "the seed card's SSD in two fields");
+        assert_eq!(seed.settings(), SsdSettings::seed(), "the seed card's SSD in three fields");
 
         let error = serde_json::from_str::<RunRequest>(r#"{"kind":"unlearn","class":3,"alpa":2}"#).unwrap_err();
         assert!(error.to_string().contains("unknown field `alpa`"), "{error}");
