@@ -4,7 +4,7 @@ use futures_util::StreamExt;
 use gloo_net::eventsource::futures::EventSource;
 use gloo_net::http::{Request, Response};
 use serde::de::DeserializeOwned;
-use unlearn_shared::api::{ErrorBody, Health, ModelInfo, ProgressEvent, Run, RunAccepted, RunId, RunPage, RunRequest, RunStatus, Sample};
+use unlearn_shared::api::{ErrorBody, Health, ModelInfo, Run, RunAccepted, RunEvent, RunId, RunPage, RunRequest, Sample};
 
 pub type ApiResult<T> = Result<T, String>;
 
@@ -73,32 +73,48 @@ pub async fn bytes(url: &str) -> ApiResult<Vec<u8>> {
     response.binary().await.map_err(|e| format!("downloading {url}: {e}"))
 }
 
-/// What the run's event stream says, in order.
-pub enum Update {
-    Status(RunStatus),
-    Progress(ProgressEvent),
-    Done(Box<Run>),
+/// The names of the events `/api/runs/{id}/events` sends: `RunEvent`'s variants.
+const RUN_EVENTS: [&str; 3] = ["status", "progress", "done"];
+
+/// A Server-Sent Event as the `RunEvent` it carries: its name is the variant, its data the
+/// variant's JSON.
+fn run_event(name: &str, data: &str) -> ApiResult<RunEvent> {
+    let unreadable = |e: serde_json::Error| format!("unreadable {name} event: {e}");
+    let payload: serde_json::Value = serde_json::from_str(data).map_err(unreadable)?;
+    let tagged = serde_json::Map::from_iter([(name.to_owned(), payload)]);
+    serde_json::from_value(tagged.into()).map_err(unreadable)
 }
 
-/// Follows `/api/runs/{id}/events`, calling `on_update` for each event until `done`.
-pub async fn follow(id: RunId, mut on_update: impl FnMut(Update)) -> ApiResult<()> {
+/// Follows `/api/runs/{id}/events`, calling `on_event` for each event until `done`.
+pub async fn follow(id: RunId, mut on_event: impl FnMut(RunEvent)) -> ApiResult<()> {
     let mut source = EventSource::new(&format!("/api/runs/{id}/events")).map_err(|e| e.to_string())?;
-    let streams = ["status", "progress", "done"].map(|name| source.subscribe(name).map_err(|e| e.to_string()));
-    let [status, progress, done] = streams;
-    let mut events = futures_util::stream::select_all([status?, progress?, done?]);
+    let streams = RUN_EVENTS.map(|name| source.subscribe(name).map_err(|e| e.to_string())).into_iter().collect::<ApiResult<Vec<_>>>()?;
+    let mut events = futures_util::stream::select_all(streams);
     while let Some(event) = events.next().await {
         let (name, message) = event.map_err(|e| format!("the event stream broke: {e}"))?;
-        let data = message.data().as_string().unwrap_or_default();
-        let parse_error = |e: serde_json::Error| format!("unreadable {name} event: {e}");
-        match name.as_str() {
-            "status" => on_update(Update::Status(serde_json::from_str(&data).map_err(parse_error)?)),
-            "progress" => on_update(Update::Progress(serde_json::from_str(&data).map_err(parse_error)?)),
-            _ => {
-                on_update(Update::Done(Box::new(serde_json::from_str(&data).map_err(parse_error)?)));
-                break;
-            }
+        let event = run_event(&name, &message.data().as_string().unwrap_or_default())?;
+        let done = matches!(event, RunEvent::Done(_));
+        on_event(event);
+        if done {
+            break;
         }
     }
     source.close();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use unlearn_shared::api::RunStatus;
+    use wasm_bindgen_test::wasm_bindgen_test;
+
+    #[wasm_bindgen_test]
+    fn events_are_read_by_their_name() {
+        assert_eq!(run_event("status", "\"running\"").unwrap(), RunEvent::Status(RunStatus::Running));
+        let progress = r#"{"phase":"evaluate","done":1,"total":2,"images_per_s":3.0,"eta_s":null,"loss":null}"#;
+        assert!(matches!(run_event("progress", progress).unwrap(), RunEvent::Progress(p) if p.phase == "evaluate"));
+        assert!(run_event("status", "\"done\"").unwrap_err().starts_with("unreadable status event"));
+        assert!(run_event("finished", "{}").unwrap_err().starts_with("unreadable finished event"));
+    }
 }

@@ -1,9 +1,9 @@
 //! The page: its shared state and its layout.
 
 use leptos::prelude::*;
-use unlearn_shared::api::{ProgressEvent, Run, RunId, RunStatus};
+use unlearn_shared::api::{ClassId, ModelInfo, ProgressEvent, Run, RunEvent, RunId, RunRequest, RunStatus, DEFAULT_MODEL};
 
-use crate::api;
+use crate::api::{self, ApiResult};
 use crate::views::{Classify, Compare, Controls, ErrorBanner, History, Results, RunProgress};
 
 /// A run the page is following.
@@ -17,73 +17,99 @@ pub struct Active {
 /// What the views share, provided as context.
 #[derive(Clone, Copy)]
 pub struct Workbench {
+    /// The last failure of something the user did, for the banner.
     pub error: RwSignal<Option<String>>,
-    /// The model runs are made from and the browser compares against.
-    pub model: RwSignal<String>,
-    pub class: RwSignal<usize>,
+    /// The base models the server offers.
+    pub models: LocalResource<ApiResult<Vec<ModelInfo>>>,
+    /// The model the user picked, if any.
+    pub picked_model: RwSignal<Option<String>>,
+    /// The model runs are made from and the browser compares against: as `chosen_model` picks it.
+    pub model: Memo<Option<String>>,
+    pub class: RwSignal<ClassId>,
     pub active: RwSignal<Option<Active>>,
+    /// The followed run's id and status without its progress: what the server's lists change
+    /// with, so they refetch when it does.
+    pub followed: Memo<Option<(RunId, RunStatus)>>,
     /// The run whose results are shown.
     pub shown: RwSignal<Option<Run>>,
-    /// Bumped when a run starts or ends, so the history refetches.
-    pub history_version: RwSignal<u32>,
     /// Up to two runs picked in the history for a side-by-side comparison.
     pub compared: RwSignal<Vec<RunId>>,
 }
 
+/// The user's pick while the server still lists it, else the repository's reference model
+/// where the server has it (a test server may have only a tiny one), else the first listed.
+fn chosen_model(models: &[ModelInfo], picked: Option<String>) -> Option<String> {
+    let listed = |id: &str| models.iter().any(|m| m.id == id);
+    picked.filter(|id| listed(id)).or_else(|| listed(DEFAULT_MODEL).then(|| DEFAULT_MODEL.to_owned())).or_else(|| models.first().map(|m| m.id.clone()))
+}
+
 impl Workbench {
+    fn new() -> Self {
+        let active = RwSignal::new(None::<Active>);
+        let followed = Memo::new(move |_| active.with(|a| a.as_ref().map(|a| (a.id, a.status))));
+        // A training run, from here or elsewhere, adds a model.
+        let models = LocalResource::new(move || {
+            followed.track();
+            api::models()
+        });
+        let picked_model = RwSignal::new(None);
+        let model = Memo::new(move |_| models.map(|listed| chosen_model(listed.as_deref().ok()?, picked_model.get())).flatten());
+        Self {
+            error: RwSignal::new(None),
+            models,
+            picked_model,
+            model,
+            class: RwSignal::new(ClassId::new(3).expect("CIFAR-10 has a class 3")),
+            active,
+            followed,
+            shown: RwSignal::new(None),
+            compared: RwSignal::new(Vec::new()),
+        }
+    }
+
     pub fn fail(&self, error: impl Into<String>) {
         self.error.set(Some(error.into()));
     }
 
-    /// Follows run `id` until it ends, then shows it.
-    pub fn follow(self, id: RunId) {
-        self.active.set(Some(Active { id, status: RunStatus::Queued, progress: None }));
-        self.history_version.update(|v| *v += 1);
-        leptos::task::spawn_local(async move {
-            let result = api::follow(id, |update| match update {
-                api::Update::Status(status) => self.active.update(|a| {
-                    if let Some(a) = a.as_mut().filter(|a| a.id == id) {
-                        a.status = status;
-                    }
-                }),
-                api::Update::Progress(progress) => self.active.update(|a| {
-                    if let Some(a) = a.as_mut().filter(|a| a.id == id) {
-                        a.progress = Some(progress);
-                    }
-                }),
-                api::Update::Done(run) => {
-                    if let Some(error) = &run.error {
-                        self.fail(format!("run {id} failed: {error}"));
-                    }
-                    self.shown.set(Some(*run));
+    /// Submits `request`, follows the run until it ends, then shows it.
+    pub async fn run(self, request: RunRequest) {
+        let accepted = match api::submit(&request).await {
+            Ok(accepted) => accepted,
+            Err(error) => return self.fail(error),
+        };
+        self.active.set(Some(Active { id: accepted.id, status: accepted.status, progress: None }));
+        if let Err(error) = api::follow(accepted.id, |event| self.record(event)).await {
+            self.fail(error);
+        }
+        self.active.set(None);
+    }
+
+    /// One event of the followed run.
+    fn record(self, event: RunEvent) {
+        match event {
+            RunEvent::Status(status) => self.active.update(|active| {
+                if let Some(active) = active {
+                    active.status = status;
                 }
-            })
-            .await;
-            if let Err(error) = result {
-                self.fail(error);
+            }),
+            RunEvent::Progress(progress) => self.active.update(|active| {
+                if let Some(active) = active {
+                    active.progress = Some(progress);
+                }
+            }),
+            RunEvent::Done(run) => {
+                if let Some(error) = &run.error {
+                    self.fail(format!("run {} failed: {error}", run.id));
+                }
+                self.shown.set(Some(*run));
             }
-            self.active.update(|a| {
-                if a.as_ref().is_some_and(|a| a.id == id) {
-                    *a = None;
-                }
-            });
-            self.history_version.update(|v| *v += 1);
-        });
+        }
     }
 }
 
 #[component]
 pub fn App() -> impl IntoView {
-    let workbench = Workbench {
-        error: RwSignal::new(None),
-        model: RwSignal::new("base".into()),
-        class: RwSignal::new(3),
-        active: RwSignal::new(None),
-        shown: RwSignal::new(None),
-        history_version: RwSignal::new(0),
-        compared: RwSignal::new(Vec::new()),
-    };
-    provide_context(workbench);
+    provide_context(Workbench::new());
     let health = LocalResource::new(api::health);
     let device = move || match health.get() {
         Some(Ok(h)) => format!("server on {} · queue {}/{}", h.device.unwrap_or_else(|| "starting".into()), h.queue_length, h.queue_capacity),
@@ -104,5 +130,23 @@ pub fn App() -> impl IntoView {
             <section class="panel"><History/></section>
             <Compare/>
         </main>
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasm_bindgen_test::wasm_bindgen_test;
+
+    #[wasm_bindgen_test]
+    fn the_reference_model_is_the_default_where_the_server_has_it() {
+        let model = |id: &str| ModelInfo { id: id.into(), provenance: String::new(), test_accuracy: None, width: 4, parameters: 0, digest: String::new() };
+        let tiny = [model("tiny")];
+        let both = [model("tiny"), model(DEFAULT_MODEL)];
+        assert_eq!(chosen_model(&tiny, None).as_deref(), Some("tiny"));
+        assert_eq!(chosen_model(&both, None).as_deref(), Some(DEFAULT_MODEL));
+        assert_eq!(chosen_model(&both, Some("tiny".into())).as_deref(), Some("tiny"));
+        assert_eq!(chosen_model(&tiny, Some("gone".into())).as_deref(), Some("tiny"), "a pick the server no longer lists");
+        assert_eq!(chosen_model(&[], None), None);
     }
 }

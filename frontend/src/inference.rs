@@ -186,7 +186,7 @@ mod tests {
     /// A tiny random model, as the server would send it.
     fn weights_file() -> Vec<u8> {
         let model = ResNetConfig::new().with_width(4).init::<Flex>(&Default::default());
-        weights::encode(&weights::export(&model), Default::default(), weights::Precision::F16)
+        weights::encode(&weights::export(&model), Default::default(), weights::Precision::Half)
     }
 
     fn image() -> Vec<u8> {

@@ -20,8 +20,7 @@ pub async fn rgba_32(url: &str) -> Result<Vec<u8>, String> {
     let side = IMAGE_SIDE as u32;
     canvas.set_width(side);
     canvas.set_height(side);
-    let context: CanvasRenderingContext2d =
-        canvas.get_context("2d").map_err(js_error)?.ok_or("no 2D canvas")?.unchecked_into();
+    let context: CanvasRenderingContext2d = canvas.get_context("2d").map_err(js_error)?.ok_or("no 2D canvas")?.unchecked_into();
     context.draw_image_with_html_image_element_and_dw_and_dh(&image, 0.0, 0.0, side.into(), side.into()).map_err(js_error)?;
     let data = context.get_image_data(0.0, 0.0, side.into(), side.into()).map_err(js_error)?;
     Ok(data.data().0)

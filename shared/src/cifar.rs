@@ -1,17 +1,6 @@
 //! CIFAR-10 facts every part of the workbench agrees on.
 
-pub const CLASSES: [&str; 10] = [
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-];
+pub const CLASSES: [&str; 10] = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"];
 pub const NUM_CLASSES: usize = CLASSES.len();
 pub const IMAGE_SIDE: usize = 32;
 pub const CHANNELS: usize = 3;
@@ -27,10 +16,7 @@ pub const STD: [f32; 3] = [0.2470, 0.2435, 0.2616];
 /// The class index for a name, ignoring case, or for a number 0..=9.
 pub fn class_from_str(text: &str) -> Option<usize> {
     let text = text.trim();
-    text.parse::<usize>()
-        .ok()
-        .filter(|&index| index < NUM_CLASSES)
-        .or_else(|| CLASSES.iter().position(|name| name.eq_ignore_ascii_case(text)))
+    text.parse::<usize>().ok().filter(|&index| index < NUM_CLASSES).or_else(|| CLASSES.iter().position(|name| name.eq_ignore_ascii_case(text)))
 }
 
 /// Appends one CHW u8 image, scaled to [0, 1] and normalised per channel, to `out`.

@@ -3,5 +3,4 @@
 
 pub mod api;
 pub mod cifar;
-pub mod metrics;
 pub mod model;

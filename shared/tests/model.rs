@@ -35,15 +35,21 @@ fn logits_have_one_row_per_image() {
 #[test]
 fn weights_round_trip_through_safetensors_in_both_precisions() {
     let model = ResNetConfig::new().with_width(4).init::<B>(&device());
-    let dict = export(&model);
+    let mut dict = export(&model);
+    // A running variance f16 cannot hold (its smallest subnormal is 6e-8).
+    dict.get_mut("bn1.running_var").unwrap().values[0] = 3e-8;
     let meta = Metadata::from([("k".to_owned(), "v".to_owned())]);
 
     let (back, back_meta) = decode(&encode(&dict, meta.clone(), Precision::F32)).unwrap();
     assert_eq!(back, dict);
     assert_eq!(back_meta, meta);
 
-    let (half, _) = decode(&encode(&dict, meta, Precision::F16)).unwrap();
+    let (half, _) = decode(&encode(&dict, meta, Precision::Half)).unwrap();
     for (key, tensor) in &dict {
+        if weights::is_statistic(key) {
+            assert_eq!(half[key], *tensor, "{key}: running statistics stay f32");
+            continue;
+        }
         let worst = tensor.values.iter().zip(&half[key].values).map(|(a, b)| (a - b).abs() / a.abs().max(1e-3)).fold(0.0, f32::max);
         assert!(worst < 1e-3, "{key}: f16 relative error {worst}");
     }

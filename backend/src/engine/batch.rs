@@ -4,30 +4,36 @@ use burn::prelude::*;
 use rand::Rng;
 use unlearn_shared::cifar::{normalize_into, IMAGE_BYTES, IMAGE_SIDE};
 
-use crate::data::Split;
+use crate::storage::dataset::Split;
 
 /// Zero padding of the random crop, in pixels.
 const CROP_PADDING: usize = 4;
 
-pub struct Batch<B: Backend> {
-    pub images: Tensor<B, 4>,
-    pub labels: Tensor<B, 1, Int>,
+pub(crate) struct Batch<B: Backend> {
+    pub(crate) images: Tensor<B, 4>,
+    pub(crate) labels: Tensor<B, 1, Int>,
 }
 
-/// The images at `indices`, normalised; augmented (random crop with zero padding 4, then a
-/// horizontal flip with p 0.5) when `augment` supplies a random source.
-pub fn make_batch<B: Backend>(split: &Split, indices: &[usize], augment: Option<&mut impl Rng>, device: &B::Device) -> Batch<B> {
+/// The images at `indices`, normalised.
+pub(crate) fn batch<B: Backend>(split: &Split, indices: &[usize], device: &B::Device) -> Batch<B> {
     let mut pixels = Vec::with_capacity(indices.len() * IMAGE_BYTES);
-    match augment {
-        None => indices.iter().for_each(|&i| normalize_into(split.image(i), &mut pixels)),
-        Some(rng) => {
-            let mut scratch = [0u8; IMAGE_BYTES];
-            for &i in indices {
-                crop_and_flip(split.image(i), &mut scratch, rng);
-                normalize_into(&scratch, &mut pixels);
-            }
-        }
+    indices.iter().for_each(|&i| normalize_into(split.image(i), &mut pixels));
+    to_tensors(split, indices, pixels, device)
+}
+
+/// The images at `indices` with the seed's augmentation (random crop with zero padding 4,
+/// then a horizontal flip with p 0.5), normalised.
+pub(crate) fn augmented_batch<B: Backend>(split: &Split, indices: &[usize], rng: &mut impl Rng, device: &B::Device) -> Batch<B> {
+    let mut pixels = Vec::with_capacity(indices.len() * IMAGE_BYTES);
+    let mut scratch = [0u8; IMAGE_BYTES];
+    for &i in indices {
+        crop_and_flip(split.image(i), &mut scratch, rng);
+        normalize_into(&scratch, &mut pixels);
     }
+    to_tensors(split, indices, pixels, device)
+}
+
+fn to_tensors<B: Backend>(split: &Split, indices: &[usize], pixels: Vec<f32>, device: &B::Device) -> Batch<B> {
     let labels: Vec<i64> = indices.iter().map(|&i| split.label(i) as i64).collect();
     Batch {
         images: Tensor::from_data(TensorData::new(pixels, [indices.len(), 3, IMAGE_SIDE, IMAGE_SIDE]), device),
@@ -48,8 +54,7 @@ fn crop_and_flip(image: &[u8], out: &mut [u8; IMAGE_BYTES], rng: &mut impl Rng) 
                 let column = if flip { side - 1 - x } else { x };
                 let (sy, sx) = (y + dy, column + dx);
                 let inside = (0..side).contains(&sy) && (0..side).contains(&sx);
-                out[(c as isize * side * side + y * side + x) as usize] =
-                    if inside { plane[(sy * side + sx) as usize] } else { 0 };
+                out[(c as isize * side * side + y * side + x) as usize] = if inside { plane[(sy * side + sx) as usize] } else { 0 };
             }
         }
     }

@@ -9,22 +9,22 @@ use burn::prelude::*;
 use unlearn_shared::api::{Calibration, CalibrationStep, DampenStats, Layers, SsdSettings};
 use unlearn_shared::model::{NormStats, ResNet};
 
-use super::batch::make_batch;
+use super::batch::batch;
 use super::progress::{Cancelled, PhaseTimer, Progress};
 use super::ssd::{dampen, Importances};
-use crate::data::Split;
+use super::Images;
 
 /// What the search aims for and where it looks.
 #[derive(Debug, Clone, Copy)]
-pub struct CalibrationConfig {
+pub(crate) struct CalibrationConfig {
     /// Highest acceptable percent of forget-set images still classified as their class.
-    pub target_forget_accuracy: f64,
+    pub(crate) target_forget_accuracy: f64,
     /// The alphas searched; the largest is tried first, the smallest is the fallback.
-    pub alpha_range: (f64, f64),
+    pub(crate) alpha_range: (f64, f64),
     /// Ratio between the alphas of the downward walk.
-    pub step: f64,
+    pub(crate) step: f64,
     /// The bracket the walk finds is bisected until its ratio is below this.
-    pub resolution: f64,
+    pub(crate) resolution: f64,
 }
 
 impl Default for CalibrationConfig {
@@ -37,12 +37,12 @@ impl Default for CalibrationConfig {
 const COUNT_BATCH: usize = 100;
 
 /// The dampened model at the calibrated alpha, with what the search saw.
-pub struct Calibrated<B: Backend> {
-    pub model: ResNet<B>,
-    pub alpha: f64,
-    pub layers: Layers,
-    pub dampened: DampenStats,
-    pub calibration: Calibration,
+pub(crate) struct Calibrated<B: Backend> {
+    pub(crate) model: ResNet<B>,
+    pub(crate) alpha: f64,
+    pub(crate) layers: Layers,
+    pub(crate) dampened: DampenStats,
+    pub(crate) calibration: Calibration,
 }
 
 /// The scopes tried in turn, narrowest first, starting from the requested one. Widening stops
@@ -56,25 +56,23 @@ fn scopes(start: Layers) -> &'static [Layers] {
     }
 }
 
-/// Searches alpha (and, from the classifier, the scope) for `model` forgetting `class`,
-/// judged on `probe` (images of `class` in `split`); `settings.alpha` is ignored.
-#[allow(clippy::too_many_arguments)]
-pub fn calibrate<B: Backend>(
+/// Searches alpha (and, from the classifier, the scope) for `model` forgetting the class of
+/// `importances`, judged on `forget_sample` (images of that class); `settings.alpha` is ignored.
+pub(crate) fn calibrate<B: Backend>(
     model: &ResNet<B>,
     importances: &Importances<B>,
     settings: &SsdSettings,
     config: &CalibrationConfig,
-    split: &Split,
-    probe: &[usize],
+    forget_sample: Images,
     device: &B::Device,
     progress: &mut dyn Progress,
 ) -> Result<Calibrated<B>, Cancelled> {
-    let allowed = (config.target_forget_accuracy / 100.0 * probe.len() as f64).floor() as usize;
+    let allowed = (config.target_forget_accuracy / 100.0 * forget_sample.indices.len() as f64).floor() as usize;
     let timer = PhaseTimer::new("calibrate alpha", 0);
     let mut steps: Vec<CalibrationStep> = Vec::new();
     let mut try_alpha = |alpha: f64, layers: Layers, progress: &mut dyn Progress| -> Result<bool, Cancelled> {
         let (candidate, dampened) = dampen(model.clone(), importances, alpha, &SsdSettings { layers, ..*settings });
-        let (recognised, counted) = count_recognised(&candidate, split, probe, allowed, device, progress)?;
+        let (recognised, counted) = count_recognised(&candidate, forget_sample, allowed, device, progress)?;
         let reached = recognised <= allowed;
         let forget_accuracy = 100.0 * recognised as f64 / counted.max(1) as f64;
         steps.push(CalibrationStep { alpha, layers, selected: dampened.selected, forget_accuracy, reached });
@@ -97,7 +95,7 @@ pub fn calibrate<B: Backend>(
         (best.alpha, best.layers)
     });
     let (model, dampened) = dampen(model.clone(), importances, alpha, &SsdSettings { layers, ..*settings });
-    let calibration = Calibration { target_forget_accuracy: config.target_forget_accuracy, images: probe.len(), steps, reached };
+    let calibration = Calibration { target_forget_accuracy: config.target_forget_accuracy, images: forget_sample.indices.len(), steps, reached };
     Ok(Calibrated { model, alpha, layers, dampened, calibration })
 }
 
@@ -131,22 +129,21 @@ fn search(config: &CalibrationConfig, mut forgets: impl FnMut(f64) -> Result<boo
     Ok(Some(low))
 }
 
-/// How many `probe` images the model classifies as their class, and how many it looked at:
+/// How many of `images` the model classifies as their class, and how many it looked at:
 /// counting stops once more than `limit` are recognised.
 fn count_recognised<B: Backend>(
     model: &ResNet<B>,
-    split: &Split,
-    probe: &[usize],
+    images: Images,
     limit: usize,
     device: &B::Device,
     progress: &mut dyn Progress,
 ) -> Result<(usize, usize), Cancelled> {
     let (mut recognised, mut counted) = (0, 0);
-    for chunk in probe.chunks(COUNT_BATCH) {
+    for chunk in images.indices.chunks(COUNT_BATCH) {
         if progress.cancelled() {
             return Err(Cancelled);
         }
-        let batch = make_batch::<B>(split, chunk, None::<&mut rand_chacha::ChaCha8Rng>, device);
+        let batch = batch::<B>(images.split, chunk, device);
         let predicted = model.forward(batch.images, NormStats::Running).argmax(1).squeeze_dim::<1>(1);
         recognised += predicted.equal(batch.labels).int().sum().into_scalar().elem::<i64>() as usize;
         counted += chunk.len();

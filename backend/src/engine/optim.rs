@@ -7,23 +7,13 @@
 use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use serde::{Deserialize, Serialize};
+use unlearn_shared::api::SgdConfig;
 use unlearn_shared::model::weights::{is_statistic, map_keyed, KeyedMapper, StateDict};
 use unlearn_shared::model::ResNet;
 
 use super::flat::{self, FlatTensors};
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct SgdConfig {
-    pub lr: f64,
-    pub momentum: f64,
-    /// PyTorch's default, 0; Burn's `MomentumConfig` defaults to 0.1.
-    pub dampening: f64,
-    pub nesterov: bool,
-    pub weight_decay: f64,
-}
-
-pub struct Sgd<B: Backend> {
+pub(crate) struct Sgd<B: Backend> {
     config: SgdConfig,
     /// Momentum buffers, flattened.
     velocity: FlatTensors<B>,
@@ -66,25 +56,21 @@ impl<B: AutodiffBackend> KeyedMapper<B> for Step<'_, B> {
 }
 
 impl<B: Backend> Sgd<B> {
-    pub fn new(config: SgdConfig) -> Self {
+    pub(crate) fn new(config: SgdConfig) -> Self {
         Self { config, velocity: FlatTensors::new() }
     }
 
-    pub fn set_lr(&mut self, lr: f64) {
-        self.config.lr = lr;
-    }
-
     /// Applies one update to every parameter that has a gradient.
-    pub fn step<AB: AutodiffBackend<InnerBackend = B>>(&mut self, model: ResNet<AB>, grads: &AB::Gradients) -> ResNet<AB> {
+    pub(crate) fn step<AB: AutodiffBackend<InnerBackend = B>>(&mut self, model: ResNet<AB>, grads: &AB::Gradients) -> ResNet<AB> {
         let mut step = Step::<AB> { grads, config: self.config, velocity: &mut self.velocity };
         map_keyed(model, &mut step)
     }
 
-    pub fn state(&self) -> StateDict {
+    pub(crate) fn state(&self) -> StateDict {
         flat::to_state_dict(&self.velocity)
     }
 
-    pub fn load_state(&mut self, state: StateDict, device: &B::Device) {
+    pub(crate) fn load_state(&mut self, state: StateDict, device: &B::Device) {
         self.velocity = flat::from_state_dict(state, device);
     }
 }

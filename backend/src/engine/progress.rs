@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use unlearn_shared::api::ProgressEvent;
 
-pub trait Progress {
+pub(crate) trait Progress {
     fn report(&mut self, event: &ProgressEvent);
     /// Checked between batches; a job that sees `true` stops at the next safe point.
     fn cancelled(&self) -> bool {
@@ -16,10 +16,10 @@ pub trait Progress {
 /// A job was stopped through [`Progress::cancelled`].
 #[derive(Debug, thiserror::Error)]
 #[error("cancelled")]
-pub struct Cancelled;
+pub(crate) struct Cancelled;
 
 /// Times one phase and turns counts into [`ProgressEvent`]s.
-pub struct PhaseTimer {
+pub(crate) struct PhaseTimer {
     phase: String,
     total: u64,
     started: Instant,
@@ -28,24 +28,24 @@ pub struct PhaseTimer {
 }
 
 impl PhaseTimer {
-    pub fn new(phase: impl Into<String>, total: u64) -> Self {
+    pub(crate) fn new(phase: impl Into<String>, total: u64) -> Self {
         Self { phase: phase.into(), total, started: Instant::now(), loss_sum: 0.0, loss_batches: 0 }
     }
 
-    pub fn add_loss(&mut self, loss: f64) {
+    pub(crate) fn add_loss(&mut self, loss: f64) {
         self.loss_sum += loss;
         self.loss_batches += 1;
     }
 
-    pub fn mean_loss(&self) -> Option<f64> {
+    pub(crate) fn mean_loss(&self) -> Option<f64> {
         (self.loss_batches > 0).then(|| self.loss_sum / self.loss_batches as f64)
     }
 
-    pub fn elapsed_s(&self) -> f64 {
+    pub(crate) fn elapsed_s(&self) -> f64 {
         self.started.elapsed().as_secs_f64()
     }
 
-    pub fn event(&self, done: u64) -> ProgressEvent {
+    pub(crate) fn event(&self, done: u64) -> ProgressEvent {
         let elapsed = self.elapsed_s();
         let rate = if elapsed > 0.0 { done as f64 / elapsed } else { 0.0 };
         let eta_s = (rate > 0.0).then(|| self.total.saturating_sub(done) as f64 / rate);
@@ -54,7 +54,7 @@ impl PhaseTimer {
 }
 
 /// Reports nothing and never cancels: for tests and nested work.
-pub struct Silent;
+pub(crate) struct Silent;
 
 impl Progress for Silent {
     fn report(&mut self, _event: &ProgressEvent) {}

@@ -5,19 +5,20 @@ use burn::module::Param;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use unlearn_shared::api::{DampenStats, Reach, SsdSettings};
+use unlearn_shared::api::{DampenStats, SsdSettings};
 use unlearn_shared::model::weights::{self, is_statistic, map_keyed, visit_keyed, KeyedMapper, KeyedVisitor, StateDict};
 use unlearn_shared::model::{NormStats, ResNet};
 
-use super::batch::make_batch;
+use super::batch::batch;
 use super::flat::{self, FlatTensors};
 use super::progress::{Cancelled, PhaseTimer, Progress};
-use crate::data::Split;
+use super::scope::{reach, Reach};
+use super::Images;
 
 /// Per-parameter importance: the mean over mini-batches of the squared gradient of the
 /// batch-mean loss, flattened, by torchvision key. Running statistics have none.
-pub struct Importance<B: Backend> {
-    pub tensors: FlatTensors<B>,
+pub(crate) struct Importance<B: Backend> {
+    pub(crate) tensors: FlatTensors<B>,
 }
 
 struct AccumulateSquares<'a, B: AutodiffBackend> {
@@ -40,11 +41,11 @@ impl<B: AutodiffBackend> KeyedVisitor<B> for AccumulateSquares<'_, B> {
     }
 }
 
-/// Computes the importance over `indices` of `split`, in that order, BatchNorm in inference mode.
-pub fn importance<B: AutodiffBackend>(
+/// Computes the importance over `images`, in their order, in mini-batches of `batch_size`,
+/// BatchNorm in inference mode; progress is reported as `phase`.
+pub(crate) fn importance<B: AutodiffBackend>(
     model: &ResNet<B>,
-    split: &Split,
-    indices: &[usize],
+    images: Images,
     batch_size: usize,
     phase: &str,
     device: &B::Device,
@@ -52,13 +53,13 @@ pub fn importance<B: AutodiffBackend>(
 ) -> Result<Importance<B::InnerBackend>, Cancelled> {
     let loss_fn = CrossEntropyLossConfig::new().init(device);
     let mut sums = FlatTensors::new();
-    let mut timer = PhaseTimer::new(phase, indices.len() as u64);
-    let batches = indices.len().div_ceil(batch_size).max(1);
-    for (n, chunk) in indices.chunks(batch_size).enumerate() {
+    let mut timer = PhaseTimer::new(phase, images.indices.len() as u64);
+    let batches = images.indices.len().div_ceil(batch_size).max(1);
+    for (n, chunk) in images.indices.chunks(batch_size).enumerate() {
         if progress.cancelled() {
             return Err(Cancelled);
         }
-        let batch = make_batch::<B>(split, chunk, None::<&mut rand_chacha::ChaCha8Rng>, device);
+        let batch = batch::<B>(images.split, chunk, device);
         let loss = loss_fn.forward(model.forward(batch.images, NormStats::Running), batch.labels);
         let grads = loss.backward();
         visit_keyed(model, &mut AccumulateSquares::<B> { grads: &grads, sums: &mut sums });
@@ -73,20 +74,20 @@ pub fn importance<B: AutodiffBackend>(
 }
 
 impl<B: Backend> Importance<B> {
-    pub fn to_state_dict(&self) -> StateDict {
+    pub(crate) fn to_state_dict(&self) -> StateDict {
         flat::to_state_dict(&self.tensors)
     }
 
-    pub fn from_state_dict(tensors: StateDict, device: &B::Device) -> Self {
+    pub(crate) fn from_state_dict(tensors: StateDict, device: &B::Device) -> Self {
         Self { tensors: flat::from_state_dict(tensors, device) }
     }
 }
 
 /// What SSD weighs against each other: one class's importance and the full training set's.
-pub struct Importances<'a, B: Backend> {
-    pub class: usize,
-    pub forget: &'a Importance<B>,
-    pub full: &'a Importance<B>,
+pub(crate) struct Importances<'a, B: Backend> {
+    pub(crate) class: usize,
+    pub(crate) forget: &'a Importance<B>,
+    pub(crate) full: &'a Importance<B>,
 }
 
 struct Dampen<'a, B: Backend> {
@@ -113,7 +114,7 @@ impl<B: Backend> KeyedMapper<B> for Dampen<'_, B> {
         };
         let len = forget.shape().num_elements();
         self.stats.total += len as u64;
-        let reach = self.settings.layers.reach(key);
+        let reach = reach(self.settings.layers, key);
         if reach == Reach::Nothing {
             return param;
         }
@@ -133,7 +134,7 @@ impl<B: Backend> KeyedMapper<B> for Dampen<'_, B> {
 /// Scales each parameter within `settings.layers` where `imp_forget > alpha * imp_full` by
 /// `min(lambda * imp_full / imp_forget, 1)`; BatchNorm running statistics are never touched.
 /// `alpha` is given apart from the settings because they may leave it to calibration.
-pub fn dampen<B: Backend>(model: ResNet<B>, importances: &Importances<B>, alpha: f64, settings: &SsdSettings) -> (ResNet<B>, DampenStats) {
+pub(crate) fn dampen<B: Backend>(model: ResNet<B>, importances: &Importances<B>, alpha: f64, settings: &SsdSettings) -> (ResNet<B>, DampenStats) {
     let mut mapper = Dampen { importances, alpha, settings, stats: DampenStats { selected: 0, total: 0 } };
     let model = map_keyed(model, &mut mapper);
     (model, mapper.stats)
@@ -148,8 +149,9 @@ mod tests {
     use unlearn_shared::model::ResNetConfig;
 
     use super::*;
-    use crate::device::CpuBackend as Cpu;
+    use crate::engine::device::CpuBackend as Cpu;
     use crate::engine::progress::Silent;
+    use crate::storage::dataset::Split;
 
     const FORGET_PATTERN: [f32; 5] = [0.5, 10.0, 11.0, 20.0, 100.0];
 
@@ -195,7 +197,12 @@ mod tests {
             for (i, (o, n)) in old.values.iter().zip(&new.values).enumerate() {
                 let imp_forget = forget_importance(key, &old.shape, i);
                 // Selected where imp_forget > 10 * 1; beta = min(1 * 1 / imp_forget, 1).
-                let expected = if imp_forget > 10.0 { expected_selected += 1; o / imp_forget } else { *o };
+                let expected = if imp_forget > 10.0 {
+                    expected_selected += 1;
+                    o / imp_forget
+                } else {
+                    *o
+                };
                 assert!((n - expected).abs() <= 1e-6 * o.abs().max(1.0), "{key}[{i}]: {o} became {n}, expected {expected}");
                 assert!(n.abs() <= o.abs(), "{key}[{i}] grew from {o} to {n}");
             }
@@ -221,7 +228,7 @@ mod tests {
                     if o == n {
                         continue;
                     }
-                    match layers.reach(key) {
+                    match reach(layers, key) {
                         Reach::ForgetClassRow => assert_eq!(j / row_len, class, "{layers:?}: {key}[{j}] is in another class's row"),
                         Reach::Whole => assert!(key.starts_with("layer4."), "{layers:?}: {key}"),
                         Reach::Nothing => panic!("{layers:?}: {key}[{j}] is out of scope"),
@@ -231,7 +238,10 @@ mod tests {
             }
             assert!(changed_in_row > 0, "{layers:?}: the forget class's row is dampened");
             assert!(stats.selected > 0 && stats.selected < stats.total, "{stats:?}");
-            assert_eq!(stats.total as usize, unlearn_shared::model::weights::parameter_count(&ResNetConfig::new().with_width(2).init::<Cpu>(&Default::default())));
+            assert_eq!(
+                stats.total as usize,
+                unlearn_shared::model::weights::parameter_count(&ResNetConfig::new().with_width(2).init::<Cpu>(&Default::default()))
+            );
         }
     }
 
@@ -257,16 +267,13 @@ mod tests {
         type A = Autodiff<Cpu>;
         let device = Default::default();
         let model = ResNetConfig::new().with_width(2).init::<A>(&device);
-        let split = Split {
-            images: (0..3 * IMAGE_BYTES).map(|i| (i * 37 % 256) as u8).collect(),
-            labels: vec![1, 4, 7],
-        };
+        let split = Split { images: (0..3 * IMAGE_BYTES).map(|i| (i * 37 % 256) as u8).collect(), labels: vec![1, 4, 7] };
         // Batches of two: {0, 1} and {2}.
-        let imp = importance(&model, &split, &[0, 1, 2], 2, "test", &device, &mut Silent).unwrap();
+        let imp = importance(&model, Images { split: &split, indices: &[0, 1, 2] }, 2, "test", &device, &mut Silent).unwrap();
 
         let loss_fn = CrossEntropyLossConfig::new().init(&device);
         let squared_grad = |indices: &[usize]| {
-            let batch = make_batch::<A>(&split, indices, None::<&mut rand_chacha::ChaCha8Rng>, &device);
+            let batch = batch::<A>(&split, indices, &device);
             let grads = loss_fn.forward(model.forward(batch.images, NormStats::Running), batch.labels).backward();
             model.fc.weight.val().grad(&grads).unwrap().square().into_data().to_vec::<f32>().unwrap()
         };

@@ -1,141 +1,131 @@
 //! Forgetting one class of a trained model with SSD, and measuring what changed.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use unlearn_shared::api::{Alpha, Membership, ModelReport, RetrainedReport, SetOrder, SsdSettings, Subsample, Timings, UnlearnReport};
-use unlearn_shared::metrics::{Evaluation, MembershipAttack};
-use unlearn_shared::model::weights::{self, Metadata, Precision, WeightsError};
+use unlearn_shared::api::{Alpha, ClassId, Membership, ModelReport, RetrainedReport, SetOrder, SsdSettings, Subsample, Timings, UnlearnReport};
+use unlearn_shared::model::weights::{self, StateDict, WeightsError};
 use unlearn_shared::model::ResNet;
 
 use super::calibrate::{calibrate, CalibrationConfig};
+use super::device::Device;
 use super::evaluate::evaluate;
+use super::evaluation::{model_report, Evaluation};
+use super::membership::MembershipAttack;
 use super::progress::{Cancelled, Progress};
-use super::sample;
 use super::ssd::{dampen, importance, Importance, Importances};
-use crate::data::Cifar10;
-use crate::files::write_atomic;
-use crate::models::ModelFile;
+use super::{sample, Images};
+use crate::storage::dataset::Cifar10;
+use crate::storage::tensor_cache::{CacheError, TensorCache};
 
 /// Seed of the subsets drawn when a run is subsampled.
 const SUBSAMPLE_SEED: u64 = 0;
 /// Part of every importance cache name; bump it when the importance computation changes.
 const IMPORTANCE_CACHE_VERSION: u32 = 1;
 /// Forget-set images that calibration and the membership attack classify.
-const PROBE_IMAGES: usize = 500;
+const FORGET_SAMPLE_IMAGES: usize = 500;
 
 #[derive(Debug, thiserror::Error)]
-pub enum UnlearnError {
+pub(crate) enum UnlearnError {
     #[error("invalid settings: {0}")]
     Settings(String),
-    #[error("forget class {0} does not exist; classes are 0..=9")]
-    Class(usize),
     #[error(transparent)]
     Cancelled(#[from] Cancelled),
-    #[error("importance cache {path}: {error}")]
-    Cache { path: PathBuf, error: std::io::Error },
+    #[error("storing the full-set importance")]
+    Cache(#[from] CacheError),
 }
 
 /// One model on the sets every report reads.
 struct Measured {
     test: Evaluation,
     train: Evaluation,
-    /// Images of the forget class from its training set.
-    probe: Evaluation,
+    /// The forget sample: images of the forget class from its training set.
+    forget_sample: Evaluation,
 }
 
 impl Measured {
     fn report(&self, class: usize) -> ModelReport {
-        ModelReport::new(&self.test, &self.train, class)
+        model_report(&self.test, &self.train, class)
     }
 
     /// The membership attack, fitted on retain-class training images against test images,
-    /// asked about the probe.
+    /// asked about the forget sample.
     fn member_percent(&self, class: usize) -> f64 {
         let attack = MembershipAttack::fit(&self.train.entropies(|c| c != class), &self.test.entropies(|_| true));
-        attack.member_percent(&self.probe.entropies(|c| c == class))
+        attack.member_percent(&self.forget_sample.entropies(|c| c == class))
     }
 }
 
+/// The model to unlearn from: its weights, and what reports and caches call it.
+pub(crate) struct BaseModel {
+    pub(crate) name: String,
+    /// sha256 of the weights: keys the importance cache.
+    pub(crate) digest: String,
+    pub(crate) weights: StateDict,
+}
+
 /// One base model on one device, ready to forget any class. Keeps what does not depend on
-/// the class: the full-set importances (also cached on disk) and the base model's evaluation.
-pub struct Unlearner<'a, B: AutodiffBackend> {
+/// the class: the full-set importances (also in the cache it is given) and the base model's
+/// evaluation.
+pub(crate) struct Unlearner<'a, B: AutodiffBackend> {
     data: &'a Cifar10,
+    cache: &'a TensorCache,
     model_name: String,
     digest: String,
     model: ResNet<B>,
-    device: B::Device,
-    device_name: String,
-    cache_dir: PathBuf,
+    device: Device<B>,
     subsample: Subsample,
     test_indices: Vec<usize>,
     /// A training subset as large as the test subset, for the same metrics on seen images.
     train_indices: Vec<usize>,
     base_evaluation: Option<(Evaluation, Evaluation)>,
-    /// The base model on each class's probe images.
-    base_probe: HashMap<usize, Evaluation>,
+    /// The base model on each class's forget sample.
+    base_forget_sample: HashMap<usize, Evaluation>,
     /// Models of the same recipe trained without a class, by that class, with their names.
     retrained: HashMap<usize, (String, ResNet<B::InnerBackend>)>,
     full_importance: HashMap<(SetOrder, usize), Importance<B::InnerBackend>>,
 }
 
 impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
-    pub fn new(
-        file: &ModelFile,
-        model_name: impl Into<String>,
-        data: &'a Cifar10,
-        subsample: Subsample,
-        cache_dir: &Path,
-        device: B::Device,
-        device_name: impl Into<String>,
-    ) -> Result<Self, WeightsError> {
-        let model = weights::model_from_state_dict::<B>(file.weights.clone(), &device)?;
+    pub(crate) fn new(base: BaseModel, data: &'a Cifar10, subsample: Subsample, cache: &'a TensorCache, device: Device<B>) -> Result<Self, WeightsError> {
+        let model = weights::model_from_state_dict::<B>(base.weights, &device.handle)?;
         Ok(Self {
             data,
-            model_name: model_name.into(),
-            digest: file.digest(),
+            cache,
+            model_name: base.name,
+            digest: base.digest,
             model,
             device,
-            device_name: device_name.into(),
-            cache_dir: cache_dir.to_owned(),
             subsample,
             test_indices: sample((0..data.test.len()).collect(), subsample.test, SUBSAMPLE_SEED),
             train_indices: sample((0..data.train.len()).collect(), Some(subsample.test.unwrap_or(data.test.len())), SUBSAMPLE_SEED),
             base_evaluation: None,
-            base_probe: HashMap::new(),
+            base_forget_sample: HashMap::new(),
             retrained: HashMap::new(),
             full_importance: HashMap::new(),
         })
     }
 
-    /// Compares every run forgetting `class` with `file`, a model trained without it.
-    pub fn add_retrained(&mut self, class: usize, name: impl Into<String>, file: &ModelFile) -> Result<(), WeightsError> {
-        let model = weights::model_from_state_dict::<B::InnerBackend>(file.weights.clone(), &self.device)?;
-        self.retrained.insert(class, (name.into(), model));
+    /// Compares every run forgetting `class` with `weights`, a model trained without it.
+    pub(crate) fn add_retrained(&mut self, class: ClassId, name: String, weights: StateDict) -> Result<(), WeightsError> {
+        let model = weights::model_from_state_dict::<B::InnerBackend>(weights, &self.device.handle)?;
+        self.retrained.insert(class.index(), (name, model));
         Ok(())
     }
 
-    /// sha256 of the base model's weights.
-    pub fn digest(&self) -> &str {
-        &self.digest
-    }
-
     /// Forgets `class`; returns the report and the unlearned model.
-    pub fn forget(
+    pub(crate) fn forget(
         &mut self,
-        class: usize,
+        class: ClassId,
         settings: &SsdSettings,
         progress: &mut dyn Progress,
     ) -> Result<(UnlearnReport, ResNet<B::InnerBackend>), UnlearnError> {
         settings.validate().map_err(UnlearnError::Settings)?;
-        if class >= unlearn_shared::cifar::NUM_CLASSES {
-            return Err(UnlearnError::Class(class));
-        }
+        let class = class.index();
         let mut timings = Timings::default();
 
         let started = Instant::now();
@@ -151,10 +141,11 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
 
         let started = Instant::now();
         let forget_indices = sample(self.data.train.indices_of(class), self.subsample.forget, SUBSAMPLE_SEED);
-        let forget = importance(&self.model, &self.data.train, &forget_indices, settings.importance_batch, "importance (forget set)", &self.device, progress)?;
+        let forget_set = Images { split: &self.data.train, indices: &forget_indices };
+        let forget = importance(&self.model, forget_set, settings.importance_batch, "importance (forget set)", &self.device.handle, progress)?;
         timings.forget_importance_s = started.elapsed().as_secs_f64();
 
-        let probe = sample(forget_indices.clone(), Some(PROBE_IMAGES), SUBSAMPLE_SEED);
+        let forget_sample = sample(forget_indices.clone(), Some(FORGET_SAMPLE_IMAGES), SUBSAMPLE_SEED);
         let importances = Importances { class, forget: &forget, full: &self.full_importance[&key] };
         let (unlearned, alpha, layers, calibration, dampened) = match settings.alpha {
             Alpha::Fixed(alpha) => {
@@ -166,7 +157,8 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
             Alpha::Auto => {
                 let started = Instant::now();
                 let config = CalibrationConfig::default();
-                let found = calibrate(&self.model.valid(), &importances, settings, &config, &self.data.train, &probe, &self.device, progress)?;
+                let sample = Images { split: &self.data.train, indices: &forget_sample };
+                let found = calibrate(&self.model.valid(), &importances, settings, &config, sample, &self.device.handle, progress)?;
                 timings.calibrate_s = started.elapsed().as_secs_f64();
                 (found.model, found.alpha, found.layers, Some(found.calibration), found.dampened)
             }
@@ -174,21 +166,21 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
 
         let started = Instant::now();
         let (test, train) = self.base_evaluation(progress)?.clone();
-        let before = Measured { test, train, probe: self.base_probe(class, &probe, progress)? };
-        let after = self.measure(&unlearned, &probe, progress)?;
+        let before = Measured { test, train, forget_sample: self.base_forget_sample(class, &forget_sample, progress)? };
+        let after = self.measure(&unlearned, &forget_sample, progress)?;
         timings.evaluate_s = started.elapsed().as_secs_f64();
 
         let retrained = match self.retrained.get(&class) {
             Some((name, model)) => {
-                let measured = self.measure(model, &probe, progress)?;
+                let measured = self.measure(model, &forget_sample, progress)?;
                 Some(RetrainedReport { model: name.clone(), report: measured.report(class), membership: measured.member_percent(class) })
             }
             None => None,
         };
-        let membership = Membership { before: before.member_percent(class), after: after.member_percent(class), images: probe.len() };
+        let membership = Membership { before: before.member_percent(class), after: after.member_percent(class), images: forget_sample.len() };
         let report = UnlearnReport {
             model: self.model_name.clone(),
-            device: self.device_name.clone(),
+            device: self.device.name.to_owned(),
             forget_class: class,
             settings: *settings,
             alpha,
@@ -205,27 +197,28 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
         Ok((report, unlearned))
     }
 
-    /// The base model on the probe images of `class`, evaluated once per class.
-    fn base_probe(&mut self, class: usize, probe: &[usize], progress: &mut dyn Progress) -> Result<Evaluation, Cancelled> {
-        if let Some(evaluation) = self.base_probe.get(&class) {
+    /// The base model on the forget sample of `class`, evaluated once per class.
+    fn base_forget_sample(&mut self, class: usize, forget_sample: &[usize], progress: &mut dyn Progress) -> Result<Evaluation, Cancelled> {
+        if let Some(evaluation) = self.base_forget_sample.get(&class) {
             return Ok(evaluation.clone());
         }
-        let evaluation = evaluate(&self.model.valid(), &self.data.train, probe, &self.device, progress)?;
-        self.base_probe.insert(class, evaluation.clone());
+        let evaluation = evaluate(&self.model.valid(), Images { split: &self.data.train, indices: forget_sample }, &self.device.handle, progress)?;
+        self.base_forget_sample.insert(class, evaluation.clone());
         Ok(evaluation)
     }
 
-    /// On the test subset, the training subset and the probe of the forget set.
-    fn measure(&self, model: &ResNet<B::InnerBackend>, probe: &[usize], progress: &mut dyn Progress) -> Result<Measured, Cancelled> {
+    /// On the test subset, the training subset and the forget sample.
+    fn measure(&self, model: &ResNet<B::InnerBackend>, forget_sample: &[usize], progress: &mut dyn Progress) -> Result<Measured, Cancelled> {
         let (test, train) = self.evaluate_both(model, progress)?;
-        Ok(Measured { test, train, probe: evaluate(model, &self.data.train, probe, &self.device, progress)? })
+        let forget_sample = evaluate(model, Images { split: &self.data.train, indices: forget_sample }, &self.device.handle, progress)?;
+        Ok(Measured { test, train, forget_sample })
     }
 
     /// On the test subset and on the training subset.
     fn evaluate_both(&self, model: &ResNet<B::InnerBackend>, progress: &mut dyn Progress) -> Result<(Evaluation, Evaluation), Cancelled> {
         Ok((
-            evaluate(model, &self.data.test, &self.test_indices, &self.device, progress)?,
-            evaluate(model, &self.data.train, &self.train_indices, &self.device, progress)?,
+            evaluate(model, Images { split: &self.data.test, indices: &self.test_indices }, &self.device.handle, progress)?,
+            evaluate(model, Images { split: &self.data.train, indices: &self.train_indices }, &self.device.handle, progress)?,
         ))
     }
 
@@ -246,37 +239,32 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
         indices
     }
 
-    fn cache_path(&self, settings: &SsdSettings, images: usize) -> PathBuf {
+    /// The cache entry of the full-set importance over `images` images.
+    fn cache_name(&self, settings: &SsdSettings, images: usize) -> String {
         let order = match settings.full_order {
             SetOrder::ClassOrdered => "ordered".to_owned(),
             SetOrder::Shuffled { seed } => format!("shuffled{seed}"),
         };
-        self.cache_dir.join(format!(
-            "importance-v{IMPORTANCE_CACHE_VERSION}-{}-{order}-b{}-n{images}.safetensors",
-            &self.digest[..16],
-            settings.importance_batch
-        ))
+        format!("importance-v{IMPORTANCE_CACHE_VERSION}-{}-{order}-b{}-n{images}", &self.digest[..16], settings.importance_batch)
     }
 
-    /// The full-set importance from the disk cache, or computed and then cached.
+    /// The full-set importance from the cache, or computed and then cached.
     fn load_or_compute_full_importance(
         &self,
         settings: &SsdSettings,
         progress: &mut dyn Progress,
     ) -> Result<(Importance<B::InnerBackend>, bool), UnlearnError> {
         let indices = self.full_indices(settings.full_order);
-        let path = self.cache_path(settings, indices.len());
-        // A cache entry that is unreadable or does not cover every parameter is recomputed.
+        let name = self.cache_name(settings, indices.len());
+        // An entry that does not cover every parameter is recomputed.
         let sizes = weights::parameter_sizes(&self.model);
-        let cached = std::fs::read(&path).ok().and_then(|bytes| weights::decode(&bytes).ok()).map(|(tensors, _)| tensors);
-        if let Some(tensors) = cached.filter(|t| t.len() == sizes.len() && t.iter().all(|(k, v)| sizes.get(k) == Some(&v.values.len()))) {
-            return Ok((Importance::from_state_dict(tensors, &self.device), true));
+        let cached = self.cache.get(&name).filter(|t| t.len() == sizes.len() && t.iter().all(|(k, v)| sizes.get(k) == Some(&v.values.len())));
+        if let Some(tensors) = cached {
+            return Ok((Importance::from_state_dict(tensors, &self.device.handle), true));
         }
-        let full = importance(&self.model, &self.data.train, &indices, settings.importance_batch, "importance (full set)", &self.device, progress)?;
-        let bytes = weights::encode(&full.to_state_dict(), Metadata::new(), Precision::F32);
-        let io = |error| UnlearnError::Cache { path: path.clone(), error };
-        std::fs::create_dir_all(&self.cache_dir).map_err(io)?;
-        write_atomic(&path, &bytes).map_err(io)?;
+        let full_set = Images { split: &self.data.train, indices: &indices };
+        let full = importance(&self.model, full_set, settings.importance_batch, "importance (full set)", &self.device.handle, progress)?;
+        self.cache.put(&name, &full.to_state_dict())?;
         Ok((full, false))
     }
 }

@@ -1,6 +1,8 @@
 use leptos::prelude::*;
+use unlearn_shared::api::RunId;
 use wasm_bindgen::JsCast;
 
+use super::status::Failed;
 use crate::api;
 use crate::app::Workbench;
 use crate::inference::{self, Engine, ModelCache, Models, Prediction};
@@ -10,7 +12,31 @@ use crate::pixels;
 struct Outcome {
     image: String,
     base: Prediction,
-    unlearned: Option<(i64, Prediction)>,
+    unlearned: Option<(RunId, Prediction)>,
+}
+
+/// Classifies a gallery image or the user's own; the latest image's outcome is shown.
+type Classifier = Action<String, Result<Outcome, String>>;
+
+/// `image` classified by the base model and, where the shown run has one, the unlearned model,
+/// on `engine` or else the best this browser has.
+async fn classify(workbench: Workbench, models: ModelCache, engine: Option<Engine>, image: String) -> Result<Outcome, String> {
+    let engine = match engine {
+        Some(engine) => engine,
+        None => Engine::available().await[0],
+    };
+    let rgba = pixels::rgba_32(&image).await?;
+    let base_model = workbench.model.get_untracked().ok_or("the server offers no base model")?;
+    let base = Models::get(models, engine, &format!("/api/models/{base_model}/weights")).await?;
+    let base = inference::predict(&base, &rgba).await?;
+    let unlearned = match workbench.shown.get_untracked().filter(|r| r.has_weights) {
+        Some(run) => {
+            let model = Models::get(models, engine, &format!("/api/runs/{}/weights", run.id)).await?;
+            Some((run.id, inference::predict(&model, &rgba).await?))
+        }
+        None => None,
+    };
+    Ok(Outcome { image, base, unlearned })
 }
 
 /// Classify a gallery image or the user's own, with the base and the unlearned model, here
@@ -19,64 +45,13 @@ struct Outcome {
 pub fn Classify() -> impl IntoView {
     let workbench = expect_context::<Workbench>();
     let models: ModelCache = StoredValue::new_local(Models::default());
-    let outcome = RwSignal::new(None::<Outcome>);
-    let working = RwSignal::new(false);
-    let gallery = LocalResource::new(move || api::samples(Some(workbench.class.get()), 12));
     let engines = LocalResource::new(Engine::available);
     let picked = RwSignal::new(None::<Engine>);
     // The user's pick, else the best this browser has.
     let engine = move || picked.get().or_else(|| engines.get().and_then(|e| e.first().copied()));
-
-    let classify = move |image: String| {
-        working.set(true);
-        leptos::task::spawn_local(async move {
-            let result = async {
-                let engine = match picked.get_untracked() {
-                    Some(engine) => engine,
-                    None => Engine::available().await[0],
-                };
-                let rgba = pixels::rgba_32(&image).await?;
-                let base = Models::get(models, engine, &format!("/api/models/{}/weights", workbench.model.get_untracked())).await?;
-                let base = inference::predict(&base, &rgba).await?;
-                let run = workbench.shown.get_untracked().filter(|r| r.has_weights);
-                let unlearned = match run {
-                    Some(run) => {
-                        let model = Models::get(models, engine, &format!("/api/runs/{}/weights", run.id)).await?;
-                        Some((run.id, inference::predict(&model, &rgba).await?))
-                    }
-                    None => None,
-                };
-                Ok::<_, String>(Outcome { image, base, unlearned })
-            }
-            .await;
-            match result {
-                Ok(result) => outcome.set(Some(result)),
-                Err(error) => workbench.fail(error),
-            }
-            working.set(false);
-        });
-    };
-    let classify_file = move |file: Option<web_sys::File>| match file.map(|f| pixels::file_url(&f)) {
-        Some(Ok(url)) => classify(url),
-        Some(Err(error)) => workbench.fail(error),
-        None => {}
-    };
-    let on_pick = move |ev: leptos::ev::Event| {
-        let input: web_sys::HtmlInputElement = ev.target().expect("input").unchecked_into();
-        classify_file(input.files().and_then(|files| files.get(0)));
-    };
-    let on_drop = move |ev: leptos::ev::DragEvent| {
-        ev.prevent_default();
-        classify_file(ev.data_transfer().and_then(|d| d.files()).and_then(|files| files.get(0)));
-    };
-    let gallery_view = move || {
-        gallery.get().and_then(|r| r.ok()).map(|samples| {
-            samples.into_iter().map(|sample| {
-                let url = sample.url.clone();
-                view! { <button class="thumb" title=sample.class on:click=move |_| classify(url.clone())><img src=sample.url alt="test image" /></button> }
-            }).collect_view()
-        })
-    };
+    let classifier: Classifier = Action::new_unsync(move |image: &String| classify(workbench, models, picked.get_untracked(), image.clone()));
+    let working = classifier.pending();
+    let outcome = classifier.value();
 
     view! {
         <h2>"Try it in your browser"</h2>
@@ -88,22 +63,75 @@ pub fn Classify() -> impl IntoView {
                 _ => "",
             })}
         </p>
-        <div class="gallery" id="gallery">{gallery_view}</div>
+        <Gallery classifier />
+        <Upload classifier />
+        {move || working.get().then(|| view! { <p class="hint">"classifying…"</p> })}
+        <div id="predictions">
+            <ErrorBoundary fallback=|errors| view! { <Failed errors /> }>
+                {move || outcome.get().map(|outcome| outcome.map(|outcome| view! { <Predictions outcome /> }))}
+            </ErrorBoundary>
+        </div>
+    }
+}
+
+/// Test images of the picked class.
+#[component]
+fn Gallery(classifier: Classifier) -> impl IntoView {
+    let workbench = expect_context::<Workbench>();
+    let samples = LocalResource::new(move || api::samples(Some(workbench.class.get().index()), 12));
+    let thumbs = move || {
+        samples.get().map(|samples| {
+            samples.map(|samples| {
+                samples.into_iter().map(|sample| {
+                    let url = sample.url.clone();
+                    view! { <button class="thumb" title=sample.class on:click=move |_| { classifier.dispatch(url.clone()); }><img src=sample.url alt="test image" /></button> }
+                }).collect_view()
+            })
+        })
+    };
+    view! {
+        <ErrorBoundary fallback=|errors| view! { <Failed errors /> }>
+            <div class="gallery" id="gallery">{thumbs}</div>
+        </ErrorBoundary>
+    }
+}
+
+/// The user's own image, picked or dropped; it is read here and sent nowhere.
+#[component]
+fn Upload(classifier: Classifier) -> impl IntoView {
+    let workbench = expect_context::<Workbench>();
+    let classify_file = move |file: Option<web_sys::File>| match file.map(|f| pixels::file_url(&f)) {
+        Some(Ok(url)) => {
+            classifier.dispatch(url);
+        }
+        Some(Err(error)) => workbench.fail(error),
+        None => {}
+    };
+    let on_pick = move |ev: leptos::ev::Event| {
+        let input: web_sys::HtmlInputElement = ev.target().expect("input").unchecked_into();
+        classify_file(input.files().and_then(|files| files.get(0)));
+    };
+    let on_drop = move |ev: leptos::ev::DragEvent| {
+        ev.prevent_default();
+        classify_file(ev.data_transfer().and_then(|d| d.files()).and_then(|files| files.get(0)));
+    };
+    view! {
         <label class="drop" on:dragover=|ev: leptos::ev::DragEvent| ev.prevent_default() on:drop=on_drop>
             "Drop an image here, or " <input id="upload" type="file" accept="image/*" on:change=on_pick />
         </label>
-        {move || working.get().then(|| view! { <p class="hint">"classifying…"</p> })}
-        <div id="predictions">
-            {move || outcome.get().map(|o| view! {
-                <div class="predictions">
-                    <img class="query" src=o.image alt="the image classified" />
-                    <PredictionList title="Base model".into() prediction=o.base />
-                    {match o.unlearned {
-                        Some((id, p)) => view! { <PredictionList title=format!("Unlearned (run {id})") prediction=p /> }.into_any(),
-                        None => view! { <p class="hint">"Run an unlearning to compare with the unlearned model."</p> }.into_any(),
-                    }}
-                </div>
-            })}
+    }
+}
+
+#[component]
+fn Predictions(outcome: Outcome) -> impl IntoView {
+    view! {
+        <div class="predictions">
+            <img class="query" src=outcome.image alt="the image classified" />
+            <PredictionList title="Base model".into() prediction=outcome.base />
+            {match outcome.unlearned {
+                Some((id, p)) => view! { <PredictionList title=format!("Unlearned (run {id})") prediction=p /> }.into_any(),
+                None => view! { <p class="hint">"Run an unlearning to compare with the unlearned model."</p> }.into_any(),
+            }}
         </div>
     }
 }

@@ -11,7 +11,9 @@ pub fn SeedTable(reports: Vec<UnlearnReport>) -> impl IntoView {
     let markdown = seed_table_markdown(&reports);
     let csv = format!("data:text/csv;charset=utf-8,{}", js_sys::encode_uri_component(&seed_table_csv(&reports)));
     let copy = move |_| {
-        let Some(window) = web_sys::window() else { return };
+        let Some(window) = web_sys::window() else {
+            return;
+        };
         let promise = window.navigator().clipboard().write_text(&markdown);
         leptos::task::spawn_local(async move {
             if wasm_bindgen_futures::JsFuture::from(promise).await.is_err() {
@@ -68,12 +70,7 @@ pub fn ReportView(report: UnlearnReport) -> impl IntoView {
     );
     let settings = format!(
         "model {} · {alpha} · λ {} · {} of {} parameters dampened · {} · {} test images",
-        report.model,
-        report.settings.lambda,
-        report.dampened.selected,
-        report.dampened.total,
-        report.device,
-        report.before.test.overall.images
+        report.model, report.settings.lambda, report.dampened.selected, report.dampened.total, report.device, report.before.test.overall.images
     );
     view! {
         <p class="meta">{settings}</p>

@@ -19,6 +19,13 @@ pub fn ErrorBanner() -> impl IntoView {
     }
 }
 
+/// What went wrong, where its result would have been: an `ErrorBoundary`'s fallback.
+#[component]
+pub fn Failed(errors: ArcRwSignal<Errors>) -> impl IntoView {
+    let reasons = move || errors.get().into_iter().map(|(_, error)| error.to_string()).collect::<Vec<_>>().join("; ");
+    view! { <p class="invalid">{reasons}</p> }
+}
+
 /// The followed run's phase, a progress bar, speed and time left, and a cancel button.
 #[component]
 pub fn RunProgress() -> impl IntoView {

@@ -1,10 +1,18 @@
-//! Everything exchanged between the engine, the CLI's JSON output, the HTTP API and the
-//! browser.
+//! Everything exchanged between the engine's reports, the command line's JSON, the HTTP API
+//! and the browser.
 
 mod report;
-mod runs;
+mod request;
+mod run;
 mod service;
+mod ssd;
+mod table;
+mod training;
 
 pub use report::*;
-pub use runs::*;
+pub use request::*;
+pub use run::*;
 pub use service::*;
+pub use ssd::*;
+pub use table::*;
+pub use training::*;

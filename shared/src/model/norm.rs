@@ -53,10 +53,7 @@ impl<B: Backend> BatchNorm<B> {
     /// `input`: `[batch, channels, height, width]`.
     pub fn forward(&self, input: Tensor<B, 4>, stats: NormStats) -> Tensor<B, 4> {
         let (mean, var) = match stats {
-            NormStats::Running => (
-                self.running_mean.value().reshape([1, -1, 1, 1]),
-                self.running_var.value().reshape([1, -1, 1, 1]),
-            ),
+            NormStats::Running => (self.running_mean.value().reshape([1, -1, 1, 1]), self.running_var.value().reshape([1, -1, 1, 1])),
             NormStats::Batch => self.batch_stats(&input),
         };
         let scale = self.weight.val().reshape([1, -1, 1, 1]) / (var + self.epsilon).sqrt();

@@ -54,11 +54,7 @@ pub struct Downsample<B: Backend> {
 }
 
 fn conv3x3<B: Backend>(input: usize, output: usize, stride: usize, device: &B::Device) -> Conv2d<B> {
-    Conv2dConfig::new([input, output], [3, 3])
-        .with_stride([stride, stride])
-        .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
-        .with_bias(false)
-        .init(device)
+    Conv2dConfig::new([input, output], [3, 3]).with_stride([stride, stride]).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)).with_bias(false).init(device)
 }
 
 fn batch_norm<B: Backend>(channels: usize, device: &B::Device) -> BatchNorm<B> {
@@ -68,12 +64,8 @@ fn batch_norm<B: Backend>(channels: usize, device: &B::Device) -> BatchNorm<B> {
 impl ResNetConfig {
     pub fn init<B: Backend>(&self, device: &B::Device) -> ResNet<B> {
         let w = self.width;
-        let stage = |input: usize, output: usize, stride: usize| {
-            vec![
-                BasicBlock::new(input, output, stride, device),
-                BasicBlock::new(output, output, 1, device),
-            ]
-        };
+        let stage =
+            |input: usize, output: usize, stride: usize| vec![BasicBlock::new(input, output, stride, device), BasicBlock::new(output, output, 1, device)];
         ResNet {
             conv1: conv3x3(CHANNELS, w, 1, device),
             bn1: batch_norm(w, device),
@@ -89,10 +81,7 @@ impl ResNetConfig {
 impl<B: Backend> BasicBlock<B> {
     fn new(input: usize, output: usize, stride: usize, device: &B::Device) -> Self {
         let downsample = (stride != 1 || input != output).then(|| Downsample {
-            conv: Conv2dConfig::new([input, output], [1, 1])
-                .with_stride([stride, stride])
-                .with_bias(false)
-                .init(device),
+            conv: Conv2dConfig::new([input, output], [1, 1]).with_stride([stride, stride]).with_bias(false).init(device),
             bn: batch_norm(output, device),
         });
         Self {

@@ -28,8 +28,18 @@ pub type Metadata = HashMap<String, String>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Precision {
     F32,
-    /// Half the download; used for the browser's copy.
-    F16,
+    /// Parameters in f16, half the size: the browser's copy and the shipped model.
+    /// BatchNorm's running statistics stay f32: small running variances underflow in f16.
+    Half,
+}
+
+impl Precision {
+    fn dtype(self, key: &str) -> Dtype {
+        match self {
+            Self::Half if !is_statistic(key) => Dtype::F16,
+            _ => Dtype::F32,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,9 +60,7 @@ const IGNORED_SUFFIXES: [&str; 1] = [".num_batches_tracked"];
 /// The torchvision key of a module path: our `downsample.{conv,bn}` is torchvision's
 /// `downsample.{0,1}` (an `nn.Sequential`).
 fn torch_key(path: &[String]) -> String {
-    path.join(".")
-        .replace(".downsample.conv.", ".downsample.0.")
-        .replace(".downsample.bn.", ".downsample.1.")
+    path.join(".").replace(".downsample.conv.", ".downsample.0.").replace(".downsample.bn.", ".downsample.1.")
 }
 
 /// Burn's `Linear` stores `[in, out]`; torchvision stores `[out, in]`.
@@ -152,11 +160,7 @@ impl<B: Backend> KeyedMapper<B> for Importer {
             self.problems.push(format!("  missing   {key} (expected shape {expected:?})"));
             return Param::from_mapped_value(id, tensor, mapper);
         };
-        let (shape, values) = if is_transposed(key) && named.shape.len() == 2 {
-            transpose(&named.shape, &named.values)
-        } else {
-            (named.shape, named.values)
-        };
+        let (shape, values) = if is_transposed(key) && named.shape.len() == 2 { transpose(&named.shape, &named.values) } else { (named.shape, named.values) };
         if shape != expected {
             self.problems.push(format!("  shape     {key}: checkpoint {:?}, model {expected:?}", named_shape(key, &shape)));
             return Param::from_mapped_value(id, tensor, mapper);
@@ -170,7 +174,11 @@ impl<B: Backend> KeyedMapper<B> for Importer {
 
 /// Shapes in error messages are given as the checkpoint stores them.
 fn named_shape(key: &str, shape: &[usize]) -> Vec<usize> {
-    if is_transposed(key) { shape.iter().rev().copied().collect() } else { shape.to_vec() }
+    if is_transposed(key) {
+        shape.iter().rev().copied().collect()
+    } else {
+        shape.to_vec()
+    }
 }
 
 /// Every weight and BatchNorm statistic of the model, by torchvision key.
@@ -191,23 +199,20 @@ pub fn import<B: Backend>(model: ResNet<B>, mut tensors: StateDict) -> Result<Re
     let model = map_keyed(model, &mut importer);
     let mut problems = importer.problems;
     problems.extend(importer.tensors.keys().map(|key| format!("  unexpected {key}")));
-    if problems.is_empty() { Ok(model) } else { Err(WeightsError::Mismatch(problems)) }
+    if problems.is_empty() {
+        Ok(model)
+    } else {
+        Err(WeightsError::Mismatch(problems))
+    }
 }
 
 /// Reads the architecture from the stem and the classifier, so that any width loads.
 pub fn infer_config(tensors: &StateDict) -> Result<ResNetConfig, WeightsError> {
-    let shape = |key: &str| {
-        tensors
-            .get(key)
-            .map(|t| t.shape.clone())
-            .ok_or_else(|| WeightsError::Architecture(format!("no '{key}' tensor")))
-    };
+    let shape = |key: &str| tensors.get(key).map(|t| t.shape.clone()).ok_or_else(|| WeightsError::Architecture(format!("no '{key}' tensor")));
     let stem = shape("conv1.weight")?;
     let fc = shape("fc.weight")?;
     match (stem.as_slice(), fc.as_slice()) {
-        ([width, 3, 3, 3], [classes, features]) if *features == 8 * width && *classes > 0 => {
-            Ok(ResNetConfig { width: *width, num_classes: *classes })
-        }
+        ([width, 3, 3, 3], [classes, features]) if *features == 8 * width && *classes > 0 => Ok(ResNetConfig { width: *width, num_classes: *classes }),
         _ => Err(WeightsError::Architecture(format!(
             "conv1.weight has shape {stem:?} and fc.weight {fc:?}; expected [w, 3, 3, 3] (the CIFAR stem) and [classes, 8w]"
         ))),
@@ -222,18 +227,19 @@ pub fn model_from_state_dict<B: Backend>(tensors: StateDict, device: &B::Device)
 
 /// Encodes a state dict as safetensors.
 pub fn encode(tensors: &StateDict, metadata: Metadata, precision: Precision) -> Vec<u8> {
-    let (dtype, bytes): (Dtype, Vec<Vec<u8>>) = match precision {
-        Precision::F32 => (Dtype::F32, tensors.values().map(|t| t.values.iter().flat_map(|v| v.to_le_bytes()).collect()).collect()),
-        Precision::F16 => (
-            Dtype::F16,
-            tensors
-                .values()
-                .map(|t| t.values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect())
-                .collect(),
-        ),
-    };
-    let views = tensors.iter().zip(&bytes).map(|((key, tensor), data)| {
-        let view = safetensors::tensor::TensorView::new(dtype, tensor.shape.clone(), data).expect("sizes agree by construction");
+    let encoded: Vec<(Dtype, Vec<u8>)> = tensors
+        .iter()
+        .map(|(key, tensor)| {
+            let dtype = precision.dtype(key);
+            let bytes = match dtype {
+                Dtype::F16 => tensor.values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect(),
+                _ => tensor.values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            };
+            (dtype, bytes)
+        })
+        .collect();
+    let views = tensors.iter().zip(&encoded).map(|((key, tensor), (dtype, data))| {
+        let view = safetensors::tensor::TensorView::new(*dtype, tensor.shape.clone(), data).expect("sizes agree by construction");
         (key.clone(), view)
     });
     let metadata = (!metadata.is_empty()).then_some(metadata);

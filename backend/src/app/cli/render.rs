@@ -1,0 +1,106 @@
+//! Plain-text views of results for the terminal.
+
+use std::fmt::Write;
+
+use unlearn_shared::api::{EvalReport, EvalSummary, UnlearnReport};
+use unlearn_shared::cifar::CLASSES;
+
+/// Rows are true classes, columns predicted ones.
+fn confusion(matrix: &[Vec<u64>]) -> String {
+    let mut out = format!("{:>12}", "true \\ pred");
+    for name in CLASSES {
+        let _ = write!(out, " {:>6}", &name[..name.len().min(6)]);
+    }
+    out.push('\n');
+    for (class, row) in matrix.iter().enumerate() {
+        let _ = write!(out, "{:>12}", CLASSES[class]);
+        for count in row {
+            let _ = write!(out, " {count:>6}");
+        }
+        out.push('\n');
+    }
+    out
+}
+
+pub(crate) fn evaluation(summary: &EvalSummary) -> String {
+    let overall = &summary.overall;
+    let mut out = format!("test accuracy {:.2} %, mean NLL {:.4}, {} images\n", overall.accuracy, overall.loss, overall.images);
+    out.push_str("per-class accuracy:");
+    for (name, accuracy) in CLASSES.iter().zip(&summary.per_class_accuracy) {
+        let _ = write!(out, " {name} {accuracy:.1}");
+    }
+    out.push_str("\n\n");
+    out.push_str(&confusion(&summary.confusion));
+    out
+}
+
+pub(crate) fn run_header(report: &UnlearnReport) -> String {
+    let subsample = if report.subsample.is_full() { "full sets".to_owned() } else { format!("subsampled {:?}", report.subsample) };
+    format!("model {} on {}; SSD {:?}; {subsample}", report.model, report.device, report.settings)
+}
+
+fn split_line(label: &str, eval: &EvalReport) -> String {
+    let s = &eval.split;
+    format!(
+        "{label:>9}: forget {:6.2} % (loss {:.4}) | retain {:6.2} % (loss {:.4}) | all {:6.2} %\n",
+        s.forget.accuracy, s.forget.loss, s.retain.accuracy, s.retain.loss, eval.overall.accuracy
+    )
+}
+
+pub(crate) fn unlearn_report(report: &UnlearnReport) -> String {
+    let t = &report.timings;
+    let mut out = run_header(report);
+    let _ = writeln!(out, "\nforgetting class {} ({})", report.forget_class, CLASSES[report.forget_class]);
+    out.push_str("test set:\n");
+    out.push_str(&split_line("before", &report.before.test));
+    out.push_str(&split_line("after", &report.after.test));
+    if let Some(retrained) = &report.retrained {
+        out.push_str(&split_line("retrained", &retrained.report.test));
+    }
+    let _ = writeln!(out, "training subset ({} images):", report.before.train.overall.images);
+    out.push_str(&split_line("before", &report.before.train));
+    out.push_str(&split_line("after", &report.after.train));
+    let _ = writeln!(
+        out,
+        "dampened {} of {} parameters ({:.4} %)",
+        report.dampened.selected,
+        report.dampened.total,
+        100.0 * report.dampened.selected as f64 / report.dampened.total.max(1) as f64
+    );
+    if let Some(calibration) = &report.calibration {
+        let steps: Vec<String> = calibration.steps.iter().map(|s| format!("{} {:.3} → {:.1} %", s.layers.describe(), s.alpha, s.forget_accuracy)).collect();
+        let _ = writeln!(
+            out,
+            "alpha {:.3} on {}, calibrated for at most {} % of {} forget-set images{}: {}",
+            report.alpha,
+            report.layers.describe(),
+            calibration.target_forget_accuracy,
+            calibration.images,
+            if calibration.reached { "" } else { " (NOT reached; the step that recognised the fewest)" },
+            steps.join(", ")
+        );
+    }
+    let _ = writeln!(
+        out,
+        "membership attack on {} forget-set training images: {:.1} % members before, {:.1} % after{}",
+        report.membership.images,
+        report.membership.before,
+        report.membership.after,
+        report.retrained.as_ref().map(|r| format!(", {:.1} % retrained", r.membership)).unwrap_or_default()
+    );
+    let _ = writeln!(
+        out,
+        "time: full importance {:.1} s{}, forget importance {:.1} s, calibrate {:.1} s, dampen {:.2} s, evaluate {:.1} s",
+        t.full_importance_s,
+        if t.full_importance_cached { " (cached)" } else { "" },
+        t.forget_importance_s,
+        t.calibrate_s,
+        t.dampen_s,
+        t.evaluate_s
+    );
+    out.push_str("\ntest confusion before:\n");
+    out.push_str(&confusion(&report.before.test.confusion));
+    out.push_str("\ntest confusion after:\n");
+    out.push_str(&confusion(&report.after.test.confusion));
+    out
+}

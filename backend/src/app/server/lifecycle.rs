@@ -1,0 +1,92 @@
+//! What the API does with runs, between the handlers and the queue, history and worker.
+
+use unlearn_shared::api::{Run, RunAccepted, RunId, RunRequest, RunStatus};
+
+use super::error::ApiError;
+use super::guard::Caller;
+use super::AppState;
+use crate::storage::files::sha256_hex;
+use crate::storage::history::{HistoryError, Outcome};
+
+impl From<HistoryError> for ApiError {
+    fn from(error: HistoryError) -> Self {
+        ApiError::internal(error)
+    }
+}
+
+impl AppState {
+    /// Validates and queues a run, or answers with an identical one that finished or is
+    /// under way.
+    pub(crate) fn submit(&self, mut request: RunRequest, caller: &Caller) -> Result<RunAccepted, ApiError> {
+        request.validate().map_err(ApiError::Invalid)?;
+        let worker = self.jobs.worker().ok_or(ApiError::Starting)?;
+        // Defaults are filled in before the key is taken, so "left out" and "given the
+        // default" are the same request.
+        match &mut request {
+            RunRequest::Unlearn(r) | RunRequest::Sweep(r) => {
+                r.subsample.get_or_insert(worker.default_subsample);
+            }
+            RunRequest::Eval(r) => {
+                r.test_limit = r.test_limit.or(worker.default_subsample.test);
+            }
+            RunRequest::Train(r) => {
+                caller.require("training")?;
+                if self.workspace.models.is_taken(&r.name) {
+                    return Err(ApiError::Conflict(format!("a model named '{}' already exists", r.name)));
+                }
+            }
+        }
+        let digest = match request.model() {
+            Some(id) => self.workspace.models.get(id).ok_or_else(|| ApiError::UnknownModel(id.to_owned()))?.info.digest.clone(),
+            None => String::new(),
+        };
+        let key = sha256_hex(format!("{}\n{digest}", serde_json::to_string(&request).expect("requests serialise")).as_bytes());
+        if !matches!(request, RunRequest::Train(_)) {
+            if let Some((id, status)) = self.history.reusable(&key)? {
+                return Ok(RunAccepted { id, status, reused: true });
+            }
+        }
+        self.jobs.reserve().map_err(|full| ApiError::QueueFull { retry_after: full.retry_after })?;
+        let id = match self.history.insert(&request, &key, &caller.client) {
+            Ok(id) => id,
+            Err(error) => {
+                self.jobs.release();
+                return Err(error.into());
+            }
+        };
+        self.jobs.enqueue(id, request);
+        Ok(RunAccepted { id, status: RunStatus::Queued, reused: false })
+    }
+
+    /// The stored run, with its live progress while it is under way.
+    pub(crate) fn run(&self, id: RunId) -> Result<Run, ApiError> {
+        let mut run = self.history.get(id)?.ok_or(ApiError::UnknownRun(id))?;
+        if let Some(live) = self.jobs.live(id) {
+            let state = live.snapshot();
+            if !run.status.is_finished() {
+                run.status = state.status;
+            }
+            run.progress = state.progress;
+        }
+        Ok(run)
+    }
+
+    /// Stops a queued or running run. In public mode only its submitter or a token holder
+    /// may.
+    pub(crate) fn cancel(&self, id: RunId, caller: &Caller) -> Result<Run, ApiError> {
+        let owner = self.history.client(id)?.ok_or(ApiError::UnknownRun(id))?;
+        if owner != caller.client {
+            caller.require("cancelling another client's run")?;
+        }
+        let Some(live) = self.jobs.cancel(id) else {
+            let run = self.run(id)?;
+            return Err(ApiError::Conflict(format!("run {id} has already {}", run.status.as_str())));
+        };
+        if live.status() == RunStatus::Queued {
+            // The worker skips cancelled jobs, so the end is recorded here.
+            self.history.finish(id, &Outcome { status: RunStatus::Cancelled, result: None, error: None, weights_etag: None })?;
+            self.jobs.finished(id, RunStatus::Cancelled, None);
+        }
+        self.run(id)
+    }
+}

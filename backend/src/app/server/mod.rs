@@ -1,0 +1,136 @@
+//! The HTTP server: the JSON API over the engine, its event streams, the run history, and
+//! the built browser UI, all from one origin.
+
+mod catalog;
+mod error;
+mod extract;
+mod guard;
+mod jobs;
+mod lifecycle;
+mod openapi;
+mod routes;
+#[cfg(test)]
+mod tests;
+mod worker;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::Html;
+use axum::Router;
+use tower_http::services::{ServeDir, ServeFile};
+use unlearn_shared::api::{RunId, Subsample};
+
+use super::executor::Workspace;
+use crate::engine::device::{self, DeviceChoice};
+use crate::storage::history::History;
+use catalog::BrowserModels;
+use jobs::Jobs;
+
+/// How the server is deployed.
+#[derive(Debug, Clone)]
+pub(crate) struct ServerConfig {
+    pub(crate) data_dir: PathBuf,
+    /// The built UI (`trunk build`'s output); the API works without it.
+    pub(crate) static_dir: PathBuf,
+    /// Rate limits and token-protected writes, for a server on the internet.
+    pub(crate) public: bool,
+    /// Grants training, import and cancelling others' runs in public mode.
+    pub(crate) token: Option<String>,
+    pub(crate) queue_capacity: usize,
+    /// Requests per minute per client in public mode.
+    pub(crate) rate_limit: u32,
+    /// For requests that leave theirs out; `None` lets the worker pick by device.
+    pub(crate) subsample: Option<Subsample>,
+}
+
+/// Largest JSON body accepted.
+const JSON_LIMIT: usize = 64 * 1024;
+/// Largest model upload accepted (ResNet18 in f32 is 45 MB).
+const UPLOAD_LIMIT: usize = 256 * 1024 * 1024;
+
+impl ServerConfig {
+    /// What a run leaves behind besides its record: a trained model while it trains.
+    fn run_dir(&self, id: RunId) -> PathBuf {
+        self.data_dir.join("runs").join(id.to_string())
+    }
+
+    /// The unlearned model of run `id`, in the browser's format.
+    fn run_weights_path(&self, id: RunId) -> PathBuf {
+        self.data_dir.join("runs").join(format!("{id}.safetensors"))
+    }
+}
+
+pub(crate) struct AppState {
+    config: ServerConfig,
+    workspace: Workspace,
+    history: History,
+    jobs: Jobs,
+    browser_models: BrowserModels,
+    limiter: guard::RateLimiter,
+}
+
+/// Opens the history, and starts the worker on `device` in its own thread.
+pub(crate) fn start(config: ServerConfig, workspace: Workspace, device: DeviceChoice) -> anyhow::Result<Arc<AppState>> {
+    let runs = config.data_dir.join("runs");
+    std::fs::create_dir_all(&runs).with_context(|| format!("creating {}", runs.display()))?;
+    let history = History::open(&config.data_dir.join("runs.sqlite"))?;
+    let (jobs, receiver) = Jobs::new(config.queue_capacity);
+    let limiter = guard::RateLimiter::new(config.rate_limit);
+    let state = Arc::new(AppState { config, workspace, history, jobs, browser_models: BrowserModels::default(), limiter });
+    let worker = worker::Worker { state: state.clone(), receiver };
+    std::thread::Builder::new().name("worker".into()).spawn(move || {
+        if let Err(error) = device::run(device, worker) {
+            tracing::error!(%error, "the worker could not start");
+            std::process::exit(1);
+        }
+    })?;
+    Ok(state)
+}
+
+pub(crate) fn router(state: Arc<AppState>) -> Router {
+    let ui = &state.config.static_dir;
+    let api = Router::new().nest("/api", routes::api());
+    // Paths the UI does not have get its page, so that its own routes survive a reload.
+    let app = if ui.join("index.html").exists() {
+        api.fallback_service(ServeDir::new(ui).fallback(ServeFile::new(ui.join("index.html"))))
+    } else {
+        api.fallback(ui_missing)
+    };
+    app.layer(axum::middleware::from_fn_with_state(state.clone(), guard::rate_limit))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(DefaultBodyLimit::max(JSON_LIMIT))
+        .with_state(state)
+}
+
+async fn ui_missing(State(state): State<Arc<AppState>>) -> (StatusCode, Html<String>) {
+    let page = format!(
+        "<!doctype html><title>Unlearning workbench</title><h1>The UI is not built</h1>\
+         <p>There is no <code>index.html</code> in <code>{}</code>. Run <code>scripts/start.sh</code>, \
+         or <code>cd frontend && trunk build --offline</code>. The API is up: <a href=\"/api/health\">/api/health</a>.</p>",
+        state.config.static_dir.display()
+    );
+    (StatusCode::SERVICE_UNAVAILABLE, Html(page))
+}
+
+/// Serves until Ctrl-C. Runs in flight then are marked interrupted at the next start.
+pub(crate) async fn serve(state: Arc<AppState>, addr: SocketAddr) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+    let local = listener.local_addr()?;
+    let mode = if state.config.public { "public" } else { "local" };
+    if !state.config.static_dir.join("index.html").exists() {
+        tracing::warn!(folder = %state.config.static_dir.display(), "no UI here; the API works, the page needs the frontend built");
+    }
+    println!("workbench listening on http://{local} ({mode} mode)");
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            tokio::signal::ctrl_c().await.ok();
+        })
+        .await?;
+    Ok(())
+}

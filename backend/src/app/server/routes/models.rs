@@ -1,0 +1,56 @@
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::Json;
+use serde::Deserialize;
+use unlearn_shared::api::ModelInfo;
+
+use super::send;
+use crate::app::server::error::ApiError;
+use crate::app::server::extract::{Body, Path, Query};
+use crate::app::server::guard::Caller;
+use crate::app::server::AppState;
+use crate::storage::model_store::ModelStoreError;
+
+pub(crate) async fn list(State(state): State<Arc<AppState>>) -> Json<Vec<ModelInfo>> {
+    Json(state.workspace.models.list())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ImportQuery {
+    name: String,
+}
+
+/// The body is the safetensors file itself.
+pub(crate) async fn import(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Query(query): Query<ImportQuery>,
+    Body(body): Body,
+) -> Result<(StatusCode, Json<ModelInfo>), ApiError> {
+    caller.require("importing a model")?;
+    let info =
+        tokio::task::spawn_blocking(move || state.workspace.models.import(&query.name, &body)).await.map_err(ApiError::internal)?.map_err(
+            |error| match error {
+                ModelStoreError::Name(_) | ModelStoreError::NotAModel(..) | ModelStoreError::File(_) => ApiError::Invalid(error.to_string()),
+                ModelStoreError::Exists(_) => ApiError::Conflict(error.to_string()),
+                ModelStoreError::Unknown(_) | ModelStoreError::Io { .. } => ApiError::internal(error),
+            },
+        )?;
+    Ok((StatusCode::CREATED, Json(info)))
+}
+
+pub(crate) async fn weights(State(state): State<Arc<AppState>>, Path(id): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
+    if state.workspace.models.get(&id).is_none() {
+        return Err(ApiError::UnknownModel(id));
+    }
+    let download = tokio::task::spawn_blocking(move || state.browser_models.get(&state.workspace.models, &id))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    // A model id can be re-imported with other weights, so clients revalidate.
+    Ok(send(&download, &headers, "no-cache"))
+}

@@ -1,0 +1,119 @@
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json as JsonResponse;
+use futures_util::stream::{self, Stream, StreamExt};
+use serde::Deserialize;
+use unlearn_shared::api::{Run, RunAccepted, RunEvent, RunId, RunPage, RunRequest};
+
+use super::send;
+use crate::app::server::catalog::Download;
+use crate::app::server::error::ApiError;
+use crate::app::server::extract::{Json, Path, Query};
+use crate::app::server::guard::Caller;
+use crate::app::server::jobs::LiveState;
+use crate::app::server::AppState;
+
+const MAX_PAGE: usize = 100;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PageQuery {
+    before: Option<RunId>,
+    limit: Option<usize>,
+}
+
+pub(crate) async fn list(State(state): State<Arc<AppState>>, Query(query): Query<PageQuery>) -> Result<JsonResponse<RunPage>, ApiError> {
+    let limit = query.limit.unwrap_or(20);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::Invalid(format!("limit must be between 1 and {MAX_PAGE}, got {limit}")));
+    }
+    let mut runs = state.history.page(query.before, limit)?;
+    for run in &mut runs {
+        if let Some(live) = state.jobs.live(run.id) {
+            run.status = live.status();
+        }
+    }
+    let next_before = (runs.len() == limit).then(|| runs.last().map(|r| r.id)).flatten();
+    Ok(JsonResponse(RunPage { runs, next_before }))
+}
+
+/// 202 with a new run; 200 with the identical run that already finished or is under way.
+pub(crate) async fn submit(State(state): State<Arc<AppState>>, caller: Caller, Json(request): Json<RunRequest>) -> Result<Response, ApiError> {
+    let accepted: RunAccepted = state.submit(request, &caller)?;
+    let status = if accepted.reused { StatusCode::OK } else { StatusCode::ACCEPTED };
+    let location = format!("/api/runs/{}", accepted.id);
+    Ok((status, [(header::LOCATION, location)], JsonResponse(accepted)).into_response())
+}
+
+pub(crate) async fn get(State(state): State<Arc<AppState>>, Path(id): Path<RunId>) -> Result<JsonResponse<Run>, ApiError> {
+    Ok(JsonResponse(state.run(id)?))
+}
+
+pub(crate) async fn cancel(State(state): State<Arc<AppState>>, caller: Caller, Path(id): Path<RunId>) -> Result<JsonResponse<Run>, ApiError> {
+    Ok(JsonResponse(state.cancel(id, &caller)?))
+}
+
+/// Status changes and progress while the run is under way, then `done` with the finished
+/// run, then the stream ends. A finished run's stream is just `done`.
+pub(crate) async fn events(State(state): State<Arc<AppState>>, Path(id): Path<RunId>) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let run = state.run(id)?;
+    let updates = state.jobs.live(id).filter(|_| !run.status.is_finished()).map(|live| live.subscribe());
+    let live_events = stream::unfold((updates, None::<LiveState>), |(updates, last)| async move {
+        let mut updates = updates?;
+        if last.is_some() && updates.changed().await.is_err() {
+            return None;
+        }
+        let now = updates.borrow_and_update().clone();
+        let events = changes(last.as_ref(), &now);
+        let next = (!now.status.is_finished()).then_some(updates);
+        Some((stream::iter(events), (next, Some(now))))
+    })
+    .flatten();
+    let done = stream::once(async move {
+        let run = state.run(id).unwrap_or(run);
+        RunEvent::Done(Box::new(run))
+    });
+    let stream = live_events.chain(done).map(|event| Ok(to_sse(&event)));
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// The events that take a client from `last` to `now`.
+fn changes(last: Option<&LiveState>, now: &LiveState) -> Vec<RunEvent> {
+    let mut events = Vec::new();
+    if last.map(|l| l.status) != Some(now.status) {
+        events.push(RunEvent::Status(now.status));
+    }
+    if let Some(progress) = &now.progress {
+        if last.and_then(|l| l.progress.as_ref()) != Some(progress) && !now.status.is_finished() {
+            events.push(RunEvent::Progress(progress.clone()));
+        }
+    }
+    events
+}
+
+/// The event's name, and its payload as the data.
+fn to_sse(event: &RunEvent) -> Event {
+    let data = match event {
+        RunEvent::Status(status) => serde_json::to_string(status),
+        RunEvent::Progress(progress) => serde_json::to_string(progress),
+        RunEvent::Done(run) => serde_json::to_string(run),
+    };
+    Event::default().event(event.name()).data(data.expect("events serialise"))
+}
+
+pub(crate) async fn weights(State(state): State<Arc<AppState>>, Path(id): Path<RunId>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let run = state.run(id)?;
+    let etag = state
+        .history
+        .weights_etag(id)?
+        .ok_or_else(|| ApiError::NotFound(format!("run {id} has no unlearned model (a {} run, status {})", run.request.kind(), run.status.as_str())))?;
+    let path = state.config.run_weights_path(id);
+    let bytes = tokio::fs::read(&path).await.map_err(|e| ApiError::internal(format!("{}: {e}", path.display())))?;
+    // A run's model never changes.
+    Ok(send(&Download { bytes: bytes.into(), etag }, &headers, "public, max-age=31536000, immutable"))
+}

@@ -1,0 +1,375 @@
+//! The HTTP API in-process: every handler through the real router and worker (CPU, a tiny
+//! model, the real dataset), including everything a client can get wrong.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::ConnectInfo;
+use axum::http::{header, HeaderMap, Method, Request, StatusCode};
+use axum::Router;
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+use unlearn_shared::api::{ErrorBody, Health, ModelInfo, Run, RunAccepted, RunPage, RunResult, RunStatus, Sample, Subsample};
+use unlearn_shared::model::weights;
+
+use super::{router, start as start_server, AppState, ServerConfig};
+use crate::app::executor::Workspace;
+use crate::engine::device::{CpuBackend, DeviceChoice};
+use crate::storage::dataset::{prepare, Source};
+use crate::storage::model_store::ModelStore;
+use crate::storage::tensor_cache::TensorCache;
+use crate::testing;
+
+/// A server over a scratch data folder holding the tiny model `tiny`.
+struct TestServer {
+    app: Router,
+    state: Arc<AppState>,
+    _dir: tempfile::TempDir,
+}
+
+fn config(dir: &std::path::Path) -> ServerConfig {
+    ServerConfig {
+        data_dir: dir.to_owned(),
+        static_dir: dir.join("no-ui"),
+        public: false,
+        token: None,
+        queue_capacity: 8,
+        rate_limit: 120,
+        subsample: Some(Subsample { forget: Some(32), full: Some(64), test: Some(50) }),
+    }
+}
+
+async fn start(adjust: impl FnOnce(&mut ServerConfig)) -> TestServer {
+    let dir = testing::scratch_data_dir();
+    testing::tiny_model(dir.path(), "tiny");
+    let mut config = config(dir.path());
+    adjust(&mut config);
+    let workspace = Workspace {
+        data: std::sync::Arc::new(prepare(dir.path(), &Source::Npm).expect("dataset")),
+        models: ModelStore::open(&dir.path().join("models"), &dir.path().join("no-shipped-models")).expect("models"),
+        cache: TensorCache::open(&dir.path().join("cache")),
+    };
+    let state = start_server(config, workspace, DeviceChoice::Cpu).expect("server starts");
+    let server = TestServer { app: router(state.clone()), state, _dir: dir };
+    let started = Instant::now();
+    while server.get::<Health>("/api/health").await.device.is_none() {
+        assert!(started.elapsed() < Duration::from_secs(30), "the worker did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server
+}
+
+struct Call {
+    method: Method,
+    uri: String,
+    body: Body,
+    headers: Vec<(header::HeaderName, String)>,
+    client: SocketAddr,
+}
+
+impl Call {
+    fn new(method: Method, uri: &str) -> Self {
+        Self { method, uri: uri.into(), body: Body::empty(), headers: vec![], client: "127.0.0.1:50000".parse().unwrap() }
+    }
+
+    fn json(mut self, value: Value) -> Self {
+        self.headers.push((header::CONTENT_TYPE, "application/json".into()));
+        self.body = Body::from(value.to_string());
+        self
+    }
+
+    fn raw(mut self, content_type: &str, bytes: impl Into<Bytes>) -> Self {
+        self.headers.push((header::CONTENT_TYPE, content_type.into()));
+        self.body = Body::from(bytes.into());
+        self
+    }
+
+    fn header(mut self, name: header::HeaderName, value: &str) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    fn from(mut self, client: &str) -> Self {
+        self.client = client.parse().unwrap();
+        self
+    }
+}
+
+impl TestServer {
+    async fn send(&self, call: Call) -> (StatusCode, HeaderMap, Bytes) {
+        let mut request = Request::builder().method(call.method).uri(call.uri);
+        for (name, value) in call.headers {
+            request = request.header(name, value);
+        }
+        let mut request = request.body(call.body).unwrap();
+        request.extensions_mut().insert(ConnectInfo(call.client));
+        let response = self.app.clone().oneshot(request).await.unwrap();
+        let (parts, body) = response.into_parts();
+        (parts.status, parts.headers, body.collect().await.unwrap().to_bytes())
+    }
+
+    async fn get<T: serde::de::DeserializeOwned>(&self, uri: &str) -> T {
+        let (status, _, body) = self.send(Call::new(Method::GET, uri)).await;
+        assert_eq!(status, StatusCode::OK, "GET {uri}: {}", String::from_utf8_lossy(&body));
+        serde_json::from_slice(&body).unwrap()
+    }
+
+    async fn submit(&self, request: Value) -> (StatusCode, RunAccepted) {
+        let (status, _, body) = self.send(Call::new(Method::POST, "/api/runs").json(request)).await;
+        assert!(status.is_success(), "{status}: {}", String::from_utf8_lossy(&body));
+        (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    async fn wait_for(&self, id: i64, done: impl Fn(&Run) -> bool) -> Run {
+        let started = Instant::now();
+        loop {
+            let run: Run = self.get(&format!("/api/runs/{id}")).await;
+            if done(&run) {
+                return run;
+            }
+            assert!(started.elapsed() < Duration::from_secs(300), "run {id} stuck: {run:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Asserts a JSON error with this status whose detail mentions `needle`.
+fn assert_error((status, _, body): &(StatusCode, HeaderMap, Bytes), expected: StatusCode, needle: &str) {
+    let text = String::from_utf8_lossy(body);
+    assert_eq!(*status, expected, "{text}");
+    let error: ErrorBody = serde_json::from_slice(body).unwrap_or_else(|e| panic!("not a JSON error body ({e}): {text}"));
+    assert!(!error.error.is_empty());
+    assert!(error.detail.contains(needle), "expected '{needle}' in: {}", error.detail);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_gets_a_json_error_and_the_server_keeps_serving() {
+    let server = start(|_| {}).await;
+    let unlearn = |extra: Value| {
+        let mut request = json!({ "kind": "unlearn", "model": "tiny", "class": "cat" });
+        request.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        Call::new(Method::POST, "/api/runs").json(request)
+    };
+    let unprocessable = StatusCode::UNPROCESSABLE_ENTITY;
+    let cases = [
+        (unlearn(json!({ "class": "zebra" })), unprocessable, "unknown class 'zebra'"),
+        (unlearn(json!({ "class": 10 })), unprocessable, "unknown class 10"),
+        (unlearn(json!({ "ssd": { "alpha": -1 } })), unprocessable, "alpha must be a positive number"),
+        (unlearn(json!({ "ssd": { "alpha": "sometimes" } })), unprocessable, "positive number or \"auto\""),
+        (unlearn(json!({ "ssd": { "layers": "middle" } })), unprocessable, "unknown variant `middle`"),
+        (unlearn(json!({ "ssd": { "lambda": 0 } })), unprocessable, "lambda must be a positive number"),
+        (unlearn(json!({ "ssd": { "importance_batch": 0 } })), unprocessable, "batch size"),
+        (unlearn(json!({ "alpha": 3 })), unprocessable, "unknown field `alpha`"),
+        (unlearn(json!({ "ssd": { "alpah": 3 } })), unprocessable, "unknown field `alpah`"),
+        (unlearn(json!({ "subsample": { "test": 0 } })), unprocessable, "at least 1"),
+        (unlearn(json!({ "model": "nope" })), StatusCode::NOT_FOUND, "no model 'nope'"),
+        (unlearn(json!({ "alpah": 3 })), unprocessable, "unknown field `alpah`"),
+        (unlearn(json!({ "kind": "forget" })), unprocessable, "unknown variant `forget`"),
+        (Call::new(Method::POST, "/api/runs").json(json!({ "kind": "sweep", "class": 1 })), unprocessable, "leave out `class`"),
+        (Call::new(Method::POST, "/api/runs").raw("application/json", r#"{"kind":"unlearn","ssd":{"alpha":1e999}}"#), StatusCode::BAD_REQUEST, "out of range"),
+        (Call::new(Method::POST, "/api/runs").raw("application/json", r#"{"kind":"unlearn","#), StatusCode::BAD_REQUEST, "EOF"),
+        (Call::new(Method::POST, "/api/runs").raw("text/plain", "{}"), StatusCode::UNSUPPORTED_MEDIA_TYPE, "Content-Type"),
+        (Call::new(Method::POST, "/api/runs").raw("application/json", vec![b' '; 100_000]), StatusCode::PAYLOAD_TOO_LARGE, "too large"),
+        (Call::new(Method::GET, "/api/runs/abc"), StatusCode::BAD_REQUEST, "abc"),
+        (Call::new(Method::GET, "/api/runs/424242"), StatusCode::NOT_FOUND, "no run 424242"),
+        (Call::new(Method::DELETE, "/api/runs/424242"), StatusCode::NOT_FOUND, "no run 424242"),
+        (Call::new(Method::GET, "/api/runs/424242/events"), StatusCode::NOT_FOUND, "no run 424242"),
+        (Call::new(Method::GET, "/api/runs/424242/weights"), StatusCode::NOT_FOUND, "no run 424242"),
+        (Call::new(Method::GET, "/api/runs?limit=0"), unprocessable, "limit"),
+        (Call::new(Method::GET, "/api/models/nope/weights"), StatusCode::NOT_FOUND, "no model 'nope'"),
+        (Call::new(Method::GET, "/api/samples?class=zebra"), StatusCode::BAD_REQUEST, "zebra"),
+        (Call::new(Method::GET, "/api/samples?n=1000"), unprocessable, "between 1 and 100"),
+        (Call::new(Method::GET, "/api/samples/10000"), StatusCode::NOT_FOUND, "0 to 9999"),
+        (Call::new(Method::GET, "/api/nothing"), StatusCode::NOT_FOUND, "no such API endpoint"),
+        (Call::new(Method::POST, "/api/models/import?name=upload").raw("application/octet-stream", "not a model"), unprocessable, "upload"),
+        (Call::new(Method::POST, "/api/models/import?name=../evil").raw("application/octet-stream", "x"), unprocessable, "model name"),
+        (Call::new(Method::POST, "/api/models/import?name=tiny").raw("application/octet-stream", "x"), StatusCode::CONFLICT, "already exists"),
+        (
+            Call::new(Method::POST, "/api/runs").json(json!({ "kind": "train", "name": "tiny", "recipe": { "width": 4 } })),
+            StatusCode::CONFLICT,
+            "already exists",
+        ),
+    ];
+    for (call, status, needle) in cases {
+        let what = format!("{} {}", call.method, call.uri);
+        let answer = server.send(call).await;
+        println!("{what} -> {}: {}", answer.0, String::from_utf8_lossy(&answer.2));
+        assert_error(&answer, status, needle);
+    }
+    let health: Health = server.get("/api/health").await;
+    assert_eq!((health.device.as_deref(), health.queue_length), (Some("cpu"), 0));
+    let page: RunPage = server.get("/api/runs").await;
+    assert!(page.runs.is_empty(), "no bad request made a run: {page:?}");
+    let models: Vec<ModelInfo> = server.get("/api/models").await;
+    assert_eq!(models.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), ["tiny"], "no bad upload was kept");
+
+    // Without a built UI the page says how to build it instead of answering nothing.
+    let (status, _, page) = server.send(Call::new(Method::GET, "/")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(String::from_utf8_lossy(&page).contains("trunk build"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unlearning_run_reports_serves_its_model_and_is_reused() {
+    let server = start(|_| {}).await;
+    let request = json!({ "kind": "unlearn", "model": "tiny", "class": "dog", "ssd": { "alpha": 2 } });
+    let (status, accepted) = server.submit(request.clone()).await;
+    assert_eq!((status, accepted.reused), (StatusCode::ACCEPTED, false));
+    let run = server.wait_for(accepted.id, |r| r.status.is_finished()).await;
+    assert_eq!(run.status, RunStatus::Succeeded, "{run:?}");
+    let Some(RunResult::Unlearn(report)) = &run.result else { panic!("{run:?}") };
+    assert_eq!((report.forget_class, report.model.as_str(), report.device.as_str()), (5, "tiny", "cpu"));
+    assert_eq!(report.subsample.test, Some(50), "the server's default subsample is applied and recorded");
+    assert_eq!(report.before.test.confusion.iter().flatten().sum::<u64>(), 50);
+    assert_eq!((report.settings.alpha, report.alpha), (unlearn_shared::api::Alpha::Fixed(2.0), 2.0));
+    assert!(run.has_weights);
+
+    // The unlearned model downloads, loads into the shared model, and revalidates by ETag.
+    let (status, headers, body) = server.send(Call::new(Method::GET, &format!("/api/runs/{}/weights", run.id))).await;
+    assert_eq!(status, StatusCode::OK);
+    let (tensors, _) = weights::decode(&body).expect("safetensors");
+    let model = weights::model_from_state_dict::<CpuBackend>(tensors, &Default::default()).expect("loads");
+    assert_eq!(model.config().width, 4);
+    let etag = headers[header::ETAG].to_str().unwrap().to_owned();
+    let call = Call::new(Method::GET, &format!("/api/runs/{}/weights", run.id)).header(header::IF_NONE_MATCH, &etag);
+    assert_eq!(server.send(call).await.0, StatusCode::NOT_MODIFIED);
+    let (status, headers, body) = server.send(Call::new(Method::GET, "/api/models/tiny/weights")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_ne!(headers[header::ETAG], etag.as_str(), "the base and the unlearned model differ");
+    assert!(weights::decode(&body).is_ok());
+
+    // Asking again gives the stored run; so does spelling the defaults out.
+    let (status, again) = server.submit(request).await;
+    assert_eq!((status, again.id, again.reused), (StatusCode::OK, run.id, true));
+    let explicit =
+        json!({ "kind": "unlearn", "model": "tiny", "class": 5, "ssd": { "alpha": 2, "lambda": 0.1 }, "subsample": { "forget": 32, "full": 64, "test": 50 } });
+    assert_eq!(server.submit(explicit).await.1.id, run.id);
+
+    // A run with no model to serve says so.
+    let (_, eval) = server.submit(json!({ "kind": "eval", "model": "tiny" })).await;
+    let eval = server.wait_for(eval.id, |r| r.status.is_finished()).await;
+    let Some(RunResult::Eval(summary)) = &eval.result else { panic!("{eval:?}") };
+    assert_eq!(summary.overall.images, 50);
+    assert_error(&server.send(Call::new(Method::GET, &format!("/api/runs/{}/weights", eval.id))).await, StatusCode::NOT_FOUND, "no unlearned model");
+
+    let page: RunPage = server.get("/api/runs?limit=1").await;
+    assert_eq!((page.runs.len(), page.runs[0].id, page.next_before), (1, eval.id, Some(eval.id)));
+    assert!(page.runs[0].result.is_none(), "listings leave results out");
+    let older: RunPage = server.get(&format!("/api/runs?before={}", eval.id)).await;
+    assert_eq!(older.runs.iter().map(|r| r.id).collect::<Vec<_>>(), [run.id]);
+
+    let samples: Vec<Sample> = server.get("/api/samples?class=dog&n=3").await;
+    assert_eq!(samples.len(), 3);
+    assert!(samples.iter().all(|s| s.label == 5 && s.class == "dog"));
+    let (status, headers, png) = server.send(Call::new(Method::GET, &samples[0].url)).await;
+    assert_eq!((status, &headers[header::CONTENT_TYPE]), (StatusCode::OK, &"image/png".parse::<header::HeaderValue>().unwrap()));
+    assert_eq!(&png[1..4], b"PNG");
+}
+
+/// A run slow enough to be caught running: every class, on more images.
+fn slow_sweep(alpha: f64) -> Value {
+    json!({ "kind": "sweep", "model": "tiny", "ssd": { "alpha": alpha }, "subsample": { "forget": 500, "full": 2000, "test": 2000 } })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn runs_can_be_cancelled_running_or_queued_and_a_full_queue_says_when_to_retry() {
+    let server = start(|config| config.queue_capacity = 1).await;
+    let (_, running) = server.submit(slow_sweep(1.0)).await;
+    server.wait_for(running.id, |r| r.status == RunStatus::Running).await;
+    let (_, queued) = server.submit(slow_sweep(2.0)).await;
+    assert_eq!(queued.status, RunStatus::Queued);
+
+    let (status, headers, body) = server.send(Call::new(Method::POST, "/api/runs").json(slow_sweep(3.0))).await;
+    assert_error(&(status, headers.clone(), body), StatusCode::TOO_MANY_REQUESTS, "queue is full");
+    assert!(headers[header::RETRY_AFTER].to_str().unwrap().parse::<u64>().unwrap() >= 1);
+    assert_eq!(server.get::<Health>("/api/health").await.queue_length, 1);
+
+    let (status, _, _) = server.send(Call::new(Method::DELETE, &format!("/api/runs/{}", queued.id))).await;
+    assert_eq!(status, StatusCode::OK);
+    let run: Run = server.get(&format!("/api/runs/{}", queued.id)).await;
+    assert_eq!(run.status, RunStatus::Cancelled, "a queued run ends at once");
+
+    server.send(Call::new(Method::DELETE, &format!("/api/runs/{}", running.id))).await;
+    let run = server.wait_for(running.id, |r| r.status.is_finished()).await;
+    assert_eq!(run.status, RunStatus::Cancelled, "{run:?}");
+    assert_error(&server.send(Call::new(Method::DELETE, &format!("/api/runs/{}", running.id))).await, StatusCode::CONFLICT, "already cancelled");
+
+    // The worker is free again and the cancelled request can be made anew.
+    let (status, again) = server.submit(slow_sweep(2.0)).await;
+    assert_eq!((status, again.reused), (StatusCode::ACCEPTED, false));
+    server.send(Call::new(Method::DELETE, &format!("/api/runs/{}", again.id))).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn public_mode_guards_writes_with_the_token_and_limits_each_client() {
+    let server = start(|config| {
+        config.public = true;
+        config.token = Some("s3cret".into());
+        config.rate_limit = 20;
+    })
+    .await;
+    let train = json!({ "kind": "train", "name": "fresh", "recipe": { "width": 4, "epochs": 1, "train_limit": 64, "test_limit": 32 } });
+    let post_train = || Call::new(Method::POST, "/api/runs").json(train.clone());
+    assert_error(&server.send(post_train()).await, StatusCode::UNAUTHORIZED, "training needs `Authorization: Bearer");
+    assert_error(&server.send(post_train().header(header::AUTHORIZATION, "Bearer wrong")).await, StatusCode::UNAUTHORIZED, "training");
+    let import = Call::new(Method::POST, "/api/models/import?name=other").raw("application/octet-stream", "x");
+    assert_error(&server.send(import).await, StatusCode::UNAUTHORIZED, "importing a model");
+
+    // Unlearning stays open; cancelling is for the submitter or a token holder.
+    let (_, run) = server.submit(slow_sweep(1.0)).await;
+    let cancel = || Call::new(Method::DELETE, &format!("/api/runs/{}", run.id));
+    assert_error(&server.send(cancel().from("10.9.9.9:1234")).await, StatusCode::UNAUTHORIZED, "another client's run");
+    assert_eq!(server.send(cancel()).await.0, StatusCode::OK, "its submitter may");
+
+    let (status, _, body) = server.send(post_train().header(header::AUTHORIZATION, "Bearer s3cret")).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{}", String::from_utf8_lossy(&body));
+    let trained: RunAccepted = serde_json::from_slice(&body).unwrap();
+    let run = server.wait_for(trained.id, |r| r.status.is_finished()).await;
+    let Some(RunResult::Train(summary)) = &run.result else { panic!("{run:?}") };
+    assert_eq!(summary.epochs.len(), 1);
+    let models: Vec<ModelInfo> = server.get("/api/models").await;
+    assert!(models.iter().any(|m| m.id == "fresh" && m.width == 4), "the trained model is offered: {models:?}");
+
+    // Another client still has its budget when this one has spent its own.
+    let mut limited = None;
+    for _ in 0..40 {
+        let answer = server.send(Call::new(Method::GET, "/api/health").from("10.1.1.1:1")).await;
+        if answer.0 == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some(answer);
+            break;
+        }
+    }
+    let limited = limited.expect("the client was limited");
+    assert!(limited.1.contains_key(header::RETRY_AFTER));
+    assert_error(&limited, StatusCode::TOO_MANY_REQUESTS, "too many requests");
+    assert_eq!(server.send(Call::new(Method::GET, "/api/health").from("10.2.2.2:1")).await.0, StatusCode::OK);
+    drop(server.state);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_openapi_document_covers_every_route_and_its_references_resolve() {
+    let server = start(|_| {}).await;
+    let document: Value = server.get("/api/openapi.json").await;
+    let schemas = document["components"]["schemas"].as_object().expect("schemas");
+    let text = document.to_string();
+    for reference in text.split("\"$ref\":\"#/components/schemas/").skip(1) {
+        let name = &reference[..reference.find('"').unwrap()];
+        assert!(schemas.contains_key(name), "dangling reference to {name}");
+    }
+    for name in ["RunRequest", "Run", "ErrorBody", "UnlearnReport", "Health", "ModelInfo", "Sample"] {
+        assert!(schemas.contains_key(name), "{name} is missing");
+    }
+    let paths = document["paths"].as_object().unwrap();
+    for (path, operations) in paths {
+        for method in operations.as_object().unwrap().keys() {
+            let uri = path.replace("{id}", if path.starts_with("/api/models") { "tiny" } else { "1" }).replace("{index}", "0");
+            let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let (status, _, body) = server.send(Call::new(method.clone(), &uri)).await;
+            let routed = status != StatusCode::METHOD_NOT_ALLOWED && !String::from_utf8_lossy(&body).contains("no such API endpoint");
+            assert!(routed, "{method} {uri} is documented but not served ({status})");
+        }
+    }
+}

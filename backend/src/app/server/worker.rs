@@ -1,0 +1,104 @@
+//! The one thread that owns the device: takes runs off the queue, has the executor carry them
+//! out, and stores what came of them.
+
+use std::sync::{mpsc, Arc};
+use std::time::Instant;
+
+use burn::tensor::backend::AutodiffBackend;
+use unlearn_shared::api::{ProgressEvent, RunRequest, RunResult, RunStatus, Subsample};
+
+use super::catalog::Download;
+use super::jobs::{Job, LiveRun, WorkerInfo};
+use super::AppState;
+use crate::app::executor::{Executed, Executor, RunError, RunOptions, TrainStart};
+use crate::engine::device::{Device, Workload};
+use crate::engine::progress::Progress;
+use crate::storage::files::write_atomic;
+use crate::storage::history::Outcome;
+use crate::storage::model_file::ModelFile;
+
+pub(crate) struct Worker {
+    pub(crate) state: Arc<AppState>,
+    pub(crate) receiver: mpsc::Receiver<Job>,
+}
+
+/// What a CPU worker uses unless told otherwise: a request answers in a minute or two,
+/// not an hour. Every report records it.
+pub(crate) const CPU_SUBSAMPLE: Subsample = Subsample { forget: Some(256), full: Some(1024), test: Some(500) };
+
+/// Reports into the run's live state, and tells the engine when the run was cancelled.
+struct RunProgress<'a> {
+    live: &'a LiveRun,
+}
+
+impl Progress for RunProgress<'_> {
+    fn report(&mut self, event: &ProgressEvent) {
+        self.live.set_progress(event.clone());
+    }
+
+    fn cancelled(&self) -> bool {
+        self.live.is_cancelled()
+    }
+}
+
+impl Workload for Worker {
+    type Output = ();
+
+    fn run<B: AutodiffBackend>(self, device: Device<B>) {
+        let state = &*self.state;
+        let default_subsample = state.config.subsample.unwrap_or(if device.name == "cpu" { CPU_SUBSAMPLE } else { Subsample::default() });
+        tracing::info!(device = device.name, ?default_subsample, "worker ready; requests without a subsample use the default");
+        state.jobs.set_worker(WorkerInfo { device: device.name.to_owned(), default_subsample });
+        let mut executor = Executor::new(&state.workspace, device);
+        for job in self.receiver {
+            state.jobs.release();
+            if job.live.is_cancelled() {
+                continue; // Cancelled while queued; the cancelling request stored that.
+            }
+            run_job(state, &mut executor, job);
+        }
+    }
+}
+
+fn run_job<B: AutodiffBackend>(state: &AppState, executor: &mut Executor<B>, job: Job) {
+    let started = Instant::now();
+    if let Err(error) = state.history.start(job.id) {
+        tracing::error!(run = job.id, %error, "recording the start failed");
+    }
+    job.live.set_status(RunStatus::Running);
+    let options = RunOptions { train_out: state.config.run_dir(job.id).join("model.safetensors"), train_start: TrainStart::Fresh, retrained_dir: None };
+    let executed = executor.execute(&job.request, &options, &mut RunProgress { live: &job.live });
+    let outcome = match executed.and_then(|executed| keep(state, &job, &options, executed)) {
+        Ok((result, weights_etag)) => Outcome { status: RunStatus::Succeeded, result: Some(result), error: None, weights_etag },
+        Err(RunError::Cancelled) => Outcome { status: RunStatus::Cancelled, result: None, error: None, weights_etag: None },
+        Err(error) => {
+            let error = format!("{:#}", anyhow::Error::new(error));
+            tracing::warn!(run = job.id, %error, "run failed");
+            Outcome { status: RunStatus::Failed, result: None, error: Some(error), weights_etag: None }
+        }
+    };
+    if let Err(error) = state.history.finish(job.id, &outcome) {
+        tracing::error!(run = job.id, %error, "recording the end failed");
+    }
+    let seconds = (outcome.status == RunStatus::Succeeded).then(|| started.elapsed().as_secs_f64());
+    tracing::info!(run = job.id, kind = job.request.kind(), status = outcome.status.as_str(), seconds = started.elapsed().as_secs_f64(), "run ended");
+    state.jobs.finished(job.id, outcome.status, seconds);
+}
+
+/// Keeps what the run made: an unlearned model for the browser, a trained model among the
+/// models. Returns the result and the ETag of the run's weights, if it has any.
+fn keep(state: &AppState, job: &Job, options: &RunOptions, executed: Executed) -> Result<(RunResult, Option<String>), RunError> {
+    if let RunRequest::Train(request) = &job.request {
+        state.workspace.models.publish(&request.name, &options.train_out)?;
+    }
+    let etag = executed.unlearned.map(|model| save_run_weights(state, job.id, &model)).transpose()?;
+    Ok((executed.result, etag))
+}
+
+/// The unlearned model in the browser's format, beside the run history.
+fn save_run_weights(state: &AppState, id: i64, model: &ModelFile) -> Result<String, RunError> {
+    let download = Download::new(model.browser_weights());
+    let path = state.config.run_weights_path(id);
+    write_atomic(&path, &download.bytes).map_err(|source| crate::storage::model_file::ModelFileError::Io { path, source })?;
+    Ok(download.etag)
+}

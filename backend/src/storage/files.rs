@@ -1,0 +1,90 @@
+//! Files: writes that never leave half a file behind, and content digests.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use sha2::{Digest, Sha256};
+
+/// What every temporary file's name ends with, so that leftovers of a crash can be found.
+const PARTIAL_SUFFIX: &str = ".partial";
+
+/// Writes through a temporary file, fsync and rename: readers see the old file or the new one.
+/// Concurrent writers use distinct temporary names, and a failed write removes its own.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    through_temporary(path, bytes, |temporary| std::fs::rename(temporary, path))
+}
+
+/// Like [`write_atomic`], but fails with `AlreadyExists` instead of replacing a file: of two
+/// writers of the same new name, one succeeds.
+pub(crate) fn write_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    // A hard link is made only where no file is: an atomic test-and-set.
+    through_temporary(path, bytes, |temporary| {
+        std::fs::hard_link(temporary, path)?;
+        std::fs::remove_file(temporary)
+    })
+}
+
+/// Writes `bytes` to a fresh temporary file beside `path` and hands it to `install`; the
+/// temporary file is removed if anything fails.
+fn through_temporary(path: &Path, bytes: &[u8], install: impl FnOnce(&Path) -> std::io::Result<()>) -> std::io::Result<()> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let mut name = std::ffi::OsString::from(".");
+    name.push(path.file_name().unwrap_or_default());
+    name.push(format!(".{}-{}{PARTIAL_SUFFIX}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
+    let temporary = path.with_file_name(name);
+    let written = (|| {
+        let mut file = std::fs::File::create(&temporary)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        install(&temporary)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temporary);
+    }
+    written
+}
+
+/// Removes temporary files that an interrupted process left in `dir`.
+pub(crate) fn remove_partials(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for path in entries.filter_map(|e| e.ok()).map(|e| e.path()) {
+        if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.') && n.ends_with(PARTIAL_SUFFIX)) {
+            match std::fs::remove_file(&path) {
+                Ok(()) => tracing::info!(path = %path.display(), "removed a temporary file left by an interrupted write"),
+                Err(error) => tracing::warn!(path = %path.display(), %error, "could not remove a leftover temporary file"),
+            }
+        }
+    }
+}
+
+/// Lower-case hex sha256 of `bytes`.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_writes_replace_whole_files_and_leave_no_temporary_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("file.bin");
+        write_atomic(&path, b"first").unwrap();
+        write_atomic(&path, b"second").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"second");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "only the file itself");
+        let error = write_new(&path, b"third").unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(&path).unwrap(), b"second", "write_new never replaces");
+        write_new(&dir.path().join("other.bin"), b"new").unwrap();
+        std::fs::remove_file(dir.path().join("other.bin")).unwrap();
+
+        let missing = dir.path().join("no-such-folder/file.bin");
+        assert!(write_atomic(&missing, b"x").is_err());
+        std::fs::write(dir.path().join(".file.bin.7-0.partial"), b"left by a crash").unwrap();
+        remove_partials(dir.path());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}

@@ -1,0 +1,260 @@
+//! Run history in one SQLite file under the data folder. Every state change is written
+//! before it is announced, so a restart loses no finished result.
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use unlearn_shared::api::{Run, RunId, RunRequest, RunResult, RunStatus};
+
+/// Bump with a migration (in `migrate`) when the table or the stored JSON changes.
+const SCHEMA_VERSION: i64 = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum HistoryError {
+    #[error("run history {path}: {error}")]
+    Open { path: String, error: rusqlite::Error },
+    #[error("run history {path} was written by a newer workbench (schema {found}, this one knows {SCHEMA_VERSION})")]
+    Newer { path: String, found: i64 },
+    #[error("run history: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("run history holds an unreadable record: {0}")]
+    Record(String),
+}
+
+pub(crate) struct History {
+    connection: Mutex<Connection>,
+}
+
+/// What a finished run leaves behind.
+pub(crate) struct Outcome {
+    pub(crate) status: RunStatus,
+    pub(crate) result: Option<RunResult>,
+    pub(crate) error: Option<String>,
+    /// ETag of the unlearned model's weights file, when the run made one.
+    pub(crate) weights_etag: Option<String>,
+}
+
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+impl History {
+    /// Opens (or creates) the history, and marks runs that were under way when the last
+    /// process stopped as interrupted.
+    pub(crate) fn open(path: &Path) -> Result<Self, HistoryError> {
+        let name = path.display().to_string();
+        let open_error = |error| HistoryError::Open { path: name.clone(), error };
+        let connection = Connection::open(path).map_err(open_error)?;
+        let version: i64 = connection.query_row("PRAGMA user_version", [], |row| row.get(0)).map_err(open_error)?;
+        if version > SCHEMA_VERSION {
+            return Err(HistoryError::Newer { path: name, found: version });
+        }
+        connection
+            .execute_batch(
+                "PRAGMA journal_mode = WAL;
+                 CREATE TABLE IF NOT EXISTS runs (
+                     id INTEGER PRIMARY KEY AUTOINCREMENT,
+                     request TEXT NOT NULL,
+                     request_key TEXT NOT NULL,
+                     client TEXT NOT NULL,
+                     status TEXT NOT NULL,
+                     created_ms INTEGER NOT NULL,
+                     started_ms INTEGER,
+                     finished_ms INTEGER,
+                     result TEXT,
+                     error TEXT,
+                     weights_etag TEXT
+                 );
+                 CREATE INDEX IF NOT EXISTS runs_by_key ON runs (request_key, status);",
+            )
+            .map_err(open_error)?;
+        if version == 1 {
+            migrate_requests_to_v2(&connection).map_err(open_error)?;
+        }
+        connection.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(open_error)?;
+        connection.execute("UPDATE runs SET status = 'interrupted', finished_ms = ?1 WHERE status IN ('queued', 'running')", [now_ms()]).map_err(open_error)?;
+        Ok(Self { connection: Mutex::new(connection) })
+    }
+
+    fn connection(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn insert(&self, request: &RunRequest, request_key: &str, client: &str) -> Result<RunId, HistoryError> {
+        let json = serde_json::to_string(request).expect("requests serialise");
+        let connection = self.connection();
+        connection.execute(
+            "INSERT INTO runs (request, request_key, client, status, created_ms) VALUES (?1, ?2, ?3, 'queued', ?4)",
+            params![json, request_key, client, now_ms()],
+        )?;
+        Ok(connection.last_insert_rowid())
+    }
+
+    /// The newest run with this key that succeeded or is still under way.
+    pub(crate) fn reusable(&self, request_key: &str) -> Result<Option<(RunId, RunStatus)>, HistoryError> {
+        let found: Option<(RunId, String)> = self
+            .connection()
+            .query_row(
+                "SELECT id, status FROM runs WHERE request_key = ?1 AND status IN ('queued', 'running', 'succeeded')
+                 ORDER BY id DESC LIMIT 1",
+                [request_key],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()?;
+        found.map(|(id, status)| Ok((id, parse_status(&status)?))).transpose()
+    }
+
+    pub(crate) fn start(&self, id: RunId) -> Result<(), HistoryError> {
+        self.connection().execute("UPDATE runs SET status = 'running', started_ms = ?2 WHERE id = ?1", params![id, now_ms()])?;
+        Ok(())
+    }
+
+    pub(crate) fn finish(&self, id: RunId, outcome: &Outcome) -> Result<(), HistoryError> {
+        let result = outcome.result.as_ref().map(|r| serde_json::to_string(r).expect("results serialise"));
+        self.connection().execute(
+            "UPDATE runs SET status = ?2, finished_ms = ?3, result = ?4, error = ?5, weights_etag = ?6 WHERE id = ?1",
+            params![id, outcome.status.as_str(), now_ms(), result, outcome.error, outcome.weights_etag],
+        )?;
+        Ok(())
+    }
+
+    pub(crate) fn get(&self, id: RunId) -> Result<Option<Run>, HistoryError> {
+        let connection = self.connection();
+        let mut statement = connection.prepare_cached(&format!("SELECT {COLUMNS}, result FROM runs WHERE id = ?1"))?;
+        let row = statement.query_row([id], |row| Ok(read_run(row, true))).optional()?;
+        row.transpose()
+    }
+
+    /// Client that submitted the run, for public-mode cancellation rights.
+    pub(crate) fn client(&self, id: RunId) -> Result<Option<String>, HistoryError> {
+        Ok(self.connection().query_row("SELECT client FROM runs WHERE id = ?1", [id], |row| row.get(0)).optional()?)
+    }
+
+    pub(crate) fn weights_etag(&self, id: RunId) -> Result<Option<String>, HistoryError> {
+        let etag: Option<Option<String>> = self.connection().query_row("SELECT weights_etag FROM runs WHERE id = ?1", [id], |row| row.get(0)).optional()?;
+        Ok(etag.flatten())
+    }
+
+    /// Newest first, results left out, at most `limit` runs older than `before`.
+    pub(crate) fn page(&self, before: Option<RunId>, limit: usize) -> Result<Vec<Run>, HistoryError> {
+        let connection = self.connection();
+        let mut statement = connection.prepare_cached(&format!("SELECT {COLUMNS} FROM runs WHERE id < ?1 ORDER BY id DESC LIMIT ?2"))?;
+        let rows = statement.query_map(params![before.unwrap_or(RunId::MAX), limit as i64], |row| Ok(read_run(row, false)))?;
+        rows.map(|row| row?).collect()
+    }
+}
+
+/// Version 2 nests a request's SSD settings under `ssd` and its training recipe under
+/// `recipe`; version 1 had their fields at the top.
+fn migrate_requests_to_v2(connection: &Connection) -> rusqlite::Result<()> {
+    const SSD: [&str; 5] = ["alpha", "lambda", "layers", "importance_batch", "full_order"];
+    const RECIPE: [&str; 7] = ["epochs", "batch_size", "seed", "width", "train_limit", "exclude_class", "test_limit"];
+    let rows: Vec<(RunId, String)> =
+        connection.prepare("SELECT id, request FROM runs")?.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
+    let transaction = connection.unchecked_transaction()?;
+    for (id, text) in rows {
+        let Ok(serde_json::Value::Object(mut request)) = serde_json::from_str::<serde_json::Value>(&text) else { continue };
+        let (nested, fields) = match request.get("kind").and_then(|k| k.as_str()) {
+            Some("unlearn" | "sweep") => ("ssd", &SSD[..]),
+            Some("train") => ("recipe", &RECIPE[..]),
+            _ => continue,
+        };
+        let moved: serde_json::Map<String, serde_json::Value> = fields.iter().filter_map(|&f| request.remove(f).map(|v| (f.to_owned(), v))).collect();
+        request.insert(nested.to_owned(), serde_json::Value::Object(moved));
+        let text = serde_json::to_string(&request).expect("JSON serialises");
+        transaction.execute("UPDATE runs SET request = ?2 WHERE id = ?1", params![id, text])?;
+    }
+    transaction.commit()
+}
+
+const COLUMNS: &str = "id, request, status, created_ms, started_ms, finished_ms, error, weights_etag";
+
+fn parse_status(text: &str) -> Result<RunStatus, HistoryError> {
+    RunStatus::parse(text).ok_or_else(|| HistoryError::Record(format!("status '{text}'")))
+}
+
+fn read_run(row: &Row<'_>, with_result: bool) -> Result<Run, HistoryError> {
+    let id: RunId = row.get(0)?;
+    let bad = |what: &str, e: serde_json::Error| HistoryError::Record(format!("run {id}: {what}: {e}"));
+    let request: String = row.get(1)?;
+    let result: Option<String> = if with_result { row.get(8)? } else { None };
+    let weights_etag: Option<String> = row.get(7)?;
+    Ok(Run {
+        id,
+        request: serde_json::from_str(&request).map_err(|e| bad("request", e))?,
+        status: parse_status(&row.get::<_, String>(2)?)?,
+        created_ms: row.get(3)?,
+        started_ms: row.get(4)?,
+        finished_ms: row.get(5)?,
+        progress: None,
+        result: result.map(|r| serde_json::from_str(&r)).transpose().map_err(|e| bad("result", e))?,
+        error: row.get(6)?,
+        has_weights: weights_etag.is_some(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> RunRequest {
+        serde_json::from_str(r#"{"kind":"eval"}"#).unwrap()
+    }
+
+    #[test]
+    fn runs_survive_reopening_and_unfinished_ones_become_interrupted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("runs.sqlite");
+        let store = History::open(&path).unwrap();
+        let done = store.insert(&request(), "k1", "me").unwrap();
+        store.start(done).unwrap();
+        let outcome = Outcome { status: RunStatus::Failed, result: None, error: Some("boom".into()), weights_etag: None };
+        store.finish(done, &outcome).unwrap();
+        let running = store.insert(&request(), "k2", "me").unwrap();
+        store.start(running).unwrap();
+        drop(store);
+
+        let store = History::open(&path).unwrap();
+        let done = store.get(done).unwrap().unwrap();
+        assert_eq!((done.status, done.error.as_deref()), (RunStatus::Failed, Some("boom")));
+        assert_eq!(store.get(running).unwrap().unwrap().status, RunStatus::Interrupted);
+        assert_eq!(store.reusable("k2").unwrap(), None, "an interrupted run is not reused");
+        assert_eq!(store.page(None, 10).unwrap().iter().map(|r| r.id).collect::<Vec<_>>(), vec![running, done.id]);
+        assert_eq!(store.page(Some(running), 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_version_1_history_is_migrated_and_stays_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("runs.sqlite");
+        let store = History::open(&path).unwrap();
+        let id = store.insert(&request(), "k", "me").unwrap();
+        let train = store.insert(&request(), "t", "me").unwrap();
+        drop(store);
+        let connection = Connection::open(&path).unwrap();
+        let old_unlearn = r#"{"kind":"unlearn","model":"base","class":3,"alpha":10.0,"lambda":1.0,"layers":"all","importance_batch":64,"full_order":{"kind":"class_ordered"}}"#;
+        let old_train = r#"{"kind":"train","name":"mine","epochs":2,"batch_size":256,"seed":0,"width":4,"train_limit":null,"test_limit":null}"#;
+        connection.execute("UPDATE runs SET request = ?2 WHERE id = ?1", params![id, old_unlearn]).unwrap();
+        connection.execute("UPDATE runs SET request = ?2 WHERE id = ?1", params![train, old_train]).unwrap();
+        connection.pragma_update(None, "user_version", 1).unwrap();
+        drop(connection);
+
+        let store = History::open(&path).unwrap();
+        let RunRequest::Unlearn(unlearn) = store.get(id).unwrap().unwrap().request else { panic!("an unlearn request") };
+        assert_eq!(unlearn.ssd, unlearn_shared::api::Preset::Seed.settings());
+        let RunRequest::Train(trained) = store.get(train).unwrap().unwrap().request else { panic!("a train request") };
+        assert_eq!((trained.name.as_str(), trained.recipe.epochs, trained.recipe.width), ("mine", 2, 4));
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_database_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("runs.sqlite");
+        std::fs::write(&path, vec![7u8; 4096]).unwrap();
+        let error = History::open(&path).err().expect("garbage is refused").to_string();
+        assert!(error.contains("runs.sqlite"), "{error}");
+        assert_eq!(std::fs::read(&path).unwrap(), vec![7u8; 4096], "and left as it was");
+    }
+}

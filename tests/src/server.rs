@@ -1,0 +1,91 @@
+//! The real `backend serve` binary, started for a test and killed when dropped.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use unlearn_shared::api::{Run, RunAccepted};
+
+pub fn agent() -> ureq::Agent {
+    ureq::Agent::new_with_config(ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(600))).build())
+}
+
+/// A running server, killed when dropped.
+pub struct Server {
+    child: Child,
+    pub url: String,
+    agent: ureq::Agent,
+}
+
+impl Server {
+    /// Serves `data_dir` on a free port on the CPU, small subsamples by default. Only the
+    /// models in `data_dir` are offered, not the shipped ones.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        let mut child = Command::new(crate::backend_binary())
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--shipped-models")
+            .arg(data_dir.join("no-shipped-models"))
+            .args(["--device", "cpu", "serve", "--addr", "127.0.0.1:0"])
+            .args(["--forget-limit", "64", "--full-limit", "128", "--test-limit", "100"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("backend starts");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let banner = lines.next().expect("a banner").expect("readable stdout");
+        let url = banner.split("http://").nth(1).and_then(|rest| rest.split_whitespace().next()).unwrap_or_else(|| panic!("no address in: {banner}"));
+        let server = Self { child, url: format!("http://{url}"), agent: agent() };
+        let started = Instant::now();
+        while server.get("/api/health")["device"].is_null() {
+            assert!(started.elapsed() < Duration::from_secs(60), "the worker did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        server
+    }
+
+    pub fn get(&self, path: &str) -> Value {
+        let mut response = self.agent.get(format!("{}{path}", self.url)).call().expect("GET");
+        assert_eq!(response.status(), 200, "GET {path}");
+        serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap()
+    }
+
+    pub fn submit(&self, request: Value) -> (u16, RunAccepted) {
+        let mut response =
+            self.agent.post(format!("{}/api/runs", self.url)).header("content-type", "application/json").send(request.to_string()).expect("POST");
+        let status = response.status().as_u16();
+        let body = response.body_mut().read_to_string().unwrap();
+        assert!(status == 200 || status == 202, "{status}: {body}");
+        (status, serde_json::from_str(&body).unwrap())
+    }
+
+    pub fn run(&self, id: i64) -> Run {
+        serde_json::from_value(self.get(&format!("/api/runs/{id}"))).unwrap()
+    }
+
+    /// Reads the event stream to its end: (event name, data) pairs.
+    pub fn events(&self, id: i64) -> Vec<(String, String)> {
+        let mut response = self.agent.get(format!("{}/api/runs/{id}/events", self.url)).call().expect("GET events");
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        let mut events = Vec::new();
+        let mut name = String::new();
+        for line in BufReader::new(response.body_mut().as_reader()).lines() {
+            let line = line.expect("stream line");
+            if let Some(event) = line.strip_prefix("event: ") {
+                name = event.to_owned();
+            } else if let Some(data) = line.strip_prefix("data: ") {
+                events.push((std::mem::take(&mut name), data.to_owned()));
+            }
+        }
+        events
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

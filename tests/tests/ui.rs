@@ -1,0 +1,113 @@
+//! The whole workbench in headless Chromium: the real server with a tiny trained model, the
+//! built UI, an unlearning run from the page to its table and heatmaps, and local inference
+//! on a gallery image and on an uploaded file, on the CPU and on WebGPU. Saves a screenshot in
+//! `target/e2e/`.
+
+use std::time::Duration;
+
+use unlearn_tests::server::{agent, Server};
+use unlearn_tests::webdriver::{Browser, WebGpu};
+use unlearn_tests::{backend, ok, repository, scratch_data_dir};
+
+/// The real server on a scratch data folder, with a tiny model trained for it, serving the built UI.
+fn workbench() -> (tempfile::TempDir, Server) {
+    let dist = repository().join("frontend/dist");
+    assert!(dist.join("index.html").exists(), "the UI is not built in {}; scripts/test.sh builds it with trunk", dist.display());
+    let scratch = scratch_data_dir();
+    let dir = scratch.path();
+    ok(backend(dir, &["train", "--name", "tiny", "--width", "4", "--epochs", "1", "--train-limit", "512", "--test-limit", "100"]));
+    let server = Server::start(dir, &["--static-dir", dist.to_str().unwrap()]);
+    (scratch, server)
+}
+
+#[test]
+fn a_user_forgets_a_class_and_classifies_an_image_locally() {
+    let (scratch, server) = workbench();
+    let dir = scratch.path();
+    let browser = Browser::start(WebGpu::Absent);
+    browser.open(&server.url);
+    browser.wait_for_text("#health", Duration::from_secs(30), |t| t.contains("cpu"));
+    browser.wait_for("#model option[value='tiny']", 1, Duration::from_secs(30));
+
+    let alpha = browser.script("return document.querySelector('#alpha').value");
+    assert_eq!(alpha.as_str(), Some("auto"), "the default preset calibrates alpha");
+    browser.click("button.class[data-class='dog']");
+    browser.wait_for_text("#run", Duration::from_secs(5), |t| t == "Forget dog");
+    browser.click("#run");
+    browser.wait_for("#results .seed-table tbody tr", 2, Duration::from_secs(180));
+    let table = browser.text("#results .seed-table");
+    assert!(table.contains("original dog") && table.contains("SSD dog"), "{table}");
+    assert!(table.contains("MIA (% members)") && table.contains("Time (s)"), "{table}");
+    let meta = browser.text("#results");
+    assert!(meta.contains("calibrated") && meta.contains("membership attack"), "the default preset calibrates alpha: {meta}");
+    assert_eq!(browser.all("#results .heatmap g.cell").len(), 200, "two 10x10 heatmaps");
+    let history = browser.wait_for_text(".history", Duration::from_secs(10), |t| t.contains("forget dog"));
+    assert!(history.contains("succeeded"), "{history}");
+
+    // A gallery image, classified by both models in the page.
+    browser.click("#gallery button.thumb");
+    browser.wait_for("#predictions .prediction", 2, Duration::from_secs(120));
+    let predictions = browser.text("#predictions");
+    assert!(predictions.contains("Base model") && predictions.contains("Unlearned (run 1)"), "{predictions}");
+    assert!(predictions.contains(" ms on WebAssembly CPU") && predictions.contains('%'), "without WebGPU the CPU runs it: {predictions}");
+    assert!(browser.text("body").contains("This browser offers no WebGPU"));
+
+    // The user's own file: the page reads it and shows it.
+    let upload = dir.join("mine.png");
+    let mut response = agent().get(format!("{}/api/samples/7", server.url)).call().unwrap();
+    std::fs::write(&upload, response.body_mut().read_to_vec().unwrap()).unwrap();
+    browser.type_into("#upload", upload.to_str().unwrap());
+    let started = std::time::Instant::now();
+    while !browser.script("return document.querySelector('#predictions img.query')?.src ?? ''").as_str().unwrap_or_default().starts_with("blob:") {
+        assert!(started.elapsed() < Duration::from_secs(60), "the upload was not classified: {}", browser.text("body"));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(browser.all(".error").is_empty(), "no error shown: {}", browser.text(".error"));
+
+    let shots = repository().join("target/e2e");
+    std::fs::create_dir_all(&shots).unwrap();
+    let png = browser.screenshot();
+    assert_eq!(&png[1..4], b"PNG");
+    std::fs::write(shots.join("workbench.png"), png).unwrap();
+}
+
+/// Where the browser offers WebGPU the page can run on it (headless Chromium's is software,
+/// so the CPU is ranked first), and both give the same answer.
+#[test]
+fn webgpu_and_the_cpu_classify_alike_in_the_page() {
+    let (_scratch, server) = workbench();
+    let browser = Browser::start(WebGpu::Offered);
+    browser.open(&server.url);
+    let engines = browser.wait_for_text("#engine", Duration::from_secs(30), |t| t.contains("WebGPU"));
+    assert!(engines.starts_with("WebAssembly CPU"), "software WebGPU comes after the CPU: {engines}");
+    assert!(browser.text("body").contains("WebGPU runs in software"));
+    browser.wait_for("#gallery button.thumb", 1, Duration::from_secs(30));
+
+    browser.click("#engine option[value^='WebGPU']");
+    browser.click("#gallery button.thumb");
+    let on_gpu = browser.wait_for_text("#predictions", Duration::from_secs(120), |t| t.contains("on WebGPU"));
+    browser.click("#engine option[value^='WebAssembly']");
+    browser.click("#gallery button.thumb");
+    let on_cpu = browser.wait_for_text("#predictions", Duration::from_secs(120), |t| t.contains("on WebAssembly CPU"));
+    assert!(browser.all(".error").is_empty(), "no error shown: {}", browser.text(".error"));
+
+    let (gpu, cpu) = (guesses(&on_gpu), guesses(&on_cpu));
+    assert_eq!(gpu.len(), 3, "{on_gpu}");
+    for ((gpu_class, gpu_percent), (cpu_class, cpu_percent)) in gpu.iter().zip(&cpu) {
+        assert_eq!(gpu_class, cpu_class, "the same ranking: {on_gpu} vs {on_cpu}");
+        // Shown to 0.1 %: rounding may differ by one step.
+        assert!((gpu_percent - cpu_percent).abs() <= 0.11, "{on_gpu} vs {on_cpu}");
+    }
+}
+
+/// The (class, percent) pairs of a prediction list, shown as a class line and a "45.2 %" line.
+fn guesses(text: &str) -> Vec<(String, f64)> {
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    lines
+        .windows(2)
+        .filter_map(|pair| {
+            let percent = pair[1].strip_suffix(" %")?.parse().ok()?;
+            Some((pair[0].to_owned(), percent))
+        })
+        .collect()
+}
