@@ -22,6 +22,15 @@ need_npm() {
 
 backend() { ./target/release/backend "$@"; }
 
+need_lint_tools() {
+  command -v rustup >/dev/null || return 0
+  local installed
+  installed=$(rustup component list --installed)
+  for component in rustfmt clippy; do
+    grep -q "^$component" <<<"$installed" || { say "adding the $component component"; rustup component add "$component"; }
+  done
+}
+
 build_backend() {
   say "building the backend (release; the first build takes several minutes)"
   cargo build --release -p unlearn-backend
