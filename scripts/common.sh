@@ -2,7 +2,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+say() { printf '\033[1m==> [%s] %s\033[0m\n' "$(date +%T)" "$*" >&2; }
 
 need_cargo() {
   command -v cargo >/dev/null || { echo "Rust is required: install it from https://rustup.rs, then run this again." >&2; exit 1; }
@@ -31,9 +31,12 @@ need_lint_tools() {
   done
 }
 
+# The whole host workspace, not just the backend: Cargo unifies dependency features over the
+# packages it builds, and the tests crate turns on features of crates that Burn's GPU stack
+# depends on, so `cargo test` would otherwise compile Burn and CubeCL a second time.
 build_backend() {
   say "building the backend (release; the first build takes several minutes)"
-  cargo build --release -p unlearn-backend
+  cargo build --release --workspace --exclude unlearn-frontend
 }
 
 obtain_data() {
