@@ -43,16 +43,7 @@ pub fn SeedTable(reports: Vec<UnlearnReport>) -> impl IntoView {
 #[component]
 pub fn ReportView(report: UnlearnReport) -> impl IntoView {
     let forget = report.forget_class;
-    let t = &report.timings;
-    let timing = format!(
-        "full-set importance {:.1} s{} · forget-set importance {:.1} s · choosing α {:.1} s · dampening {:.2} s · evaluation {:.1} s",
-        t.full_importance_s,
-        if t.full_importance_cached { " (cached)" } else { "" },
-        t.forget_importance_s,
-        t.calibrate_s,
-        t.dampen_s,
-        t.evaluate_s
-    );
+    let timing = report.timings.to_string();
     let alpha = match &report.calibration {
         Some(c) => format!(
             "α {:.3} on {} (calibrated: ≤ {} % of {} forget-set images{})",

@@ -1,6 +1,8 @@
 //! What an unlearning run found: each model's accuracy and loss on the forget class and the
 //! retained ones, how alpha was chosen, what the membership attack saw, and how long it took.
 
+use std::fmt;
+
 use serde::{Deserialize, Serialize};
 
 use super::request::Subsample;
@@ -61,6 +63,18 @@ pub struct Timings {
     pub calibrate_s: f64,
     pub dampen_s: f64,
     pub evaluate_s: f64,
+}
+
+/// For people: the command line and the page show the phases alike.
+impl fmt::Display for Timings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let cached = if self.full_importance_cached { " (cached)" } else { "" };
+        write!(
+            f,
+            "full-set importance {:.1} s{cached} · forget-set importance {:.1} s · choosing α {:.1} s · dampening {:.2} s · evaluation {:.1} s",
+            self.full_importance_s, self.forget_importance_s, self.calibrate_s, self.dampen_s, self.evaluate_s
+        )
+    }
 }
 
 /// How `alpha: "auto"` chose alpha: the largest alpha whose dampened model recognises at most

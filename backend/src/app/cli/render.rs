@@ -48,7 +48,6 @@ fn split_line(label: &str, eval: &EvalReport) -> String {
 }
 
 pub(crate) fn unlearn_report(report: &UnlearnReport) -> String {
-    let t = &report.timings;
     let mut out = run_header(report);
     let _ = writeln!(out, "\nforgetting class {} ({})", report.forget_class, CLASSES[report.forget_class]);
     out.push_str("test set:\n");
@@ -88,16 +87,7 @@ pub(crate) fn unlearn_report(report: &UnlearnReport) -> String {
         report.membership.after,
         report.retrained.as_ref().map(|r| format!(", {:.1} % retrained", r.membership)).unwrap_or_default()
     );
-    let _ = writeln!(
-        out,
-        "time: full importance {:.1} s{}, forget importance {:.1} s, calibrate {:.1} s, dampen {:.2} s, evaluate {:.1} s",
-        t.full_importance_s,
-        if t.full_importance_cached { " (cached)" } else { "" },
-        t.forget_importance_s,
-        t.calibrate_s,
-        t.dampen_s,
-        t.evaluate_s
-    );
+    let _ = writeln!(out, "time: {}", report.timings);
     out.push_str("\ntest confusion before:\n");
     out.push_str(&confusion(&report.before.test.confusion));
     out.push_str("\ntest confusion after:\n");
