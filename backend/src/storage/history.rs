@@ -8,8 +8,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use unlearn_shared::api::{Run, RunId, RunRequest, RunResult, RunStatus};
 
-/// Bump with a migration (in `migrate`) when the table or the stored JSON changes.
-const SCHEMA_VERSION: i64 = 2;
+/// Bump with a migration (in `open`) when the table or the stored JSON changes.
+const SCHEMA_VERSION: i64 = 3;
+
+/// Why a run that was under way when the last process stopped has no result.
+const INTERRUPTED: &str = "the server stopped while this run was queued or running; submit it again";
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum HistoryError {
@@ -65,7 +68,8 @@ impl History {
                      finished_ms INTEGER,
                      result TEXT,
                      error TEXT,
-                     weights_etag TEXT
+                     weights_etag TEXT,
+                     weights_removed_ms INTEGER
                  );
                  CREATE INDEX IF NOT EXISTS runs_by_key ON runs (request_key, status);",
             )
@@ -73,8 +77,24 @@ impl History {
         if version == 1 {
             migrate_requests_to_v2(&connection).map_err(open_error)?;
         }
+        let has_removed: bool = connection
+            .query_row("SELECT COUNT(*) > 0 FROM pragma_table_info('runs') WHERE name = 'weights_removed_ms'", [], |row| row.get(0))
+            .map_err(open_error)?;
+        if !has_removed {
+            connection.execute_batch("ALTER TABLE runs ADD COLUMN weights_removed_ms INTEGER").map_err(open_error)?;
+        }
         connection.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(open_error)?;
-        connection.execute("UPDATE runs SET status = 'interrupted', finished_ms = ?1 WHERE status IN ('queued', 'running')", [now_ms()]).map_err(open_error)?;
+        connection
+            .execute(
+                "UPDATE runs SET status = 'interrupted', finished_ms = ?1, error = ?2 WHERE status IN ('queued', 'running')",
+                params![now_ms(), INTERRUPTED],
+            )
+            .map_err(open_error)?;
+        // At most one live run per request: identical concurrent requests share it, in this
+        // process and in any other that opens the file.
+        connection
+            .execute_batch("CREATE UNIQUE INDEX IF NOT EXISTS one_live_run_per_request ON runs (request_key) WHERE status IN ('queued', 'running')")
+            .map_err(open_error)?;
         Ok(Self { connection: Mutex::new(connection) })
     }
 
@@ -82,41 +102,60 @@ impl History {
         self.connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    pub(crate) fn insert(&self, request: &RunRequest, request_key: &str, client: &str) -> Result<RunId, HistoryError> {
+    /// The run that answers this request: the newest with its key that is under way or
+    /// succeeded (and still has what it made), or else a new queued one. One transaction, so
+    /// identical concurrent requests get one run.
+    pub(crate) fn admit(&self, request: &RunRequest, request_key: &str, client: &str) -> Result<Admission, HistoryError> {
         let json = serde_json::to_string(request).expect("requests serialise");
-        let connection = self.connection();
-        connection.execute(
+        let mut connection = self.connection();
+        let transaction = connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        if let Some((id, status)) = reusable(&transaction, request_key)? {
+            return Ok(Admission::Reused(id, status));
+        }
+        transaction.execute(
             "INSERT INTO runs (request, request_key, client, status, created_ms) VALUES (?1, ?2, ?3, 'queued', ?4)",
             params![json, request_key, client, now_ms()],
         )?;
-        Ok(connection.last_insert_rowid())
+        let id = transaction.last_insert_rowid();
+        transaction.commit()?;
+        Ok(Admission::Inserted(id))
     }
 
-    /// The newest run with this key that succeeded or is still under way.
+    /// What [`admit`](Self::admit) would reuse, without making a run.
     pub(crate) fn reusable(&self, request_key: &str) -> Result<Option<(RunId, RunStatus)>, HistoryError> {
-        let found: Option<(RunId, String)> = self
-            .connection()
-            .query_row(
-                "SELECT id, status FROM runs WHERE request_key = ?1 AND status IN ('queued', 'running', 'succeeded')
-                 ORDER BY id DESC LIMIT 1",
-                [request_key],
-                |row| Ok((row.get(0)?, row.get(1)?)),
-            )
-            .optional()?;
-        found.map(|(id, status)| Ok((id, parse_status(&status)?))).transpose()
+        reusable(&self.connection(), request_key)
     }
 
-    pub(crate) fn start(&self, id: RunId) -> Result<(), HistoryError> {
-        self.connection().execute("UPDATE runs SET status = 'running', started_ms = ?2 WHERE id = ?1", params![id, now_ms()])?;
-        Ok(())
+    /// Marks a queued run as running; false if it is no longer queued (cancelled meanwhile).
+    pub(crate) fn start(&self, id: RunId) -> Result<bool, HistoryError> {
+        let changed =
+            self.connection().execute("UPDATE runs SET status = 'running', started_ms = ?2 WHERE id = ?1 AND status = 'queued'", params![id, now_ms()])?;
+        Ok(changed == 1)
     }
 
-    pub(crate) fn finish(&self, id: RunId, outcome: &Outcome) -> Result<(), HistoryError> {
+    /// Ends a run that is still queued as cancelled; false if the worker has started it.
+    pub(crate) fn cancel_queued(&self, id: RunId) -> Result<bool, HistoryError> {
+        let changed =
+            self.connection().execute("UPDATE runs SET status = 'cancelled', finished_ms = ?2 WHERE id = ?1 AND status = 'queued'", params![id, now_ms()])?;
+        Ok(changed == 1)
+    }
+
+    /// Records how a run ended, and returns the status recorded: a result that could not be
+    /// read back (a NaN, say) is recorded as a failure, never as a success.
+    pub(crate) fn finish(&self, id: RunId, outcome: Outcome) -> Result<RunStatus, HistoryError> {
+        let outcome = readable(outcome);
         let result = outcome.result.as_ref().map(|r| serde_json::to_string(r).expect("results serialise"));
         self.connection().execute(
             "UPDATE runs SET status = ?2, finished_ms = ?3, result = ?4, error = ?5, weights_etag = ?6 WHERE id = ?1",
             params![id, outcome.status.as_str(), now_ms(), result, outcome.error, outcome.weights_etag],
         )?;
+        Ok(outcome.status)
+    }
+
+    /// The run's model was deleted to keep disk use within budget; its record stays.
+    pub(crate) fn remove_weights(&self, id: RunId) -> Result<(), HistoryError> {
+        self.connection()
+            .execute("UPDATE runs SET weights_etag = NULL, weights_removed_ms = ?2 WHERE id = ?1 AND weights_etag IS NOT NULL", params![id, now_ms()])?;
         Ok(())
     }
 
@@ -132,9 +171,17 @@ impl History {
         Ok(self.connection().query_row("SELECT client FROM runs WHERE id = ?1", [id], |row| row.get(0)).optional()?)
     }
 
-    pub(crate) fn weights_etag(&self, id: RunId) -> Result<Option<String>, HistoryError> {
-        let etag: Option<Option<String>> = self.connection().query_row("SELECT weights_etag FROM runs WHERE id = ?1", [id], |row| row.get(0)).optional()?;
-        Ok(etag.flatten())
+    /// What became of the model run `id` made, if it made one.
+    pub(crate) fn weights(&self, id: RunId) -> Result<RunWeights, HistoryError> {
+        let found: Option<(Option<String>, Option<i64>)> = self
+            .connection()
+            .query_row("SELECT weights_etag, weights_removed_ms FROM runs WHERE id = ?1", [id], |row| Ok((row.get(0)?, row.get(1)?)))
+            .optional()?;
+        Ok(match found {
+            Some((Some(etag), _)) => RunWeights::Kept { etag },
+            Some((None, Some(_))) => RunWeights::Removed,
+            _ => RunWeights::None,
+        })
     }
 
     /// Newest first, results left out, at most `limit` runs older than `before`.
@@ -167,6 +214,57 @@ fn migrate_requests_to_v2(connection: &Connection) -> rusqlite::Result<()> {
         transaction.execute("UPDATE runs SET request = ?2 WHERE id = ?1", params![id, text])?;
     }
     transaction.commit()
+}
+
+/// The answer to a request: an earlier run, or a new one.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Admission {
+    Reused(RunId, RunStatus),
+    Inserted(RunId),
+}
+
+/// What became of a run's model.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum RunWeights {
+    /// Never made one (or the run has not finished).
+    None,
+    Kept {
+        etag: String,
+    },
+    /// Deleted to keep the server's disk use within its budget.
+    Removed,
+}
+
+fn reusable(connection: &Connection, request_key: &str) -> Result<Option<(RunId, RunStatus)>, HistoryError> {
+    let found: Option<(RunId, String)> = connection
+        .query_row(
+            "SELECT id, status FROM runs WHERE request_key = ?1
+             AND (status IN ('queued', 'running') OR (status = 'succeeded' AND weights_removed_ms IS NULL))
+             ORDER BY id DESC LIMIT 1",
+            [request_key],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()?;
+    found.map(|(id, status)| Ok((id, parse_status(&status)?))).transpose()
+}
+
+/// `outcome`, or a failure in its place if its result would not read back: JSON has no NaN
+/// or infinity (serde writes them as null, which does not read back as a number).
+fn readable(outcome: Outcome) -> Outcome {
+    let Some(result) = &outcome.result else { return outcome };
+    let text = serde_json::to_string(result).expect("results serialise");
+    match serde_json::from_str::<RunResult>(&text) {
+        Ok(_) => outcome,
+        Err(error) => Outcome {
+            status: RunStatus::Failed,
+            result: None,
+            error: Some(format!(
+                "the result holds an undefined number (NaN or infinity: {error}), such as the accuracy of a class that has no image in \
+                 a small subset, or the loss of a model whose outputs overflow; use larger subsets, or check the model"
+            )),
+            weights_etag: None,
+        },
+    }
 }
 
 const COLUMNS: &str = "id, request, status, created_ms, started_ms, finished_ms, error, weights_etag";
@@ -203,23 +301,100 @@ mod tests {
         serde_json::from_str(r#"{"kind":"eval"}"#).unwrap()
     }
 
+    fn inserted(admission: Admission) -> RunId {
+        let Admission::Inserted(id) = admission else { panic!("reused: {admission:?}") };
+        id
+    }
+
+    #[test]
+    fn identical_requests_share_one_live_run_even_when_they_race() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(History::open(&dir.path().join("runs.sqlite")).unwrap());
+        let admissions: Vec<Admission> = std::thread::scope(|scope| {
+            let racers: Vec<_> = (0..16).map(|_| scope.spawn(|| store.admit(&request(), "same", "me").unwrap())).collect();
+            racers.into_iter().map(|r| r.join().unwrap()).collect()
+        });
+        let made: Vec<RunId> = admissions.iter().filter_map(|a| if let Admission::Inserted(id) = a { Some(*id) } else { None }).collect();
+        assert_eq!(made.len(), 1, "{admissions:?}");
+        assert!(admissions.iter().all(|a| matches!(a, Admission::Inserted(_)) || *a == Admission::Reused(made[0], RunStatus::Queued)));
+        // A second process (connection) is held to the same rule by the unique index.
+        let other = Connection::open(dir.path().join("runs.sqlite")).unwrap();
+        let duplicate = other.execute("INSERT INTO runs (request, request_key, client, status, created_ms) VALUES ('{}', 'same', 'x', 'queued', 0)", []);
+        assert!(duplicate.is_err(), "the index refuses a second live run with the key");
+    }
+
+    #[test]
+    fn a_cancel_and_a_start_of_a_queued_run_cannot_both_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = History::open(&dir.path().join("runs.sqlite")).unwrap();
+        let id = inserted(store.admit(&request(), "k", "me").unwrap());
+        assert!(store.cancel_queued(id).unwrap());
+        assert!(!store.start(id).unwrap(), "a cancelled run is not started");
+        assert_eq!(store.get(id).unwrap().unwrap().status, RunStatus::Cancelled);
+        let other = inserted(store.admit(&request(), "k2", "me").unwrap());
+        assert!(store.start(other).unwrap());
+        assert!(!store.cancel_queued(other).unwrap(), "a started run is left to the worker");
+        assert_eq!(store.get(other).unwrap().unwrap().status, RunStatus::Running);
+    }
+
+    #[test]
+    fn a_result_that_would_not_read_back_is_recorded_as_a_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = History::open(&dir.path().join("runs.sqlite")).unwrap();
+        let id = inserted(store.admit(&request(), "k", "me").unwrap());
+        store.start(id).unwrap();
+        let nan = unlearn_shared::api::AccLoss { accuracy: f64::NAN, loss: f64::NAN, images: 0 };
+        let summary = unlearn_shared::api::EvalSummary {
+            model: "m".into(),
+            device: "cpu".into(),
+            overall: nan,
+            per_class_accuracy: vec![f64::NAN; 10],
+            confusion: vec![vec![0; 10]; 10],
+        };
+        let outcome = Outcome { status: RunStatus::Succeeded, result: Some(RunResult::Eval(summary)), error: None, weights_etag: None };
+        assert_eq!(store.finish(id, outcome).unwrap(), RunStatus::Failed);
+        let run = store.get(id).expect("the record reads back").unwrap();
+        assert_eq!((run.status, run.result), (RunStatus::Failed, None));
+        assert!(run.error.unwrap().contains("undefined number"));
+        assert_eq!(store.reusable("k").unwrap(), None, "and the request is not answered with it again");
+    }
+
+    #[test]
+    fn a_run_whose_model_was_removed_keeps_its_record_and_is_not_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = History::open(&dir.path().join("runs.sqlite")).unwrap();
+        let id = inserted(store.admit(&request(), "k", "me").unwrap());
+        store.start(id).unwrap();
+        let outcome = Outcome { status: RunStatus::Succeeded, result: None, error: None, weights_etag: Some("abc".into()) };
+        store.finish(id, outcome).unwrap();
+        assert_eq!(store.weights(id).unwrap(), RunWeights::Kept { etag: "abc".into() });
+        assert_eq!(store.reusable("k").unwrap(), Some((id, RunStatus::Succeeded)));
+        store.remove_weights(id).unwrap();
+        assert_eq!(store.weights(id).unwrap(), RunWeights::Removed);
+        let run = store.get(id).unwrap().unwrap();
+        assert_eq!((run.status, run.has_weights), (RunStatus::Succeeded, false));
+        assert_eq!(store.reusable("k").unwrap(), None, "asking again makes the model again");
+    }
+
     #[test]
     fn runs_survive_reopening_and_unfinished_ones_become_interrupted() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("runs.sqlite");
         let store = History::open(&path).unwrap();
-        let done = store.insert(&request(), "k1", "me").unwrap();
-        store.start(done).unwrap();
+        let done = inserted(store.admit(&request(), "k1", "me").unwrap());
+        assert!(store.start(done).unwrap());
         let outcome = Outcome { status: RunStatus::Failed, result: None, error: Some("boom".into()), weights_etag: None };
-        store.finish(done, &outcome).unwrap();
-        let running = store.insert(&request(), "k2", "me").unwrap();
+        store.finish(done, outcome).unwrap();
+        let running = inserted(store.admit(&request(), "k2", "me").unwrap());
         store.start(running).unwrap();
         drop(store);
 
         let store = History::open(&path).unwrap();
         let done = store.get(done).unwrap().unwrap();
         assert_eq!((done.status, done.error.as_deref()), (RunStatus::Failed, Some("boom")));
-        assert_eq!(store.get(running).unwrap().unwrap().status, RunStatus::Interrupted);
+        let interrupted = store.get(running).unwrap().unwrap();
+        assert_eq!(interrupted.status, RunStatus::Interrupted);
+        assert!(interrupted.error.unwrap().contains("the server stopped"), "an interrupted run says why");
         assert_eq!(store.reusable("k2").unwrap(), None, "an interrupted run is not reused");
         assert_eq!(store.page(None, 10).unwrap().iter().map(|r| r.id).collect::<Vec<_>>(), vec![running, done.id]);
         assert_eq!(store.page(Some(running), 10).unwrap().len(), 1);
@@ -230,8 +405,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("runs.sqlite");
         let store = History::open(&path).unwrap();
-        let id = store.insert(&request(), "k", "me").unwrap();
-        let train = store.insert(&request(), "t", "me").unwrap();
+        let id = inserted(store.admit(&request(), "k", "me").unwrap());
+        let train = inserted(store.admit(&request(), "t", "me").unwrap());
         drop(store);
         let connection = Connection::open(&path).unwrap();
         let old_unlearn = r#"{"kind":"unlearn","model":"base","class":3,"alpha":10.0,"lambda":1.0,"layers":"all","importance_batch":64,"full_order":{"kind":"class_ordered"}}"#;

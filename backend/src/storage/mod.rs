@@ -6,4 +6,5 @@ pub(crate) mod files;
 pub(crate) mod history;
 pub(crate) mod model_file;
 pub(crate) mod model_store;
+pub(crate) mod retention;
 pub(crate) mod tensor_cache;

@@ -6,6 +6,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+use super::limits::{check_count, check_test_limit, check_train_limit, CLASS_TRAIN_IMAGES};
 use super::ssd::SsdSettings;
 use super::training::TrainRecipe;
 use crate::cifar::{class_from_str, CLASSES, NUM_CLASSES};
@@ -117,10 +118,9 @@ impl Subsample {
     }
 
     fn validate(&self) -> Result<(), String> {
-        if [self.forget, self.full, self.test].contains(&Some(0)) {
-            return Err("subsample sizes must be at least 1 when given".into());
-        }
-        Ok(())
+        check_count("subsample.forget", self.forget, CLASS_TRAIN_IMAGES, "the training images of one class")?;
+        check_train_limit("subsample.full", self.full)?;
+        check_test_limit("subsample.test", self.test)
     }
 }
 
@@ -187,8 +187,7 @@ impl RunRequest {
                 request.ssd.validate()?;
                 request.subsample.map_or(Ok(()), |s| s.validate())
             }
-            Self::Eval(request) if request.test_limit == Some(0) => Err("test_limit must be at least 1 when given".into()),
-            Self::Eval(_) => Ok(()),
+            Self::Eval(request) => check_test_limit("test_limit", request.test_limit),
             Self::Train(request) => {
                 if !is_model_name(&request.name) {
                     return Err(format!("model name '{}' must be 1-64 characters of a-z, 0-9, '-' and '_'", request.name));
@@ -267,6 +266,11 @@ mod tests {
         assert!(validate(r#"{"kind":"sweep","class":1}"#).unwrap_err().contains("leave out `class`"));
         assert!(validate(r#"{"kind":"sweep","ssd":{"alpha":-1}}"#).unwrap_err().contains("alpha"));
         assert!(validate(r#"{"kind":"sweep","subsample":{"test":0}}"#).unwrap_err().contains("at least 1"));
+        assert!(validate(r#"{"kind":"sweep","subsample":{"forget":5001}}"#).unwrap_err().contains("subsample.forget may be at most 5000"));
+        assert!(validate(r#"{"kind":"sweep","subsample":{"full":50001}}"#).unwrap_err().contains("at most 50000"));
+        assert!(validate(r#"{"kind":"sweep","subsample":{"forget":5000,"full":50000,"test":10000}}"#).is_ok());
+        assert!(validate(r#"{"kind":"eval","test_limit":10001}"#).unwrap_err().contains("test_limit may be at most 10000"));
+        assert!(validate(r#"{"kind":"unlearn","class":0,"ssd":{"importance_batch":2000}}"#).unwrap_err().contains("at most 512"));
         assert!(validate(r#"{"kind":"eval","test_limit":0}"#).unwrap_err().contains("at least 1"));
         assert!(validate(r#"{"kind":"train","name":"../x"}"#).unwrap_err().contains("model name"));
         assert!(validate(r#"{"kind":"train","name":"tiny","recipe":{"epochs":0}}"#).unwrap_err().contains("at least 1"));

@@ -6,6 +6,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use super::limits::check_batch;
+
 /// SSD's settings, recorded with every result. Left-out fields take the project's default
 /// ([`Preset::Default`]).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -49,10 +51,7 @@ impl SsdSettings {
         if !(self.lambda.is_finite() && self.lambda > 0.0) {
             return Err(format!("lambda must be a positive number, got {}", self.lambda));
         }
-        if self.importance_batch == 0 {
-            return Err("importance batch size must be at least 1".into());
-        }
-        Ok(())
+        check_batch("importance batch size", self.importance_batch)
     }
 }
 

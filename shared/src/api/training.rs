@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::limits::{check_batch, check_test_limit, check_train_limit, MAX_EPOCHS, MAX_WIDTH};
 use super::request::ClassId;
 
 /// SGD with `torch.optim.SGD`'s semantics.
@@ -75,12 +76,12 @@ impl Default for TrainRecipe {
 impl TrainRecipe {
     /// Rejects recipes that cannot train.
     pub fn validate(&self) -> Result<(), String> {
-        if self.epochs == 0 || self.batch_size == 0 || self.width == 0 {
-            return Err("epochs, batch_size and width must be at least 1".into());
+        if !(1..=MAX_EPOCHS).contains(&self.epochs) || !(1..=MAX_WIDTH).contains(&self.width) {
+            return Err(format!("epochs must be in 1..={MAX_EPOCHS} and width in 1..={MAX_WIDTH}, got {} and {}", self.epochs, self.width));
         }
-        if self.train_limit == Some(0) || self.test_limit == Some(0) {
-            return Err("train_limit and test_limit must be at least 1 when given".into());
-        }
+        check_batch("batch_size", self.batch_size)?;
+        check_train_limit("train_limit", self.train_limit)?;
+        check_test_limit("test_limit", self.test_limit)?;
         let sgd = &self.sgd;
         if !(sgd.lr.is_finite() && sgd.lr > 0.0) {
             return Err(format!("lr must be a positive number, got {}", sgd.lr));
@@ -133,6 +134,9 @@ mod tests {
         };
         assert!(with(|r| r.epochs = 0).unwrap_err().contains("at least 1"));
         assert!(with(|r| r.test_limit = Some(0)).unwrap_err().contains("test_limit"));
+        assert!(with(|r| r.batch_size = 513).unwrap_err().contains("batch_size may be at most 512"));
+        assert!(with(|r| r.width = 1000).unwrap_err().contains("width"));
+        assert!(with(|r| r.train_limit = Some(60_000)).unwrap_err().contains("train_limit may be at most 50000"));
         assert!(with(|r| r.sgd.lr = f64::NAN).unwrap_err().contains("lr"));
         assert!(with(|r| r.sgd.momentum = 1.5).unwrap_err().contains("momentum"));
         assert!(with(|r| r.sgd.weight_decay = -1.0).unwrap_err().contains("weight_decay"));

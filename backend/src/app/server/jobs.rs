@@ -28,11 +28,13 @@ pub(crate) struct LiveState {
 pub(crate) struct LiveRun {
     cancel: AtomicBool,
     state: watch::Sender<LiveState>,
+    /// Who submitted it, when it counts towards their quota.
+    client: Option<String>,
 }
 
 impl LiveRun {
-    fn new() -> Self {
-        Self { cancel: AtomicBool::new(false), state: watch::Sender::new(LiveState { status: RunStatus::Queued, progress: None }) }
+    fn new(client: Option<String>) -> Self {
+        Self { cancel: AtomicBool::new(false), state: watch::Sender::new(LiveState { status: RunStatus::Queued, progress: None }), client }
     }
 
     pub(crate) fn is_cancelled(&self) -> bool {
@@ -71,21 +73,70 @@ pub(crate) struct Jobs {
     capacity: usize,
     waiting: AtomicUsize,
     live: Mutex<HashMap<RunId, Arc<LiveRun>>>,
+    /// Places each client with a quota holds: reserved, queued or running.
+    clients: Mutex<HashMap<String, usize>>,
     worker: OnceLock<WorkerInfo>,
-    /// Seconds the last finished run took: what a full queue's Retry-After is based on.
-    last_run_s: Mutex<f64>,
+    /// A moving average of how long runs take: what a Retry-After is based on.
+    mean_run_s: Mutex<f64>,
 }
 
-/// The queue holds `capacity` runs already.
-pub(crate) struct QueueFull {
-    pub(crate) retry_after: Duration,
+/// How many places in the queue one client may hold at once.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ClientQuota {
+    Unlimited,
+    AtMost(usize),
+}
+
+/// Why a run was not given a place.
+pub(crate) enum Refusal {
+    /// The queue holds `capacity` runs already.
+    QueueFull { retry_after: Duration },
+    /// The client holds its quota of places.
+    ClientBusy { limit: usize, retry_after: Duration },
+}
+
+/// A place in the queue, held until the run is handed over with
+/// [`enqueue`](Reservation::enqueue); dropped unused, it is given back.
+pub(crate) struct Reservation<'a> {
+    jobs: &'a Jobs,
+    /// The client whose quota the place counts towards, if any.
+    client: Option<String>,
+    handed_over: bool,
+}
+
+impl Reservation<'_> {
+    /// Hands the run `id` to the worker.
+    pub(crate) fn enqueue(mut self, id: RunId, request: RunRequest) {
+        let live = Arc::new(LiveRun::new(self.client.take()));
+        self.jobs.live.lock().expect("live lock").insert(id, live.clone());
+        self.handed_over = true;
+        // The worker holds the receiver for as long as the server runs.
+        let _ = self.jobs.sender.send(Job { id, request, live });
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if !self.handed_over {
+            self.jobs.release();
+            self.jobs.release_client(self.client.as_deref());
+        }
+    }
 }
 
 impl Jobs {
     /// The queue, and the receiving end for the worker.
     pub(crate) fn new(capacity: usize) -> (Self, mpsc::Receiver<Job>) {
         let (sender, receiver) = mpsc::channel();
-        let jobs = Self { sender, capacity, waiting: AtomicUsize::new(0), live: Mutex::default(), worker: OnceLock::new(), last_run_s: Mutex::new(10.0) };
+        let jobs = Self {
+            sender,
+            capacity,
+            waiting: AtomicUsize::new(0),
+            live: Mutex::default(),
+            clients: Mutex::default(),
+            worker: OnceLock::new(),
+            mean_run_s: Mutex::new(10.0),
+        };
         (jobs, receiver)
     }
 
@@ -105,26 +156,49 @@ impl Jobs {
         let _ = self.worker.set(info);
     }
 
-    /// Takes a place in the queue, or says when one may be free.
-    pub(crate) fn reserve(&self) -> Result<(), QueueFull> {
-        self.waiting.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < self.capacity).then_some(n + 1)).map(drop).map_err(|waiting| {
-            let per_run = *self.last_run_s.lock().expect("timing lock");
-            QueueFull { retry_after: Duration::from_secs_f64((waiting as f64 * per_run).clamp(1.0, 3600.0)) }
-        })
+    /// Takes a place in the queue for `client`, or says when one may be free.
+    pub(crate) fn reserve(&self, client: &str, quota: ClientQuota) -> Result<Reservation<'_>, Refusal> {
+        let mut clients = self.clients.lock().expect("clients lock");
+        let held = clients.get(client).copied().unwrap_or(0);
+        if let ClientQuota::AtMost(limit) = quota {
+            if held >= limit {
+                return Err(Refusal::ClientBusy { limit, retry_after: self.wait_for(held) });
+            }
+        }
+        self.waiting
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < self.capacity).then_some(n + 1))
+            .map_err(|waiting| Refusal::QueueFull { retry_after: self.wait_for(waiting) })?;
+        let counted = match quota {
+            ClientQuota::Unlimited => None,
+            ClientQuota::AtMost(_) => {
+                clients.insert(client.to_owned(), held + 1);
+                Some(client.to_owned())
+            }
+        };
+        Ok(Reservation { jobs: self, client: counted, handed_over: false })
     }
 
-    /// Gives back a place taken by [`reserve`](Self::reserve): the worker took the run off
-    /// the queue, or it was never enqueued.
+    /// Roughly when `ahead` runs, and the one running, will have finished.
+    fn wait_for(&self, ahead: usize) -> Duration {
+        let per_run = *self.mean_run_s.lock().expect("timing lock");
+        Duration::from_secs_f64(((ahead + 1) as f64 * per_run).clamp(1.0, 3600.0))
+    }
+
+    /// Gives back a queue place: the worker took the run off the queue, or it was never
+    /// enqueued.
     pub(crate) fn release(&self) {
         self.waiting.fetch_sub(1, Ordering::SeqCst);
     }
 
-    /// Hands a run, whose place is reserved, to the worker.
-    pub(crate) fn enqueue(&self, id: RunId, request: RunRequest) {
-        let live = Arc::new(LiveRun::new());
-        self.live.lock().expect("live lock").insert(id, live.clone());
-        // The worker holds the receiver for as long as the server runs.
-        let _ = self.sender.send(Job { id, request, live });
+    fn release_client(&self, client: Option<&str>) {
+        let Some(client) = client else { return };
+        let mut clients = self.clients.lock().expect("clients lock");
+        if let Some(held) = clients.get_mut(client) {
+            *held -= 1;
+            if *held == 0 {
+                clients.remove(client);
+            }
+        }
     }
 
     pub(crate) fn live(&self, id: RunId) -> Option<Arc<LiveRun>> {
@@ -140,11 +214,14 @@ impl Jobs {
 
     /// The run's end is stored: announce it and forget the live state.
     pub(crate) fn finished(&self, id: RunId, status: RunStatus, seconds: Option<f64>) {
-        if let Some(live) = self.live.lock().expect("live lock").remove(&id) {
+        let removed = self.live.lock().expect("live lock").remove(&id);
+        if let Some(live) = removed {
             live.set_status(status);
+            self.release_client(live.client.as_deref());
         }
         if let Some(seconds) = seconds {
-            *self.last_run_s.lock().expect("timing lock") = seconds;
+            let mut mean = self.mean_run_s.lock().expect("timing lock");
+            *mean = 0.7 * *mean + 0.3 * seconds;
         }
     }
 }

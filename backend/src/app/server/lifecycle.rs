@@ -4,9 +4,10 @@ use unlearn_shared::api::{Run, RunAccepted, RunId, RunRequest, RunStatus};
 
 use super::error::ApiError;
 use super::guard::Caller;
-use super::AppState;
+use super::jobs::{ClientQuota, Refusal};
+use super::{policy, AppState};
 use crate::storage::files::sha256_hex;
-use crate::storage::history::{HistoryError, Outcome};
+use crate::storage::history::{Admission, HistoryError};
 
 impl From<HistoryError> for ApiError {
     fn from(error: HistoryError) -> Self {
@@ -36,26 +37,28 @@ impl AppState {
                 }
             }
         }
+        policy::check(&request, caller, worker.default_subsample)?;
         let digest = match request.model() {
             Some(id) => self.workspace.models.get(id).ok_or_else(|| ApiError::UnknownModel(id.to_owned()))?.info.digest.clone(),
             None => String::new(),
         };
         let key = sha256_hex(format!("{}\n{digest}", serde_json::to_string(&request).expect("requests serialise")).as_bytes());
-        if !matches!(request, RunRequest::Train(_)) {
-            if let Some((id, status)) = self.history.reusable(&key)? {
-                return Ok(RunAccepted { id, status, reused: true });
+        // An identical run answers even when the queue is full.
+        if let Some((id, status)) = self.history.reusable(&key)? {
+            return Ok(RunAccepted { id, status, reused: true });
+        }
+        let quota = if caller.authorized { ClientQuota::Unlimited } else { ClientQuota::AtMost(policy::ANONYMOUS_LIVE_RUNS) };
+        let reservation = self.jobs.reserve(&caller.client, quota).map_err(|refusal| match refusal {
+            Refusal::QueueFull { retry_after } => ApiError::QueueFull { retry_after },
+            Refusal::ClientBusy { limit, retry_after } => ApiError::ClientBusy { limit, retry_after },
+        })?;
+        match self.history.admit(&request, &key, &caller.client)? {
+            Admission::Reused(id, status) => Ok(RunAccepted { id, status, reused: true }),
+            Admission::Inserted(id) => {
+                reservation.enqueue(id, request);
+                Ok(RunAccepted { id, status: RunStatus::Queued, reused: false })
             }
         }
-        self.jobs.reserve().map_err(|full| ApiError::QueueFull { retry_after: full.retry_after })?;
-        let id = match self.history.insert(&request, &key, &caller.client) {
-            Ok(id) => id,
-            Err(error) => {
-                self.jobs.release();
-                return Err(error.into());
-            }
-        };
-        self.jobs.enqueue(id, request);
-        Ok(RunAccepted { id, status: RunStatus::Queued, reused: false })
     }
 
     /// The stored run, with its live progress while it is under way.
@@ -82,9 +85,9 @@ impl AppState {
             let run = self.run(id)?;
             return Err(ApiError::Conflict(format!("run {id} has already {}", run.status.as_str())));
         };
-        if live.status() == RunStatus::Queued {
-            // The worker skips cancelled jobs, so the end is recorded here.
-            self.history.finish(id, &Outcome { status: RunStatus::Cancelled, result: None, error: None, weights_etag: None })?;
+        // A queued run ends here (the worker skips cancelled jobs); one the worker has started
+        // stops at its next check, and the worker records that.
+        if live.status() == RunStatus::Queued && self.history.cancel_queued(id)? {
             self.jobs.finished(id, RunStatus::Cancelled, None);
         }
         self.run(id)

@@ -7,7 +7,9 @@ mod extract;
 mod guard;
 mod jobs;
 mod lifecycle;
+mod listener;
 mod openapi;
+mod policy;
 mod routes;
 #[cfg(test)]
 mod tests;
@@ -18,10 +20,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
-use axum::response::Html;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{Html, IntoResponse, Response};
 use axum::Router;
+use tower::ServiceExt;
 use tower_http::services::{ServeDir, ServeFile};
 use unlearn_shared::api::{RunId, Subsample};
 
@@ -29,7 +33,9 @@ use super::executor::Workspace;
 use crate::engine::device::{self, DeviceChoice};
 use crate::storage::history::History;
 use catalog::BrowserModels;
+use error::ApiError;
 use jobs::Jobs;
+pub(crate) use listener::ConnectionLimits;
 
 /// How the server is deployed.
 #[derive(Debug, Clone)]
@@ -44,24 +50,34 @@ pub(crate) struct ServerConfig {
     pub(crate) queue_capacity: usize,
     /// Requests per minute per client in public mode.
     pub(crate) rate_limit: u32,
-    /// For requests that leave theirs out; `None` lets the worker pick by device.
+    /// For requests that leave theirs out; `None` lets the worker pick by device. In public
+    /// mode, also the most a request without the token may ask for.
     pub(crate) subsample: Option<Subsample>,
+    pub(crate) connections: ConnectionLimits,
+    /// Disk space the unlearned models of runs may take; the oldest are deleted past it.
+    pub(crate) run_models_budget: u64,
 }
 
 /// Largest JSON body accepted.
 const JSON_LIMIT: usize = 64 * 1024;
 /// Largest model upload accepted (ResNet18 in f32 is 45 MB).
 const UPLOAD_LIMIT: usize = 256 * 1024 * 1024;
+/// Longest URI answered; hyper itself refuses longer ones past 64 KiB, without a JSON body.
+const URI_LIMIT: usize = 8 * 1024;
 
 impl ServerConfig {
     /// What a run leaves behind besides its record: a trained model while it trains.
     fn run_dir(&self, id: RunId) -> PathBuf {
-        self.data_dir.join("runs").join(id.to_string())
+        self.runs_dir().join(id.to_string())
+    }
+
+    fn runs_dir(&self) -> PathBuf {
+        self.data_dir.join("runs")
     }
 
     /// The unlearned model of run `id`, in the browser's format.
     fn run_weights_path(&self, id: RunId) -> PathBuf {
-        self.data_dir.join("runs").join(format!("{id}.safetensors"))
+        self.runs_dir().join(format!("{id}.safetensors"))
     }
 }
 
@@ -76,7 +92,7 @@ pub(crate) struct AppState {
 
 /// Opens the history, and starts the worker on `device` in its own thread.
 pub(crate) fn start(config: ServerConfig, workspace: Workspace, device: DeviceChoice) -> anyhow::Result<Arc<AppState>> {
-    let runs = config.data_dir.join("runs");
+    let runs = config.runs_dir();
     std::fs::create_dir_all(&runs).with_context(|| format!("creating {}", runs.display()))?;
     let history = History::open(&config.data_dir.join("runs.sqlite"))?;
     let (jobs, receiver) = Jobs::new(config.queue_capacity);
@@ -93,21 +109,44 @@ pub(crate) fn start(config: ServerConfig, workspace: Workspace, device: DeviceCh
 }
 
 pub(crate) fn router(state: Arc<AppState>) -> Router {
-    let ui = &state.config.static_dir;
-    let api = Router::new().nest("/api", routes::api());
-    // Paths the UI does not have get its page, so that its own routes survive a reload.
-    let app = if ui.join("index.html").exists() {
-        api.fallback_service(ServeDir::new(ui).fallback(ServeFile::new(ui.join("index.html"))))
-    } else {
-        api.fallback(ui_missing)
-    };
-    app.layer(axum::middleware::from_fn_with_state(state.clone(), guard::rate_limit))
+    Router::new()
+        .nest("/api", routes::api())
+        .fallback(ui)
+        .layer(axum::middleware::from_fn(guard::declared_length))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard::rate_limit))
+        .layer(axum::middleware::from_fn(uri_length))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .layer(DefaultBodyLimit::max(JSON_LIMIT))
         .with_state(state)
 }
 
-async fn ui_missing(State(state): State<Arc<AppState>>) -> (StatusCode, Html<String>) {
+/// The built UI for GET and HEAD; paths the UI does not have get its page, so that its own
+/// routes survive a reload. Other methods are not for the page.
+async fn ui(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    if !matches!(*request.method(), Method::GET | Method::HEAD) {
+        return ApiError::MethodNotAllowed(request.method().clone()).into_response();
+    }
+    let ui = &state.config.static_dir;
+    let index = ui.join("index.html");
+    if !index.exists() {
+        return ui_missing(&state).into_response();
+    }
+    match ServeDir::new(ui).fallback(ServeFile::new(index)).oneshot(request).await {
+        Ok(response) => response.into_response(),
+        Err(never) => match never {},
+    }
+}
+
+async fn uri_length(request: Request, next: Next) -> Response {
+    let length = request.uri().to_string().len();
+    if length > URI_LIMIT {
+        return ApiError::Malformed { status: StatusCode::URI_TOO_LONG, detail: format!("the URI has {length} bytes; at most {URI_LIMIT} are read") }
+            .into_response();
+    }
+    next.run(request).await
+}
+
+fn ui_missing(state: &AppState) -> (StatusCode, Html<String>) {
     let page = format!(
         "<!doctype html><title>Unlearning workbench</title><h1>The UI is not built</h1>\
          <p>There is no <code>index.html</code> in <code>{}</code>. Run <code>scripts/start.sh</code>, \
@@ -126,11 +165,10 @@ pub(crate) async fn serve(state: Arc<AppState>, addr: SocketAddr) -> anyhow::Res
         tracing::warn!(folder = %state.config.static_dir.display(), "no UI here; the API works, the page needs the frontend built");
     }
     println!("workbench listening on http://{local} ({mode} mode)");
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            tokio::signal::ctrl_c().await.ok();
-        })
-        .await?;
+    let limits = state.config.connections;
+    listener::serve(listener, router(state), limits, async {
+        tokio::signal::ctrl_c().await.ok();
+    })
+    .await;
     Ok(())
 }

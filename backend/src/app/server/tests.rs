@@ -39,6 +39,8 @@ fn config(dir: &std::path::Path) -> ServerConfig {
         queue_capacity: 8,
         rate_limit: 120,
         subsample: Some(Subsample { forget: Some(32), full: Some(64), test: Some(50) }),
+        connections: super::ConnectionLimits::default(),
+        run_models_budget: 1 << 30,
     }
 }
 
@@ -50,7 +52,7 @@ async fn start(adjust: impl FnOnce(&mut ServerConfig)) -> TestServer {
     let workspace = Workspace {
         data: std::sync::Arc::new(prepare(dir.path(), &Source::Npm).expect("dataset")),
         models: ModelStore::open(&dir.path().join("models"), &dir.path().join("no-shipped-models")).expect("models"),
-        cache: TensorCache::open(&dir.path().join("cache")),
+        cache: TensorCache::open(&dir.path().join("cache"), 1 << 30),
     };
     let state = start_server(config, workspace, DeviceChoice::Cpu).expect("server starts");
     let server = TestServer { app: router(state.clone()), state, _dir: dir };
@@ -123,16 +125,22 @@ impl TestServer {
         (status, serde_json::from_slice(&body).unwrap())
     }
 
+    /// Polls from an address of its own each time, so that public mode's rate limit does not
+    /// count the polls against the clients under test.
     async fn wait_for(&self, id: i64, done: impl Fn(&Run) -> bool) -> Run {
         let started = Instant::now();
-        loop {
-            let run: Run = self.get(&format!("/api/runs/{id}")).await;
+        for poll in 0u32.. {
+            let [_, _, a, b] = poll.to_be_bytes();
+            let (status, _, body) = self.send(Call::new(Method::GET, &format!("/api/runs/{id}")).from(&format!("10.250.{a}.{b}:1"))).await;
+            assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+            let run: Run = serde_json::from_slice(&body).unwrap();
             if done(&run) {
                 return run;
             }
             assert!(started.elapsed() < Duration::from_secs(300), "run {id} stuck: {run:?}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        unreachable!("polls until done or the deadline")
     }
 }
 
@@ -309,6 +317,8 @@ async fn public_mode_guards_writes_with_the_token_and_limits_each_client() {
         config.public = true;
         config.token = Some("s3cret".into());
         config.rate_limit = 20;
+        // Large enough that a run is still under way when it is cancelled.
+        config.subsample = Some(Subsample { forget: Some(500), full: Some(2000), test: Some(2000) });
     })
     .await;
     let train = json!({ "kind": "train", "name": "fresh", "recipe": { "width": 4, "epochs": 1, "train_limit": 64, "test_limit": 32 } });
@@ -319,7 +329,7 @@ async fn public_mode_guards_writes_with_the_token_and_limits_each_client() {
     assert_error(&server.send(import).await, StatusCode::UNAUTHORIZED, "importing a model");
 
     // Unlearning stays open; cancelling is for the submitter or a token holder.
-    let (_, run) = server.submit(slow_sweep(1.0)).await;
+    let (_, run) = server.submit(json!({ "kind": "unlearn", "model": "tiny", "class": "cat", "ssd": { "alpha": 1 } })).await;
     let cancel = || Call::new(Method::DELETE, &format!("/api/runs/{}", run.id));
     assert_error(&server.send(cancel().from("10.9.9.9:1234")).await, StatusCode::UNAUTHORIZED, "another client's run");
     assert_eq!(server.send(cancel()).await.0, StatusCode::OK, "its submitter may");
@@ -372,4 +382,153 @@ async fn the_openapi_document_covers_every_route_and_its_references_resolve() {
             assert!(routed, "{method} {uri} is documented but not served ({status})");
         }
     }
+}
+
+fn post_run(request: Value) -> Call {
+    Call::new(Method::POST, "/api/runs").json(request)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_request_may_cost_more_than_the_server_allows() {
+    let server = start(|config| {
+        config.public = true;
+        config.token = Some("s3cret".into());
+    })
+    .await;
+    let unprocessable = StatusCode::UNPROCESSABLE_ENTITY;
+    let token = |call: Call| call.header(header::AUTHORIZATION, "bearer s3cret");
+    // The request that took the whole process down: one batch of 2,000 images.
+    let crash =
+        json!({ "kind": "unlearn", "model": "tiny", "class": 0, "ssd": { "importance_batch": 2000 }, "subsample": { "forget": 2000, "full": 8, "test": 200 } });
+    assert_error(&server.send(post_run(crash.clone())).await, unprocessable, "at most 512");
+    assert_error(&server.send(token(post_run(crash))).await, unprocessable, "at most 512");
+    let cases = [
+        (
+            json!({ "kind": "unlearn", "model": "tiny", "class": 5, "subsample": {} }),
+            unprocessable,
+            "at most 32 images for subsample.forget, got the whole set",
+        ),
+        (json!({ "kind": "unlearn", "model": "tiny", "class": 5, "subsample": { "forget": 32, "full": 65, "test": 50 } }), unprocessable, "subsample.full"),
+        (
+            json!({ "kind": "unlearn", "model": "tiny", "class": 5, "ssd": { "full_order": { "kind": "shuffled", "seed": 7 } } }),
+            unprocessable,
+            "a preset's importance_batch",
+        ),
+        (json!({ "kind": "unlearn", "model": "tiny", "class": 5, "ssd": { "importance_batch": 65 } }), unprocessable, "a preset's importance_batch"),
+        (json!({ "kind": "unlearn", "model": "tiny", "class": 5, "subsample": { "forget": 6000 } }), unprocessable, "at most 5000"),
+        (json!({ "kind": "eval", "model": "tiny", "test_limit": 10000 }), unprocessable, "at most 50 images for test_limit"),
+        (json!({ "kind": "eval", "model": "tiny", "test_limit": 20000 }), unprocessable, "at most 10000"),
+        (json!({ "kind": "sweep", "model": "tiny" }), StatusCode::UNAUTHORIZED, "a sweep"),
+        (json!({ "kind": "train", "name": "x", "recipe": { "batch_size": 100000 } }), unprocessable, "batch_size may be at most 512"),
+    ];
+    for (request, status, needle) in cases {
+        assert_error(&server.send(post_run(request)).await, status, needle);
+    }
+    assert!(server.get::<RunPage>("/api/runs").await.runs.is_empty(), "nothing was queued");
+
+    // A token holder may ask for the whole sets: this sweep holds the worker meanwhile.
+    let (status, _, body) = server.send(token(post_run(json!({ "kind": "sweep", "model": "tiny", "subsample": {} })))).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{}", String::from_utf8_lossy(&body));
+    let whole: RunAccepted = serde_json::from_slice(&body).unwrap();
+    server.wait_for(whole.id, |r| r.status == RunStatus::Running).await;
+
+    // One anonymous client holds at most two places; others, and token holders, are not
+    // held back by it.
+    let run = |class: &str| json!({ "kind": "unlearn", "model": "tiny", "class": class, "ssd": { "alpha": 1 } });
+    let (_, first) = server.submit(run("cat")).await;
+    let (_, second) = server.submit(run("dog")).await;
+    let busy = server.send(post_run(run("frog"))).await;
+    assert_error(&busy, StatusCode::TOO_MANY_REQUESTS, "this client has 2 runs queued or running");
+    assert!(busy.1[header::RETRY_AFTER].to_str().unwrap().parse::<u64>().unwrap() >= 1);
+    let (status, _, body) = server.send(post_run(run("frog")).from("10.7.7.7:1")).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "another client has its own places: {}", String::from_utf8_lossy(&body));
+    let other: RunAccepted = serde_json::from_slice(&body).unwrap();
+    let (status, _, body) = server.send(token(post_run(run("ship")))).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{}", String::from_utf8_lossy(&body));
+    let privileged: RunAccepted = serde_json::from_slice(&body).unwrap();
+    // A place is given back when a run ends.
+    assert_eq!(server.send(Call::new(Method::DELETE, &format!("/api/runs/{}", first.id))).await.0, StatusCode::OK);
+    let (status, _, body) = server.send(post_run(run("horse"))).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{}", String::from_utf8_lossy(&body));
+    let third: RunAccepted = serde_json::from_slice(&body).unwrap();
+    for id in [second.id, other.id, privileged.id, third.id, whole.id] {
+        server.send(token(Call::new(Method::DELETE, &format!("/api/runs/{id}")))).await;
+    }
+    server.wait_for(whole.id, |r| r.status.is_finished()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn identical_concurrent_requests_make_one_run() {
+    let server = Arc::new(start(|_| {}).await);
+    let request = json!({ "kind": "unlearn", "model": "tiny", "class": "cat", "ssd": { "alpha": 3 } });
+    let answers = futures_util::future::join_all((0..30).map(|_| {
+        let server = server.clone();
+        let request = request.clone();
+        tokio::spawn(async move { server.submit(request).await.1.id })
+    }))
+    .await;
+    let ids: std::collections::BTreeSet<i64> = answers.into_iter().map(|a| a.unwrap()).collect();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert_eq!(server.get::<RunPage>("/api/runs").await.runs.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_result_with_undefined_numbers_is_a_readable_failure_not_a_success() {
+    let server = start(|_| {}).await;
+    // Five test images leave most classes without one: their accuracy is 0/0.
+    let request = json!({ "kind": "eval", "model": "tiny", "test_limit": 5 });
+    let (_, accepted) = server.submit(request.clone()).await;
+    let run = server.wait_for(accepted.id, |r| r.status.is_finished()).await;
+    assert_eq!(run.status, RunStatus::Failed, "{run:?}");
+    assert!(run.error.as_deref().unwrap().contains("undefined number"), "{run:?}");
+    let events = server.send(Call::new(Method::GET, &format!("/api/runs/{}/events", run.id))).await;
+    assert_eq!(events.0, StatusCode::OK);
+    assert!(String::from_utf8_lossy(&events.2).contains("\"status\":\"failed\""), "the stream's done event says failed");
+    let (status, again) = server.submit(request).await;
+    assert_eq!((status, again.reused), (StatusCode::ACCEPTED, false), "a failed run is not the answer to the request");
+    server.wait_for(again.id, |r| r.status.is_finished()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn runs_models_past_the_disk_budget_are_deleted_and_their_records_stay() {
+    // Room for one model of the tiny network.
+    let server = start(|config| config.run_models_budget = 50_000).await;
+    let request = |class: &str| json!({ "kind": "unlearn", "model": "tiny", "class": class, "ssd": { "alpha": 2 } });
+    let (_, first) = server.submit(request("cat")).await;
+    let first = server.wait_for(first.id, |r| r.status.is_finished()).await;
+    assert!(first.has_weights, "{first:?}");
+    let (_, second) = server.submit(request("dog")).await;
+    let second = server.wait_for(second.id, |r| r.status.is_finished()).await;
+    assert!(second.has_weights);
+    let evicted: Run = server.get(&format!("/api/runs/{}", first.id)).await;
+    assert_eq!((evicted.status, evicted.has_weights, evicted.result.is_some()), (RunStatus::Succeeded, false, true), "the record stays");
+    assert_error(&server.send(Call::new(Method::GET, &format!("/api/runs/{}/weights", first.id))).await, StatusCode::GONE, "disk use");
+    assert_eq!(server.send(Call::new(Method::GET, &format!("/api/runs/{}/weights", second.id))).await.0, StatusCode::OK);
+    let (status, again) = server.submit(request("cat")).await;
+    assert_eq!((status, again.reused), (StatusCode::ACCEPTED, false), "asking again makes the model again");
+    server.wait_for(again.id, |r| r.status.is_finished()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn protocol_abuse_gets_json_errors_before_any_body_is_read() {
+    let server = start(|config| {
+        config.public = true;
+        config.token = Some("s3cret".into());
+    })
+    .await;
+    // A declared length over the limit is refused on the header alone.
+    let huge = Call::new(Method::POST, "/api/runs").header(header::CONTENT_TYPE, "application/json").header(header::CONTENT_LENGTH, "10737418240");
+    assert_error(&server.send(huge).await, StatusCode::PAYLOAD_TOO_LARGE, "too large");
+    // An anonymous upload is refused before its body is read: this one never ends.
+    let mut upload = Call::new(Method::POST, "/api/models/import?name=evil");
+    upload.body = Body::from_stream(futures_util::stream::pending::<Result<Bytes, std::io::Error>>());
+    let answer = tokio::time::timeout(Duration::from_secs(10), server.send(upload)).await.expect("answered without the body");
+    assert_error(&answer, StatusCode::UNAUTHORIZED, "importing a model");
+    for (method, uri) in
+        [(Method::PUT, "/api/runs"), (Method::PATCH, "/api/health"), (Method::CONNECT, "/"), (Method::POST, "/index.html"), (Method::DELETE, "/")]
+    {
+        assert_error(&server.send(Call::new(method, uri)).await, StatusCode::METHOD_NOT_ALLOWED, "not allowed");
+    }
+    let long = format!("/api/runs?before={}", "9".repeat(10_000));
+    assert_error(&server.send(Call::new(Method::GET, &long)).await, StatusCode::URI_TOO_LONG, "at most 8192");
 }

@@ -5,7 +5,7 @@ use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
 use burn::tensor::backend::AutodiffBackend;
-use unlearn_shared::api::{ProgressEvent, RunRequest, RunResult, RunStatus, Subsample};
+use unlearn_shared::api::{ProgressEvent, RunId, RunRequest, RunResult, RunStatus, Subsample};
 
 use super::catalog::Download;
 use super::jobs::{Job, LiveRun, WorkerInfo};
@@ -16,6 +16,7 @@ use crate::engine::progress::Progress;
 use crate::storage::files::write_atomic;
 use crate::storage::history::Outcome;
 use crate::storage::model_file::ModelFile;
+use crate::storage::retention;
 
 pub(crate) struct Worker {
     pub(crate) state: Arc<AppState>,
@@ -62,8 +63,10 @@ impl Workload for Worker {
 
 fn run_job<B: AutodiffBackend>(state: &AppState, executor: &mut Executor<B>, job: Job) {
     let started = Instant::now();
-    if let Err(error) = state.history.start(job.id) {
-        tracing::error!(run = job.id, %error, "recording the start failed");
+    match state.history.start(job.id) {
+        Ok(true) => {}
+        Ok(false) => return, // Cancelled between the queue and here; the cancel recorded it.
+        Err(error) => tracing::error!(run = job.id, %error, "recording the start failed"),
     }
     job.live.set_status(RunStatus::Running);
     let options = RunOptions { train_out: state.config.run_dir(job.id).join("model.safetensors"), train_start: TrainStart::Fresh, retrained_dir: None };
@@ -77,12 +80,16 @@ fn run_job<B: AutodiffBackend>(state: &AppState, executor: &mut Executor<B>, job
             Outcome { status: RunStatus::Failed, result: None, error: Some(error), weights_etag: None }
         }
     };
-    if let Err(error) = state.history.finish(job.id, &outcome) {
-        tracing::error!(run = job.id, %error, "recording the end failed");
-    }
-    let seconds = (outcome.status == RunStatus::Succeeded).then(|| started.elapsed().as_secs_f64());
-    tracing::info!(run = job.id, kind = job.request.kind(), status = outcome.status.as_str(), seconds = started.elapsed().as_secs_f64(), "run ended");
-    state.jobs.finished(job.id, outcome.status, seconds);
+    let status = match state.history.finish(job.id, outcome) {
+        Ok(status) => status,
+        Err(error) => {
+            tracing::error!(run = job.id, %error, "recording the end failed");
+            RunStatus::Failed
+        }
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    tracing::info!(run = job.id, kind = job.request.kind(), status = status.as_str(), seconds, "run ended");
+    state.jobs.finished(job.id, status, Some(seconds));
 }
 
 /// Keeps what the run made: an unlearned model for the browser, a trained model among the
@@ -95,10 +102,22 @@ fn keep(state: &AppState, job: &Job, options: &RunOptions, executed: Executed) -
     Ok((executed.result, etag))
 }
 
-/// The unlearned model in the browser's format, beside the run history.
-fn save_run_weights(state: &AppState, id: i64, model: &ModelFile) -> Result<String, RunError> {
+/// The unlearned model in the browser's format, beside the run history; older runs' models
+/// are deleted past the disk budget (their records stay).
+fn save_run_weights(state: &AppState, id: RunId, model: &ModelFile) -> Result<String, RunError> {
     let download = Download::new(model.browser_weights());
     let path = state.config.run_weights_path(id);
-    write_atomic(&path, &download.bytes).map_err(|source| crate::storage::model_file::ModelFileError::Io { path, source })?;
+    write_atomic(&path, &download.bytes).map_err(|source| crate::storage::model_file::ModelFileError::Io { path: path.clone(), source })?;
+    let budget = state.config.run_models_budget.saturating_sub(download.bytes.len() as u64);
+    let others = retention::files(&state.config.runs_dir(), |name| name.ends_with(".safetensors")).into_iter().filter(|f| f.path != path);
+    for file in retention::over_budget(others.collect(), budget) {
+        let Some(old) = file.path.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse::<RunId>().ok()) else { continue };
+        // The record first: a model it no longer lists is never served half-deleted.
+        match state.history.remove_weights(old).map(|()| std::fs::remove_file(&file.path)) {
+            Ok(Ok(())) => tracing::info!(run = old, budget_mib = state.config.run_models_budget >> 20, "deleted a run's model to stay within the budget"),
+            Ok(Err(error)) => tracing::warn!(run = old, %error, "could not delete a run's model"),
+            Err(error) => tracing::warn!(run = old, %error, "could not record the deletion of a run's model"),
+        }
+    }
     Ok(download.etag)
 }

@@ -13,7 +13,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
-use super::catalog::Download;
 use super::error::ApiError;
 use super::{AppState, UPLOAD_LIMIT};
 
@@ -31,16 +30,17 @@ pub(crate) fn api() -> Router<Arc<AppState>> {
         .route("/samples", get(samples::list))
         .route("/samples/{index}", get(samples::image))
         .fallback(|| async { ApiError::NotFound("no such API endpoint; GET /api/openapi.json lists them".into()) })
+        .method_not_allowed_fallback(|method: axum::http::Method| async move { ApiError::MethodNotAllowed(method) })
 }
 
-/// Answers with `download`, or 304 when the client holds this version.
-fn send(download: &Download, request_headers: &HeaderMap, cache_control: &'static str) -> Response {
-    let etag = HeaderValue::from_str(&download.etag).expect("hex ETag");
+/// Answers with `body`, the version `etag` of a file, or 304 when the client holds it.
+fn send(etag: &str, body: axum::body::Body, request_headers: &HeaderMap, cache_control: &'static str) -> Response {
+    let etag = HeaderValue::from_str(etag).expect("hex ETag");
     let cached = request_headers.get(header::IF_NONE_MATCH).is_some_and(|given| given == etag);
     let headers = [(header::ETAG, etag), (header::CACHE_CONTROL, HeaderValue::from_static(cache_control))];
     if cached {
         return (StatusCode::NOT_MODIFIED, headers).into_response();
     }
     let content_type = [(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"))];
-    (headers, content_type, download.bytes.clone()).into_response()
+    (headers, content_type, body).into_response()
 }

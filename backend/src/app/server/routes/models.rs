@@ -10,7 +10,7 @@ use unlearn_shared::api::ModelInfo;
 use super::send;
 use crate::app::server::error::ApiError;
 use crate::app::server::extract::{Body, Path, Query};
-use crate::app::server::guard::Caller;
+use crate::app::server::guard::{Authorized, ImportModel};
 use crate::app::server::AppState;
 use crate::storage::model_store::ModelStoreError;
 
@@ -27,11 +27,10 @@ pub(crate) struct ImportQuery {
 /// The body is the safetensors file itself.
 pub(crate) async fn import(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
+    _: Authorized<ImportModel>,
     Query(query): Query<ImportQuery>,
     Body(body): Body,
 ) -> Result<(StatusCode, Json<ModelInfo>), ApiError> {
-    caller.require("importing a model")?;
     let info =
         tokio::task::spawn_blocking(move || state.workspace.models.import(&query.name, &body)).await.map_err(ApiError::internal)?.map_err(
             |error| match error {
@@ -52,5 +51,6 @@ pub(crate) async fn weights(State(state): State<Arc<AppState>>, Path(id): Path<S
         .map_err(ApiError::internal)?
         .map_err(ApiError::internal)?;
     // A model id can be re-imported with other weights, so clients revalidate.
-    Ok(send(&download, &headers, "no-cache"))
+    // The copy is made once and shared, so slow readers hold no memory of their own.
+    Ok(send(&download.etag, download.bytes.clone().into(), &headers, "no-cache"))
 }

@@ -11,12 +11,12 @@ use serde::Deserialize;
 use unlearn_shared::api::{Run, RunAccepted, RunEvent, RunId, RunPage, RunRequest};
 
 use super::send;
-use crate::app::server::catalog::Download;
 use crate::app::server::error::ApiError;
 use crate::app::server::extract::{Json, Path, Query};
 use crate::app::server::guard::Caller;
 use crate::app::server::jobs::LiveState;
 use crate::app::server::AppState;
+use crate::storage::history::RunWeights;
 
 const MAX_PAGE: usize = 100;
 
@@ -108,12 +108,26 @@ fn to_sse(event: &RunEvent) -> Event {
 
 pub(crate) async fn weights(State(state): State<Arc<AppState>>, Path(id): Path<RunId>, headers: HeaderMap) -> Result<Response, ApiError> {
     let run = state.run(id)?;
-    let etag = state
-        .history
-        .weights_etag(id)?
-        .ok_or_else(|| ApiError::NotFound(format!("run {id} has no unlearned model (a {} run, status {})", run.request.kind(), run.status.as_str())))?;
+    let etag = match state.history.weights(id)? {
+        RunWeights::Kept { etag } => etag,
+        RunWeights::Removed => {
+            return Err(ApiError::Gone(format!(
+                "the unlearned model of run {id} was deleted to keep this server's disk use within its budget; its record stays, and POSTing the same request makes the model again"
+            )))
+        }
+        RunWeights::None => {
+            return Err(ApiError::NotFound(format!("run {id} has no unlearned model (a {} run, status {})", run.request.kind(), run.status.as_str())))
+        }
+    };
     let path = state.config.run_weights_path(id);
-    let bytes = tokio::fs::read(&path).await.map_err(|e| ApiError::internal(format!("{}: {e}", path.display())))?;
-    // A run's model never changes.
-    Ok(send(&Download { bytes: bytes.into(), etag }, &headers, "public, max-age=31536000, immutable"))
+    crate::storage::retention::touch(&path);
+    let file = tokio::fs::File::open(&path).await.map_err(|e| ApiError::internal(format!("{}: {e}", path.display())))?;
+    let length = file.metadata().await.map_err(|e| ApiError::internal(format!("{}: {e}", path.display())))?.len();
+    // Streamed: a slow reader holds a buffer, not the file. A run's model never changes.
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    let mut response = send(&etag, body, &headers, "public, max-age=31536000, immutable");
+    if response.status() == StatusCode::OK {
+        response.headers_mut().insert(header::CONTENT_LENGTH, length.into());
+    }
+    Ok(response)
 }
