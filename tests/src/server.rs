@@ -61,6 +61,16 @@ impl Server {
         (status, serde_json::from_str(&body).unwrap())
     }
 
+    /// `host:port`, for raw connections.
+    pub fn addr(&self) -> &str {
+        self.url.trim_start_matches("http://")
+    }
+
+    /// Whether the process is still up.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("process status").is_none()
+    }
+
     pub fn run(&self, id: i64) -> Run {
         serde_json::from_value(self.get(&format!("/api/runs/{id}"))).unwrap()
     }

@@ -58,6 +58,12 @@ pub(crate) fn remove_partials(dir: &Path) {
     }
 }
 
+/// Bytes an unprivileged process may still write on the file system holding `dir`.
+pub(crate) fn free_space(dir: &Path) -> std::io::Result<u64> {
+    let stats = rustix::fs::statvfs(dir)?;
+    Ok(stats.f_bavail.saturating_mul(stats.f_frsize))
+}
+
 /// Lower-case hex sha256 of `bytes`.
 pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()

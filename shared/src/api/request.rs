@@ -62,17 +62,27 @@ impl FromStr for ClassId {
 
 impl<'de> Deserialize<'de> for ClassId {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Given {
-            Number(u64),
-            Name(String),
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = ClassId;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a class number 0-9 or a class name")
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<ClassId, E> {
+                usize::try_from(n).ok().and_then(ClassId::new).ok_or_else(|| E::custom(unknown_class(&n.to_string())))
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<ClassId, E> {
+                u64::try_from(n).map_err(|_| E::custom(unknown_class(&n.to_string()))).and_then(|n| self.visit_u64(n))
+            }
+            fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<ClassId, E> {
+                Err(E::custom(unknown_class(&n.to_string())))
+            }
+            fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<ClassId, E> {
+                class_from_str(name).map(ClassId).ok_or_else(|| E::custom(unknown_class(&format!("'{name}'"))))
+            }
         }
-        let unknown = |given: String| serde::de::Error::custom(unknown_class(&given));
-        match Given::deserialize(deserializer)? {
-            Given::Number(n) => usize::try_from(n).ok().and_then(Self::new).ok_or_else(|| unknown(n.to_string())),
-            Given::Name(name) => class_from_str(&name).map(Self).ok_or_else(|| unknown(format!("'{name}'"))),
-        }
+        deserializer.deserialize_any(Visitor)
     }
 }
 
@@ -234,6 +244,9 @@ mod tests {
         assert_eq!(parse("\"dog\"").unwrap().index(), 5);
         assert!(parse("10").unwrap_err().to_string().contains("unknown class 10"));
         assert!(parse("\"zebra\"").unwrap_err().to_string().contains("unknown class 'zebra'"));
+        assert!(parse("-1").unwrap_err().to_string().contains("unknown class -1; use 0-9"));
+        assert!(parse("1e30").unwrap_err().to_string().contains("unknown class 1000000000000000000000000000000; use 0-9"));
+        assert!(parse("[]").unwrap_err().to_string().contains("a class number 0-9 or a class name"));
         assert_eq!(serde_json::to_string(&ClassId::new(3).unwrap()).unwrap(), "3");
         assert_eq!("Dog".parse::<ClassId>().unwrap().index(), 5);
         assert!("11".parse::<ClassId>().unwrap_err().contains("unknown class '11'"));

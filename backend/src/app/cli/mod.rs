@@ -211,12 +211,19 @@ struct ServeArgs {
     /// it, and their runs keep their records.
     #[arg(long, default_value_t = 2048)]
     run_models_mib: u64,
+    /// Free disk space kept in reserve (MiB): below it, new runs are refused with 507.
+    #[arg(long, default_value_t = 512)]
+    min_free_disk_mib: u64,
     /// Open connections in all; more are closed at once.
     #[arg(long, default_value_t = ConnectionLimits::default().total)]
     max_connections: usize,
     /// Open connections from one client address (an IPv6 /64 counts as one).
     #[arg(long, default_value_t = ConnectionLimits::default().per_client)]
     max_client_connections: usize,
+    /// Seconds a client has to send a request's headers, or a JSON body; idle connections
+    /// are closed after it too.
+    #[arg(long, default_value_t = ConnectionLimits::default().read_timeout.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    read_timeout_secs: u64,
 }
 
 pub(crate) fn main() -> Result<()> {
@@ -354,8 +361,13 @@ fn serve(cli: &Cli, args: &ServeArgs, workspace: Workspace) -> Result<()> {
         queue_capacity: args.queue as usize,
         rate_limit: args.rate_limit,
         subsample: if args.full_sets { Some(Subsample::default()) } else { Some(args.subsample).filter(|s| !s.is_full()) },
-        connections: ConnectionLimits { total: args.max_connections, per_client: args.max_client_connections, ..ConnectionLimits::default() },
+        connections: ConnectionLimits {
+            total: args.max_connections,
+            per_client: args.max_client_connections,
+            read_timeout: std::time::Duration::from_secs(args.read_timeout_secs),
+        },
         run_models_budget: args.run_models_mib << 20,
+        min_free_disk: args.min_free_disk_mib << 20,
     };
     if workspace.models.list().is_empty() {
         tracing::warn!(

@@ -40,6 +40,8 @@ pub(crate) enum ApiError {
     RateLimited { retry_after: Duration },
     #[error("starting")]
     Starting,
+    #[error("disk full")]
+    DiskFull { free: u64, reserve: u64 },
     /// Our fault, not the client's; the detail goes to the log too.
     #[error("internal error")]
     Internal(String),
@@ -69,6 +71,7 @@ impl ApiError {
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::QueueFull { .. } | Self::ClientBusy { .. } | Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Starting => StatusCode::SERVICE_UNAVAILABLE,
+            Self::DiskFull { .. } => StatusCode::INSUFFICIENT_STORAGE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -88,6 +91,11 @@ impl ApiError {
             ),
             Self::RateLimited { retry_after } => format!("too many requests from this client; try again in {} s", seconds(*retry_after)),
             Self::Starting => "the worker is still starting its device; try again shortly".into(),
+            Self::DiskFull { free, reserve } => format!(
+                "the server's disk has {} MiB free, less than the {} MiB it keeps in reserve; new runs are refused until space is freed",
+                free >> 20,
+                reserve >> 20
+            ),
         }
     }
 }

@@ -18,8 +18,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
-        let read = tokio::time::timeout(JSON_BODY_TIMEOUT, axum::Json::<T>::from_request(request, state));
-        match read.await.map_err(|_| body_timeout(JSON_BODY_TIMEOUT))? {
+        let deadline = request.extensions().get::<BodyDeadline>().map_or(Duration::from_secs(10), |d| d.json);
+        let read = tokio::time::timeout(deadline, axum::Json::<T>::from_request(request, state));
+        match read.await.map_err(|_| body_timeout(deadline))? {
             Ok(axum::Json(value)) => Ok(Self(value)),
             Err(rejection) => {
                 Err(body_error(rejection.status()).unwrap_or_else(|| ApiError::Malformed { status: rejection.status(), detail: json_detail(&rejection) }))
@@ -47,9 +48,14 @@ fn body_error(status: StatusCode) -> Option<ApiError> {
     (status == StatusCode::PAYLOAD_TOO_LARGE).then(ApiError::body_too_large)
 }
 
-/// A body must arrive within this time (a JSON body is at most 64 KiB), or the request is
-/// dropped, so that stalled bodies cannot hold connections.
-const JSON_BODY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a body may take to arrive, so that stalled bodies cannot hold connections. The
+/// router puts it in every request's extensions.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BodyDeadline {
+    /// For JSON bodies (at most 64 KiB).
+    pub(crate) json: Duration,
+}
+
 /// Model uploads are larger, and need the token.
 const UPLOAD_BODY_TIMEOUT: Duration = Duration::from_secs(600);
 

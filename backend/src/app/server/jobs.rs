@@ -76,8 +76,18 @@ pub(crate) struct Jobs {
     /// Places each client with a quota holds: reserved, queued or running.
     clients: Mutex<HashMap<String, usize>>,
     worker: OnceLock<WorkerInfo>,
+    /// Ends the history could not store, kept until the process stops (the next start marks
+    /// such runs interrupted).
+    unrecorded: Mutex<HashMap<RunId, Unrecorded>>,
     /// A moving average of how long runs take: what a Retry-After is based on.
     mean_run_s: Mutex<f64>,
+}
+
+/// A run's end that the history failed to store.
+#[derive(Debug, Clone)]
+pub(crate) struct Unrecorded {
+    pub(crate) status: RunStatus,
+    pub(crate) error: String,
 }
 
 /// How many places in the queue one client may hold at once.
@@ -135,6 +145,7 @@ impl Jobs {
             live: Mutex::default(),
             clients: Mutex::default(),
             worker: OnceLock::new(),
+            unrecorded: Mutex::default(),
             mean_run_s: Mutex::new(10.0),
         };
         (jobs, receiver)
@@ -210,6 +221,15 @@ impl Jobs {
         let live = self.live(id)?;
         live.cancel.store(true, Ordering::Relaxed);
         Some(live)
+    }
+
+    /// The history could not store how run `id` ended; remember it instead.
+    pub(crate) fn remember_unrecorded(&self, id: RunId, end: Unrecorded) {
+        self.unrecorded.lock().expect("unrecorded lock").insert(id, end);
+    }
+
+    pub(crate) fn unrecorded(&self, id: RunId) -> Option<Unrecorded> {
+        self.unrecorded.lock().expect("unrecorded lock").get(&id).cloned()
     }
 
     /// The run's end is stored: announce it and forget the live state.

@@ -6,7 +6,7 @@ use super::error::ApiError;
 use super::guard::Caller;
 use super::jobs::{ClientQuota, Refusal};
 use super::{policy, AppState};
-use crate::storage::files::sha256_hex;
+use crate::storage::files::{free_space, sha256_hex};
 use crate::storage::history::{Admission, HistoryError};
 
 impl From<HistoryError> for ApiError {
@@ -47,6 +47,10 @@ impl AppState {
         if let Some((id, status)) = self.history.reusable(&key)? {
             return Ok(RunAccepted { id, status, reused: true });
         }
+        let free = free_space(&self.config.data_dir).map_err(|e| ApiError::internal(format!("{}: {e}", self.config.data_dir.display())))?;
+        if free < self.config.min_free_disk {
+            return Err(ApiError::DiskFull { free, reserve: self.config.min_free_disk });
+        }
         let quota = if caller.authorized { ClientQuota::Unlimited } else { ClientQuota::AtMost(policy::ANONYMOUS_LIVE_RUNS) };
         let reservation = self.jobs.reserve(&caller.client, quota).map_err(|refusal| match refusal {
             Refusal::QueueFull { retry_after } => ApiError::QueueFull { retry_after },
@@ -64,6 +68,11 @@ impl AppState {
     /// The stored run, with its live progress while it is under way.
     pub(crate) fn run(&self, id: RunId) -> Result<Run, ApiError> {
         let mut run = self.history.get(id)?.ok_or(ApiError::UnknownRun(id))?;
+        if let Some(unrecorded) = self.jobs.unrecorded(id).filter(|_| !run.status.is_finished()) {
+            // The history could not store the end (a full disk, say); memory says it.
+            run.status = unrecorded.status;
+            run.error = Some(unrecorded.error);
+        }
         if let Some(live) = self.jobs.live(id) {
             let state = live.snapshot();
             if !run.status.is_finished() {

@@ -1,6 +1,6 @@
 //! Accepting connections: a cap on open connections in all and per client address, and a
 //! deadline for a request's headers, so that stalled or half-sent requests cannot hold the
-//! server. (Bodies have their own deadline where they are read, in `extract`.)
+//! server. (JSON bodies get the same deadline where they are read, in `extract`.)
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -20,13 +20,14 @@ use super::guard::client_key;
 pub(crate) struct ConnectionLimits {
     pub(crate) total: usize,
     pub(crate) per_client: usize,
-    /// Time a client has to send a request's headers, once it starts one.
-    pub(crate) header_timeout: Duration,
+    /// Time a client has to send a request's headers (idle connections included), and a
+    /// JSON body.
+    pub(crate) read_timeout: Duration,
 }
 
 impl Default for ConnectionLimits {
     fn default() -> Self {
-        Self { total: 1024, per_client: 64, header_timeout: Duration::from_secs(10) }
+        Self { total: 1024, per_client: 64, read_timeout: Duration::from_secs(10) }
     }
 }
 
@@ -99,7 +100,7 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, app: Router, limits
                 app.clone().oneshot(request)
             });
             let mut http = hyper::server::conn::http1::Builder::new();
-            http.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
+            http.timer(TokioTimer::new()).header_read_timeout(limits.read_timeout);
             if let Err(error) = http.serve_connection(TokioIo::new(stream), service).await {
                 tracing::debug!(%error, client = %peer, "connection ended with an error");
             }
@@ -114,7 +115,7 @@ mod tests {
 
     #[test]
     fn places_are_capped_per_client_and_in_all_and_freed_on_drop() {
-        let open = Arc::new(Open { limits: ConnectionLimits { total: 3, per_client: 2, header_timeout: Duration::from_secs(1) }, by_client: Mutex::default() });
+        let open = Arc::new(Open { limits: ConnectionLimits { total: 3, per_client: 2, read_timeout: Duration::from_secs(1) }, by_client: Mutex::default() });
         let (a, b, c): (IpAddr, IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap(), "10.0.0.3".parse().unwrap());
         let first = open.admit(a).expect("a's first");
         let _second = open.admit(a).expect("a's second");

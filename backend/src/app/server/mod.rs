@@ -56,6 +56,8 @@ pub(crate) struct ServerConfig {
     pub(crate) connections: ConnectionLimits,
     /// Disk space the unlearned models of runs may take; the oldest are deleted past it.
     pub(crate) run_models_budget: u64,
+    /// Free disk space kept in reserve: below it, new runs are refused with 507.
+    pub(crate) min_free_disk: u64,
 }
 
 /// Largest JSON body accepted.
@@ -94,6 +96,7 @@ pub(crate) struct AppState {
 pub(crate) fn start(config: ServerConfig, workspace: Workspace, device: DeviceChoice) -> anyhow::Result<Arc<AppState>> {
     let runs = config.runs_dir();
     std::fs::create_dir_all(&runs).with_context(|| format!("creating {}", runs.display()))?;
+    crate::storage::files::remove_partials(&runs);
     let history = History::open(&config.data_dir.join("runs.sqlite"))?;
     let (jobs, receiver) = Jobs::new(config.queue_capacity);
     let limiter = guard::RateLimiter::new(config.rate_limit);
@@ -109,9 +112,11 @@ pub(crate) fn start(config: ServerConfig, workspace: Workspace, device: DeviceCh
 }
 
 pub(crate) fn router(state: Arc<AppState>) -> Router {
+    let deadline = extract::BodyDeadline { json: state.config.connections.read_timeout };
     Router::new()
         .nest("/api", routes::api())
         .fallback(ui)
+        .layer(axum::Extension(deadline))
         .layer(axum::middleware::from_fn(guard::declared_length))
         .layer(axum::middleware::from_fn_with_state(state.clone(), guard::rate_limit))
         .layer(axum::middleware::from_fn(uri_length))

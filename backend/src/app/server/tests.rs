@@ -41,6 +41,7 @@ fn config(dir: &std::path::Path) -> ServerConfig {
         subsample: Some(Subsample { forget: Some(32), full: Some(64), test: Some(50) }),
         connections: super::ConnectionLimits::default(),
         run_models_budget: 1 << 30,
+        min_free_disk: 0,
     }
 }
 
@@ -531,4 +532,13 @@ async fn protocol_abuse_gets_json_errors_before_any_body_is_read() {
     }
     let long = format!("/api/runs?before={}", "9".repeat(10_000));
     assert_error(&server.send(Call::new(Method::GET, &long)).await, StatusCode::URI_TOO_LONG, "at most 8192");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_refuses_new_runs_with_507_and_keeps_answering_reads() {
+    // No disk has this much free.
+    let server = start(|config| config.min_free_disk = u64::MAX).await;
+    assert_error(&server.send(post_run(json!({ "kind": "eval", "model": "tiny" }))).await, StatusCode::INSUFFICIENT_STORAGE, "keeps in reserve");
+    assert!(server.get::<RunPage>("/api/runs").await.runs.is_empty());
+    assert_eq!(server.get::<Health>("/api/health").await.queue_length, 0);
 }

@@ -8,7 +8,7 @@ use burn::tensor::backend::AutodiffBackend;
 use unlearn_shared::api::{ProgressEvent, RunId, RunRequest, RunResult, RunStatus, Subsample};
 
 use super::catalog::Download;
-use super::jobs::{Job, LiveRun, WorkerInfo};
+use super::jobs::{Job, LiveRun, Unrecorded, WorkerInfo};
 use super::AppState;
 use crate::app::executor::{Executed, Executor, RunError, RunOptions, TrainStart};
 use crate::engine::device::{Device, Workload};
@@ -84,6 +84,8 @@ fn run_job<B: AutodiffBackend>(state: &AppState, executor: &mut Executor<B>, job
         Ok(status) => status,
         Err(error) => {
             tracing::error!(run = job.id, %error, "recording the end failed");
+            let error = format!("the run ended, but the server could not record how: {error}");
+            state.jobs.remember_unrecorded(job.id, Unrecorded { status: RunStatus::Failed, error });
             RunStatus::Failed
         }
     };
