@@ -128,10 +128,16 @@ impl ModelStore {
 }
 
 /// A foreign checkpoint, checked, with the workbench's metadata: `source` says in words where
-/// it came from, and `bytes` are its contents, whose digest the provenance records.
+/// it came from, and `bytes` are its contents, whose digest the provenance records. An
+/// accuracy in its metadata is a claim that nobody here measured: it is kept in the
+/// provenance as a claim, and the model is listed without an accuracy until one is measured.
 pub(crate) fn imported(file: ModelFile, source: &str, bytes: &[u8]) -> Result<ModelFile, ModelStoreError> {
     file.check().map_err(|e| ModelStoreError::NotAModel(source.to_owned(), e.to_string()))?;
-    let meta = ModelMeta { provenance: format!("{source} (sha256 {})", sha256_hex(bytes)), test_accuracy: file.meta.test_accuracy, training: None };
+    let claim = match file.meta.test_accuracy {
+        Some(claimed) if (0.0..=100.0).contains(&claimed) => format!("; its metadata claims {claimed} % test accuracy, not measured here"),
+        _ => String::new(),
+    };
+    let meta = ModelMeta { provenance: format!("{source} (sha256 {}){claim}", sha256_hex(bytes)), test_accuracy: None, training: None };
     Ok(ModelFile { meta, weights: file.weights, optimizer: Default::default() })
 }
 
@@ -182,4 +188,29 @@ fn load(path: &Path, id: &str) -> Result<StoredModel, ModelStoreError> {
         digest: file.digest(),
     };
     Ok(StoredModel { info, path: path.to_owned() })
+}
+
+#[cfg(test)]
+mod tests {
+    use unlearn_shared::model::{weights, ResNetConfig};
+
+    use super::*;
+
+    #[test]
+    fn an_uploaded_accuracy_is_a_claim_not_a_measurement() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ModelStore::open(&dir.path().join("models"), &dir.path().join("none")).unwrap();
+        let model = ResNetConfig::new().with_width(4).init::<burn::backend::Flex>(&Default::default());
+        for (id, claimed, says) in [("perfect", 100.0, Some("claims 100 % test accuracy, not measured here")), ("absurd", -1e308, None)] {
+            let meta = ModelMeta { provenance: "trust me".into(), test_accuracy: Some(claimed), training: None };
+            let bytes = ModelFile { meta, weights: weights::export(&model), optimizer: Default::default() }.to_bytes();
+            let info = store.import(id, &bytes).unwrap();
+            assert_eq!(info.test_accuracy, None, "{info:?}");
+            assert_eq!(store.list().iter().find(|m| m.id == id).unwrap().test_accuracy, None);
+            match says {
+                Some(text) => assert!(info.provenance.contains(text), "{}", info.provenance),
+                None => assert!(!info.provenance.contains("claims"), "{}", info.provenance),
+            }
+        }
+    }
 }

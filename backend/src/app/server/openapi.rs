@@ -58,7 +58,7 @@ pub(crate) fn document() -> Value {
                 "responses": with_errors(json!({ "200": ok("A page of runs (results left out)", schema::<RunPage>(&mut generator)) })),
             },
             "post": {
-                "summary": "Start a run (train needs the token in public mode)",
+                "summary": "Start a run. In public mode, train and sweep need the token, and requests without it are held to the server's default subsample, a preset's importance settings and two live runs per client (429); 507 while the disk is below its reserve",
                 "requestBody": { "required": true, "content": json_body(schema::<RunRequest>(&mut generator))["content"].clone() },
                 "responses": with_errors(json!({
                     "202": ok("Queued", schema::<RunAccepted>(&mut generator)),
@@ -76,9 +76,9 @@ pub(crate) fn document() -> Value {
             "responses": with_errors(json!({ "200": { "description": "An event stream", "content": { "text/event-stream": { "schema": { "type": "string" } } } } })),
         } },
         "/api/runs/{id}/weights": { "get": {
-            "summary": "The unlearned model of an unlearn run",
+            "summary": "The unlearned model of an unlearn run; 410 once the server's disk budget deleted it (the run's record stays)",
             "parameters": [run_id],
-            "responses": with_errors(json!({ "200": binary, "304": { "description": "Not modified" } })),
+            "responses": with_errors(json!({ "200": binary, "304": { "description": "Not modified" }, "410": error })),
         } },
         "/api/samples": { "get": {
             "summary": "Test images for the gallery",

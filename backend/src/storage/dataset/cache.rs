@@ -98,11 +98,21 @@ pub(super) fn load(data_dir: &Path) -> Result<Cifar10, DataError> {
     Ok(Cifar10 { train: load_part(&dir, &manifest, Part::Train)?, test: load_part(&dir, &manifest, Part::Test)? })
 }
 
-/// Returns the dataset, building the cache from `source` first unless a valid one exists.
+/// Returns the dataset, building the cache from `source` first unless a valid one exists. A
+/// damaged cache is named in the log, rebuilt, and named again if rebuilding fails.
 pub(crate) fn prepare(data_dir: &Path, source: &Source) -> Result<Cifar10, DataError> {
-    if let Ok(data) = load(data_dir) {
-        return Ok(data);
+    let damage = match load(data_dir) {
+        Ok(data) => return Ok(data),
+        Err(error) => error,
+    };
+    if !cache_dir(data_dir).join("manifest.json").exists() {
+        return build(data_dir, source);
     }
+    tracing::warn!(%damage, "the cached CIFAR-10 is damaged; rebuilding it");
+    build(data_dir, source).map_err(|error| DataError::Rebuild { damage: Box::new(damage), error: Box::new(error) })
+}
+
+fn build(data_dir: &Path, source: &Source) -> Result<Cifar10, DataError> {
     let dir = cache_dir(data_dir);
     std::fs::create_dir_all(&dir).map_err(|e| DataError::file(&dir, e.to_string()))?;
     let data = match source {
@@ -113,6 +123,7 @@ pub(crate) fn prepare(data_dir: &Path, source: &Source) -> Result<Cifar10, DataE
     let path = dir.join("manifest.json");
     let text = serde_json::to_string_pretty(&manifest).expect("manifest serialises");
     write_atomic(&path, text.as_bytes()).map_err(|e| DataError::file(&path, e.to_string()))?;
+    tracing::info!(folder = %dir.display(), "CIFAR-10 decoded, verified and cached");
     Ok(data)
 }
 

