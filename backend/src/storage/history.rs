@@ -102,6 +102,13 @@ impl History {
         self.connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Holds the history busy for `duration`, as a slow disk or a long write would.
+    #[cfg(test)]
+    pub(crate) fn hold_busy(&self, duration: std::time::Duration) {
+        let _held = self.connection();
+        std::thread::sleep(duration);
+    }
+
     /// The run that answers this request: the newest with its key that is under way or
     /// succeeded (and still has what it made), or else a new queued one. One transaction, so
     /// identical concurrent requests get one run.

@@ -286,7 +286,7 @@ mod tests {
         assert!(validate(r#"{"kind":"unlearn","class":0,"ssd":{"importance_batch":2000}}"#).unwrap_err().contains("at most 512"));
         assert!(validate(r#"{"kind":"eval","test_limit":0}"#).unwrap_err().contains("at least 1"));
         assert!(validate(r#"{"kind":"train","name":"../x"}"#).unwrap_err().contains("model name"));
-        assert!(validate(r#"{"kind":"train","name":"tiny","recipe":{"epochs":0}}"#).unwrap_err().contains("at least 1"));
+        assert!(validate(r#"{"kind":"train","name":"tiny","recipe":{"epochs":0}}"#).unwrap_err().contains("epochs must be in 1..=200"));
         assert!(validate(r#"{"kind":"train","name":"tiny","recipe":{"epochs":1}}"#).is_ok());
     }
 }

@@ -132,7 +132,7 @@ mod tests {
             change(&mut recipe);
             recipe.validate()
         };
-        assert!(with(|r| r.epochs = 0).unwrap_err().contains("at least 1"));
+        assert!(with(|r| r.epochs = 0).unwrap_err().contains("epochs must be in 1..=200"));
         assert!(with(|r| r.test_limit = Some(0)).unwrap_err().contains("test_limit"));
         assert!(with(|r| r.batch_size = 513).unwrap_err().contains("batch_size may be at most 512"));
         assert!(with(|r| r.width = 1000).unwrap_err().contains("width"));

@@ -542,3 +542,41 @@ async fn a_full_disk_refuses_new_runs_with_507_and_keeps_answering_reads() {
     assert!(server.get::<RunPage>("/api/runs").await.runs.is_empty());
     assert_eq!(server.get::<Health>("/api/health").await.queue_length, 0);
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_busy_history_does_not_stall_requests_that_do_not_need_it() {
+    let server = start(|_| {}).await;
+    let state = server.state.clone();
+    let busy = std::thread::spawn(move || state.history.hold_busy(Duration::from_millis(1500)));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // On one runtime thread: the run lookup waits for the history, health must not.
+    let lookup = server.send(Call::new(Method::GET, "/api/runs/1"));
+    let health = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let started = Instant::now();
+        let answer = server.send(Call::new(Method::GET, "/api/health")).await;
+        (answer.0, started.elapsed())
+    };
+    let ((lookup_status, _, _), (health_status, waited)) = tokio::join!(lookup, health);
+    busy.join().unwrap();
+    assert_eq!((lookup_status, health_status), (StatusCode::NOT_FOUND, StatusCode::OK));
+    assert!(waited < Duration::from_millis(500), "health waited {waited:?} behind the history");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_end_the_history_cannot_store_is_reported_from_memory() {
+    let server = start(|_| {}).await;
+    // The history refuses to record ends, as a full disk would.
+    let connection = rusqlite::Connection::open(server.state.config.data_dir.join("runs.sqlite")).unwrap();
+    connection
+        .execute_batch(
+            "CREATE TRIGGER refuse_ends BEFORE UPDATE OF status ON runs WHEN NEW.status NOT IN ('queued', 'running')
+             BEGIN SELECT RAISE(FAIL, 'database or disk is full'); END",
+        )
+        .unwrap();
+    let (_, accepted) = server.submit(json!({ "kind": "eval", "model": "tiny" })).await;
+    let run = server.wait_for(accepted.id, |r| r.status.is_finished()).await;
+    assert_eq!(run.status, RunStatus::Failed, "{run:?}");
+    assert!(run.error.as_deref().unwrap().contains("could not record") && run.error.as_deref().unwrap().contains("disk is full"), "{run:?}");
+    assert_eq!(server.get::<Health>("/api/health").await.queue_length, 0, "the worker moved on");
+}

@@ -32,7 +32,7 @@ pub(crate) async fn list(State(state): State<Arc<AppState>>, Query(query): Query
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(ApiError::Invalid(format!("limit must be between 1 and {MAX_PAGE}, got {limit}")));
     }
-    let mut runs = state.history.page(query.before, limit)?;
+    let mut runs = blocking(&state, move |state| Ok(state.history.page(query.before, limit)?)).await?;
     for run in &mut runs {
         if let Some(live) = state.jobs.live(run.id) {
             run.status = live.status();
@@ -44,24 +44,24 @@ pub(crate) async fn list(State(state): State<Arc<AppState>>, Query(query): Query
 
 /// 202 with a new run; 200 with the identical run that already finished or is under way.
 pub(crate) async fn submit(State(state): State<Arc<AppState>>, caller: Caller, Json(request): Json<RunRequest>) -> Result<Response, ApiError> {
-    let accepted: RunAccepted = state.submit(request, &caller)?;
+    let accepted: RunAccepted = blocking(&state, move |state| state.submit(request, &caller)).await?;
     let status = if accepted.reused { StatusCode::OK } else { StatusCode::ACCEPTED };
     let location = format!("/api/runs/{}", accepted.id);
     Ok((status, [(header::LOCATION, location)], JsonResponse(accepted)).into_response())
 }
 
 pub(crate) async fn get(State(state): State<Arc<AppState>>, Path(id): Path<RunId>) -> Result<JsonResponse<Run>, ApiError> {
-    Ok(JsonResponse(state.run(id)?))
+    Ok(JsonResponse(blocking(&state, move |state| state.run(id)).await?))
 }
 
 pub(crate) async fn cancel(State(state): State<Arc<AppState>>, caller: Caller, Path(id): Path<RunId>) -> Result<JsonResponse<Run>, ApiError> {
-    Ok(JsonResponse(state.cancel(id, &caller)?))
+    Ok(JsonResponse(blocking(&state, move |state| state.cancel(id, &caller)).await?))
 }
 
 /// Status changes and progress while the run is under way, then `done` with the finished
 /// run, then the stream ends. A finished run's stream is just `done`.
 pub(crate) async fn events(State(state): State<Arc<AppState>>, Path(id): Path<RunId>) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let run = state.run(id)?;
+    let run = blocking(&state, move |state| state.run(id)).await?;
     let updates = state.jobs.live(id).filter(|_| !run.status.is_finished()).map(|live| live.subscribe());
     let live_events = stream::unfold((updates, None::<LiveState>), |(updates, last)| async move {
         let mut updates = updates?;
@@ -75,11 +75,18 @@ pub(crate) async fn events(State(state): State<Arc<AppState>>, Path(id): Path<Ru
     })
     .flatten();
     let done = stream::once(async move {
-        let run = state.run(id).unwrap_or(run);
+        let run = blocking(&state, move |state| state.run(id)).await.unwrap_or(run);
         RunEvent::Done(Box::new(run))
     });
     let stream = live_events.chain(done).map(|event| Ok(to_sse(&event)));
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// Runs `work` (SQLite queries and commits, which wait for the disk and for the worker's
+/// writes) on the blocking pool, off the threads that serve every other request.
+async fn blocking<T: Send + 'static>(state: &Arc<AppState>, work: impl FnOnce(&AppState) -> Result<T, ApiError> + Send + 'static) -> Result<T, ApiError> {
+    let state = state.clone();
+    tokio::task::spawn_blocking(move || work(&state)).await.map_err(ApiError::internal)?
 }
 
 /// The events that take a client from `last` to `now`.
@@ -107,8 +114,8 @@ fn to_sse(event: &RunEvent) -> Event {
 }
 
 pub(crate) async fn weights(State(state): State<Arc<AppState>>, Path(id): Path<RunId>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let run = state.run(id)?;
-    let etag = match state.history.weights(id)? {
+    let (run, weights) = blocking(&state, move |state| Ok((state.run(id)?, state.history.weights(id)?))).await?;
+    let etag = match weights {
         RunWeights::Kept { etag } => etag,
         RunWeights::Removed => {
             return Err(ApiError::Gone(format!(
