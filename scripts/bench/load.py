@@ -32,7 +32,9 @@ def is_loopback(host: str) -> bool:
 
 
 def start_server(args) -> tuple[subprocess.Popen, str]:
+    # Every client here is 127.0.0.1: allow them all, or the per-client cap closes the rest.
     command = [args.backend, "--device", "cpu", "--data-dir", args.data_dir, "serve", "--addr", "127.0.0.1:0"]
+    command += ["--max-client-connections", str(max(64, args.clients + 8))]
     command += ["--public", "--rate-limit", str(args.rate_limit)] if args.public else []
     server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env={**os.environ, "RUST_LOG": "warn"})
     banner = server.stdout.readline()
