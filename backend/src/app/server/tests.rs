@@ -343,6 +343,7 @@ async fn public_mode_guards_writes_with_the_token_and_limits_each_client() {
     assert_eq!(summary.epochs.len(), 1);
     let models: Vec<ModelInfo> = server.get("/api/models").await;
     assert!(models.iter().any(|m| m.id == "fresh" && m.width == 4), "the trained model is offered: {models:?}");
+    assert!(!server.state.config.run_dir(run.id).exists(), "the run's folder is gone");
 
     // Another client still has its budget when this one has spent its own.
     let mut limited = None;

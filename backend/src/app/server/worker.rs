@@ -80,6 +80,13 @@ fn run_job<B: AutodiffBackend>(state: &AppState, executor: &mut Executor<B>, job
             Outcome { status: RunStatus::Failed, result: None, error: Some(error), weights_etag: None }
         }
     };
+    // What the run left in its folder (a training checkpoint) was published on success and
+    // is of no use otherwise.
+    if let Err(error) =
+        std::fs::remove_dir_all(state.config.run_dir(job.id)).or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
+    {
+        tracing::warn!(run = job.id, %error, "could not remove the run's folder");
+    }
     let status = match state.history.finish(job.id, outcome) {
         Ok(status) => status,
         Err(error) => {
