@@ -184,6 +184,9 @@ fn hostile_requests_to_every_endpoint_get_json_errors_and_the_server_stays_up() 
         ("POST on the page", request("POST", "/index.html", &[JSON], b"{}"), 405, "not allowed"),
         ("CONNECT", b"CONNECT localhost:443 HTTP/1.1\r\nHost: localhost:443\r\nConnection: close\r\n\r\n".to_vec(), 405, "not allowed"),
         ("a 10 KB URI", get(&long_uri), 414, "at most 8192"),
+        ("a 70 KB URI (hyper refuses it)", get(&format!("/api/runs?before={}", "9".repeat(70_000))), 414, "64 KiB"),
+        ("a 500 KB header", request("GET", "/api/health", &[("X-Padding", &"x".repeat(500_000))], b""), 431, "headers"),
+        ("not HTTP at all", b"HELLO THERE\r\n\r\n".to_vec(), 400, "HTTP/1.1"),
     ];
     assert!(cases.len() >= 60, "{} cases", cases.len());
     let mut failures = Vec::new();

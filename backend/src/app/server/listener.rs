@@ -4,14 +4,18 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tower::ServiceExt;
+use unlearn_shared::api::ErrorBody;
 
 use super::guard::client_key;
 
@@ -30,6 +34,9 @@ impl Default for ConnectionLimits {
         Self { total: 1024, per_client: 64, read_timeout: Duration::from_secs(10) }
     }
 }
+
+/// Largest request head read (hyper's default lets it grow to about 400 KiB).
+const MAX_HEAD: usize = 128 * 1024;
 
 /// Open connections, by client.
 struct Open {
@@ -100,8 +107,10 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, app: Router, limits
                 app.clone().oneshot(request)
             });
             let mut http = hyper::server::conn::http1::Builder::new();
-            http.timer(TokioTimer::new()).header_read_timeout(limits.read_timeout);
-            if let Err(error) = http.serve_connection(TokioIo::new(stream), service).await {
+            // A request's head (URI included) is read into memory: bound it.
+            http.timer(TokioTimer::new()).header_read_timeout(limits.read_timeout).max_header_size(MAX_HEAD);
+            let io = TokioIo::new(JsonParseErrors { inner: stream, pending: None });
+            if let Err(error) = http.serve_connection(io, service).await {
                 tracing::debug!(%error, client = %peer, "connection ended with an error");
             }
             drop(admitted);
@@ -109,9 +118,95 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, app: Router, limits
     }
 }
 
+/// hyper answers what it cannot parse as a request (a URI over 64 KiB, headers too large,
+/// garbage) by itself, with an empty body; this gives those answers the JSON error body that
+/// every other answer has. Handlers never answer 4xx with an empty body, so such an answer
+/// is hyper's.
+struct JsonParseErrors<IO> {
+    inner: IO,
+    pending: Option<Replacement>,
+}
+
+/// The answer written in place of hyper's: the bytes, how many are out, and how many of
+/// hyper's bytes they stand for.
+struct Replacement {
+    bytes: Vec<u8>,
+    written: usize,
+    replaces: usize,
+}
+
+/// The JSON-bodied answer for hyper's empty 4xx answer `head`, if that is what it is.
+fn json_answer(head: &[u8]) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(head).ok()?;
+    let end = text.find("\r\n\r\n")?;
+    let lower = text[..end].to_ascii_lowercase();
+    if end + 4 != text.len() || !lower.split("\r\n").any(|line| line == "content-length: 0") {
+        return None;
+    }
+    let status_line = text.lines().next()?;
+    let mut parts = status_line.splitn(3, ' ');
+    let (_, code, reason) = (parts.next()?, parts.next()?.parse::<u16>().ok()?, parts.next().unwrap_or(""));
+    if !(400..500).contains(&code) {
+        return None;
+    }
+    let detail = match code {
+        414 => "the URI is longer than the 64 KiB the server reads (the API reads 8 KiB)".to_owned(),
+        431 => format!("the request's headers are larger than the {} KiB the server reads", MAX_HEAD >> 10),
+        400 => "the request could not be read as HTTP/1.1".to_owned(),
+        _ => reason.to_owned(),
+    };
+    let body = serde_json::to_string(&ErrorBody { error: reason.to_ascii_lowercase(), detail }).expect("errors serialise");
+    let answer = format!("{status_line}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+    Some(answer.into_bytes())
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for JsonParseErrors<IO> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for JsonParseErrors<IO> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        if this.pending.is_none() && buf.starts_with(b"HTTP/1.1 4") {
+            this.pending = json_answer(buf).map(|bytes| Replacement { bytes, written: 0, replaces: buf.len() });
+        }
+        let Some(replacement) = &mut this.pending else { return Pin::new(&mut this.inner).poll_write(cx, buf) };
+        while replacement.written < replacement.bytes.len() {
+            replacement.written += ready!(Pin::new(&mut this.inner).poll_write(cx, &replacement.bytes[replacement.written..]))?;
+        }
+        let replaces = replacement.replaces;
+        this.pending = None;
+        Poll::Ready(Ok(replaces))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_empty_4xx_answers_get_a_json_body() {
+        let hyper_414 = b"HTTP/1.1 414 URI Too Long\r\nconnection: close\r\ncontent-length: 0\r\ndate: now\r\n\r\n";
+        let answer = String::from_utf8(json_answer(hyper_414).expect("replaced")).unwrap();
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 414 URI Too Long\r\n") && head.contains("content-type: application/json"), "{head}");
+        let error: ErrorBody = serde_json::from_str(body).unwrap();
+        assert!(error.detail.contains("64 KiB"), "{error:?}");
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+        assert!(json_answer(b"HTTP/1.1 304 Not Modified\r\ncontent-length: 0\r\n\r\n").is_none());
+        assert!(json_answer(b"HTTP/1.1 404 Not Found\r\ncontent-length: 27\r\n\r\n").is_none());
+        assert!(json_answer(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n{}").is_none(), "a head followed by a body is not hyper's");
+    }
 
     #[test]
     fn places_are_capped_per_client_and_in_all_and_freed_on_drop() {
