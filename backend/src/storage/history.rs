@@ -147,6 +147,15 @@ impl History {
         Ok(changed == 1)
     }
 
+    /// Marks a run this process no longer carries out as interrupted.
+    pub(crate) fn interrupt(&self, id: RunId) -> Result<(), HistoryError> {
+        self.connection().execute(
+            "UPDATE runs SET status = 'interrupted', finished_ms = ?2, error = ?3 WHERE id = ?1 AND status IN ('queued', 'running')",
+            params![id, now_ms(), INTERRUPTED],
+        )?;
+        Ok(())
+    }
+
     /// Records how a run ended, and returns the status recorded: a result that could not be
     /// read back (a NaN, say) is recorded as a failure, never as a success.
     pub(crate) fn finish(&self, id: RunId, outcome: Outcome) -> Result<RunStatus, HistoryError> {

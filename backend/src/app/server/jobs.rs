@@ -27,6 +27,9 @@ pub(crate) struct LiveState {
 /// cancellation flag, for the engine.
 pub(crate) struct LiveRun {
     cancel: AtomicBool,
+    /// Holds its place in the queue; whoever takes it (the worker starting the run, or a
+    /// cancel ending it while queued) gives the place back.
+    queued: AtomicBool,
     state: watch::Sender<LiveState>,
     /// Who submitted it, when it counts towards their quota.
     client: Option<String>,
@@ -34,11 +37,22 @@ pub(crate) struct LiveRun {
 
 impl LiveRun {
     fn new(client: Option<String>) -> Self {
-        Self { cancel: AtomicBool::new(false), state: watch::Sender::new(LiveState { status: RunStatus::Queued, progress: None }), client }
+        Self {
+            cancel: AtomicBool::new(false),
+            queued: AtomicBool::new(true),
+            state: watch::Sender::new(LiveState { status: RunStatus::Queued, progress: None }),
+            client,
+        }
     }
 
     pub(crate) fn is_cancelled(&self) -> bool {
         self.cancel.load(Ordering::Relaxed)
+    }
+
+    /// Takes the run out of the queue; false if someone else already did. Exactly one of
+    /// the worker and a cancel gets true.
+    pub(crate) fn leave_queue(&self) -> bool {
+        self.queued.swap(false, Ordering::SeqCst)
     }
 
     pub(crate) fn subscribe(&self) -> watch::Receiver<LiveState> {

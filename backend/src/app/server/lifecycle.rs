@@ -4,7 +4,7 @@ use unlearn_shared::api::{Run, RunAccepted, RunId, RunRequest, RunStatus};
 
 use super::error::ApiError;
 use super::guard::Caller;
-use super::jobs::{ClientQuota, Refusal};
+use super::jobs::{ClientQuota, Refusal, Unrecorded};
 use super::{policy, AppState};
 use crate::storage::files::{free_space, sha256_hex};
 use crate::storage::history::{Admission, HistoryError};
@@ -43,9 +43,13 @@ impl AppState {
             None => String::new(),
         };
         let key = sha256_hex(format!("{}\n{digest}", serde_json::to_string(&request).expect("requests serialise")).as_bytes());
-        // An identical run answers even when the queue is full.
+        // An identical run answers even when the queue is full, unless it is one whose end
+        // could not be recorded: that one is retired, so the request can run again.
         if let Some((id, status)) = self.history.reusable(&key)? {
-            return Ok(RunAccepted { id, status, reused: true });
+            if self.jobs.unrecorded(id).is_none() {
+                return Ok(RunAccepted { id, status, reused: true });
+            }
+            self.history.interrupt(id)?;
         }
         let free = free_space(&self.config.data_dir).map_err(|e| ApiError::internal(format!("{}: {e}", self.config.data_dir.display())))?;
         if free < self.config.min_free_disk {
@@ -92,12 +96,22 @@ impl AppState {
         }
         let Some(live) = self.jobs.cancel(id) else {
             let run = self.run(id)?;
-            return Err(ApiError::Conflict(format!("run {id} has already {}", run.status.as_str())));
+            return Err(ApiError::Conflict(match run.status.is_finished() {
+                true => format!("run {id} has already {}", run.status.as_str()),
+                false => format!("run {id} is not under way yet; try again in a moment"),
+            }));
         };
-        // A queued run ends here (the worker skips cancelled jobs); one the worker has started
-        // stops at its next check, and the worker records that.
-        if live.status() == RunStatus::Queued && self.history.cancel_queued(id)? {
+        // A queued run ends here, and its place and its client's slot are given back at once
+        // (the worker skips it); one the worker has started stops at its next check, and the
+        // worker records that.
+        if live.leave_queue() {
+            self.jobs.release();
+            let recorded = self.history.cancel_queued(id);
             self.jobs.finished(id, RunStatus::Cancelled, None);
+            if let Err(error) = recorded {
+                let error = format!("the run was cancelled, but the server could not record it: {error}");
+                self.jobs.remember_unrecorded(id, Unrecorded { status: RunStatus::Cancelled, error });
+            }
         }
         self.run(id)
     }

@@ -119,9 +119,8 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, app: Router, limits
 }
 
 /// hyper answers what it cannot parse as a request (a URI over 64 KiB, headers too large,
-/// garbage) by itself, with an empty body; this gives those answers the JSON error body that
-/// every other answer has. Handlers never answer 4xx with an empty body, so such an answer
-/// is hyper's.
+/// garbage) by itself, with 400, 414 or 431 and an empty body; this gives those answers the
+/// JSON error body that every other answer has. The app's own 400s always have a body.
 struct JsonParseErrors<IO> {
     inner: IO,
     pending: Option<Replacement>,
@@ -146,14 +145,11 @@ fn json_answer(head: &[u8]) -> Option<Vec<u8>> {
     let status_line = text.lines().next()?;
     let mut parts = status_line.splitn(3, ' ');
     let (_, code, reason) = (parts.next()?, parts.next()?.parse::<u16>().ok()?, parts.next().unwrap_or(""));
-    if !(400..500).contains(&code) {
-        return None;
-    }
     let detail = match code {
         414 => "the URI is longer than the 64 KiB the server reads (the API reads 8 KiB)".to_owned(),
         431 => format!("the request's headers are larger than the {} KiB the server reads", MAX_HEAD >> 10),
         400 => "the request could not be read as HTTP/1.1".to_owned(),
-        _ => reason.to_owned(),
+        _ => return None,
     };
     let body = serde_json::to_string(&ErrorBody { error: reason.to_ascii_lowercase(), detail }).expect("errors serialise");
     let answer = format!("{status_line}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
@@ -176,7 +172,8 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for JsonParseErrors<IO> {
         while replacement.written < replacement.bytes.len() {
             replacement.written += ready!(Pin::new(&mut this.inner).poll_write(cx, &replacement.bytes[replacement.written..]))?;
         }
-        let replaces = replacement.replaces;
+        // hyper retries a pending write with the same bytes, so this is the whole buffer.
+        let replaces = replacement.replaces.min(buf.len());
         this.pending = None;
         Poll::Ready(Ok(replaces))
     }
@@ -204,6 +201,7 @@ mod tests {
         assert!(error.detail.contains("64 KiB"), "{error:?}");
         assert!(head.contains(&format!("content-length: {}", body.len())));
         assert!(json_answer(b"HTTP/1.1 304 Not Modified\r\ncontent-length: 0\r\n\r\n").is_none());
+        assert!(json_answer(b"HTTP/1.1 416 Range Not Satisfiable\r\ncontent-range: bytes */9\r\ncontent-length: 0\r\n\r\n").is_none(), "the page's own");
         assert!(json_answer(b"HTTP/1.1 404 Not Found\r\ncontent-length: 27\r\n\r\n").is_none());
         assert!(json_answer(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n{}").is_none(), "a head followed by a body is not hyper's");
     }

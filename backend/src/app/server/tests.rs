@@ -450,6 +450,15 @@ async fn no_request_may_cost_more_than_the_server_allows() {
     let privileged: RunAccepted = serde_json::from_slice(&body).unwrap();
     // A place is given back when a run ends.
     assert_eq!(server.send(Call::new(Method::DELETE, &format!("/api/runs/{}", first.id))).await.0, StatusCode::OK);
+    // Cancelling a queued run gives back its queue place too, so submitting and cancelling in
+    // a loop cannot fill the queue (capacity 8) while the worker is busy.
+    let waiting = server.get::<Health>("/api/health").await.queue_length;
+    for round in 0..12 {
+        let (_, queued) =
+            server.submit(json!({ "kind": "unlearn", "model": "tiny", "class": "deer", "ssd": { "alpha": 1.0 + f64::from(round) / 100.0 } })).await;
+        assert_eq!(server.send(Call::new(Method::DELETE, &format!("/api/runs/{}", queued.id))).await.0, StatusCode::OK);
+    }
+    assert_eq!(server.get::<Health>("/api/health").await.queue_length, waiting);
     let (status, _, body) = server.send(post_run(run("horse"))).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{}", String::from_utf8_lossy(&body));
     let third: RunAccepted = serde_json::from_slice(&body).unwrap();

@@ -52,10 +52,10 @@ impl Workload for Worker {
         state.jobs.set_worker(WorkerInfo { device: device.name.to_owned(), default_subsample });
         let mut executor = Executor::new(&state.workspace, device);
         for job in self.receiver {
-            state.jobs.release();
-            if job.live.is_cancelled() {
-                continue; // Cancelled while queued; the cancelling request stored that.
+            if !job.live.leave_queue() {
+                continue; // Cancelled while queued: the cancel gave its place back and recorded it.
             }
+            state.jobs.release();
             run_job(state, &mut executor, job);
         }
     }

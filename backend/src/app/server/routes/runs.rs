@@ -128,7 +128,13 @@ pub(crate) async fn weights(State(state): State<Arc<AppState>>, Path(id): Path<R
     };
     let path = state.config.run_weights_path(id);
     crate::storage::retention::touch(&path);
-    let file = tokio::fs::File::open(&path).await.map_err(|e| ApiError::internal(format!("{}: {e}", path.display())))?;
+    let file = tokio::fs::File::open(&path).await.map_err(|e| match e.kind() {
+        // Deleted by the disk budget between the lookup and here.
+        std::io::ErrorKind::NotFound => {
+            ApiError::Gone(format!("the unlearned model of run {id} was just deleted to keep this server's disk use within its budget"))
+        }
+        _ => ApiError::internal(format!("{}: {e}", path.display())),
+    })?;
     let length = file.metadata().await.map_err(|e| ApiError::internal(format!("{}: {e}", path.display())))?.len();
     // Streamed: a slow reader holds a buffer, not the file. A run's model never changes.
     let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file));
