@@ -12,7 +12,7 @@ pub(crate) struct Kept {
 }
 
 /// The regular files in `dir` whose names `keep` accepts.
-pub(crate) fn files(dir: &Path, keep: impl Fn(&str) -> bool) -> Vec<Kept> {
+fn files(dir: &Path, keep: impl Fn(&str) -> bool) -> Vec<Kept> {
     let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
     entries
         .filter_map(|entry| entry.ok())
@@ -25,7 +25,7 @@ pub(crate) fn files(dir: &Path, keep: impl Fn(&str) -> bool) -> Vec<Kept> {
 }
 
 /// The files to delete, least recently used first, so that the rest fit in `budget` bytes.
-pub(crate) fn over_budget(mut files: Vec<Kept>, budget: u64) -> Vec<Kept> {
+fn over_budget(mut files: Vec<Kept>, budget: u64) -> Vec<Kept> {
     let mut total: u64 = files.iter().map(|f| f.bytes).sum();
     files.sort_by_key(|f| f.used);
     files
@@ -36,6 +36,14 @@ pub(crate) fn over_budget(mut files: Vec<Kept>, budget: u64) -> Vec<Kept> {
             over
         })
         .collect()
+}
+
+/// The other `.safetensors` files beside `kept` to delete, least recently used first, so
+/// that they and `kept` (never deleted, even alone over the budget) fit in `budget` bytes.
+pub(crate) fn to_delete_beside(kept: &Path, budget: u64) -> Vec<Kept> {
+    let Some(dir) = kept.parent() else { return Vec::new() };
+    let others = files(dir, |name| name.ends_with(".safetensors")).into_iter().filter(|f| f.path != kept).collect();
+    over_budget(others, budget.saturating_sub(std::fs::metadata(kept).map_or(0, |m| m.len())))
 }
 
 /// Marks `path` as just used.

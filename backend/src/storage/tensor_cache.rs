@@ -59,9 +59,7 @@ impl TensorCache {
 
     /// Deletes the least recently used entries other than `keep` past the budget.
     fn trim(&self, keep: &Path) {
-        let others = retention::files(&self.dir, |name| name.ends_with(".safetensors")).into_iter().filter(|f| f.path != keep);
-        let budget = self.budget.saturating_sub(std::fs::metadata(keep).map_or(0, |m| m.len()));
-        for file in retention::over_budget(others.collect(), budget) {
+        for file in retention::to_delete_beside(keep, self.budget) {
             match std::fs::remove_file(&file.path) {
                 Ok(()) => tracing::info!(entry = %file.path.display(), budget_mib = self.budget >> 20, "deleted a cache entry to stay within the budget"),
                 Err(error) => tracing::warn!(entry = %file.path.display(), %error, "could not delete a cache entry"),

@@ -117,9 +117,7 @@ fn save_run_weights(state: &AppState, id: RunId, model: &ModelFile) -> Result<St
     let download = Download::new(model.browser_weights());
     let path = state.config.run_weights_path(id);
     write_atomic(&path, &download.bytes).map_err(|source| crate::storage::model_file::ModelFileError::Io { path: path.clone(), source })?;
-    let budget = state.config.run_models_budget.saturating_sub(download.bytes.len() as u64);
-    let others = retention::files(&state.config.runs_dir(), |name| name.ends_with(".safetensors")).into_iter().filter(|f| f.path != path);
-    for file in retention::over_budget(others.collect(), budget) {
+    for file in retention::to_delete_beside(&path, state.config.run_models_budget) {
         let Some(old) = file.path.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse::<RunId>().ok()) else { continue };
         // The record first: a model it no longer lists is never served half-deleted.
         match state.history.remove_weights(old).map(|()| std::fs::remove_file(&file.path)) {
