@@ -21,6 +21,18 @@ fn copy_cache(to: &Path) {
     }
 }
 
+/// The real cache split into the official `cifar-10-batches-bin` files.
+fn official_layout() -> tempfile::TempDir {
+    let official = tempfile::tempdir().unwrap();
+    let cache = std::fs::read(testing::real_data_dir().join("cifar10/train.bin")).unwrap();
+    let per_file = cache.len() / 5;
+    for n in 0..5 {
+        std::fs::write(official.path().join(format!("data_batch_{}.bin", n + 1)), &cache[n * per_file..(n + 1) * per_file]).unwrap();
+    }
+    std::fs::copy(testing::real_data_dir().join("cifar10/test.bin"), official.path().join("test_batch.bin")).unwrap();
+    official
+}
+
 #[test]
 fn cache_holds_exactly_cifar10() {
     let dir = testing::real_data_dir().join("cifar10");
@@ -57,13 +69,7 @@ fn damaged_cache_files_are_named_and_never_used() {
 #[test]
 fn a_damaged_cache_is_rebuilt_and_named_when_rebuilding_fails() {
     let real = load(&testing::real_data_dir()).unwrap();
-    let official = tempfile::tempdir().unwrap();
-    let cache = std::fs::read(testing::real_data_dir().join("cifar10/train.bin")).unwrap();
-    let per_file = cache.len() / 5;
-    for n in 0..5 {
-        std::fs::write(official.path().join(format!("data_batch_{}.bin", n + 1)), &cache[n * per_file..(n + 1) * per_file]).unwrap();
-    }
-    std::fs::copy(testing::real_data_dir().join("cifar10/test.bin"), official.path().join("test_batch.bin")).unwrap();
+    let official = official_layout();
     let scratch = tempfile::tempdir().unwrap();
     copy_cache(scratch.path());
     let test_bin = scratch.path().join("cifar10/test.bin");
@@ -91,13 +97,7 @@ fn damaged_package_is_refused_before_decoding() {
 #[test]
 fn official_binary_layout_loads_the_same_images() {
     let real = load(&testing::real_data_dir()).unwrap();
-    let official = tempfile::tempdir().unwrap();
-    let cache = std::fs::read(testing::real_data_dir().join("cifar10/train.bin")).unwrap();
-    let per_file = cache.len() / 5;
-    for n in 0..5 {
-        std::fs::write(official.path().join(format!("data_batch_{}.bin", n + 1)), &cache[n * per_file..(n + 1) * per_file]).unwrap();
-    }
-    std::fs::copy(testing::real_data_dir().join("cifar10/test.bin"), official.path().join("test_batch.bin")).unwrap();
+    let official = official_layout();
 
     let scratch = tempfile::tempdir().unwrap();
     let loaded = prepare(scratch.path(), &Source::Official(official.path().to_owned())).unwrap();
