@@ -82,6 +82,19 @@ build_frontend() {
 }
 
 # Headless Chromium and its WebDriver, for the browser tests.
+# A Vulkan device for the wgpu tests: any driver will do; on a machine without a GPU, Mesa's
+# software one (lavapipe), from Debian's mesa-vulkan-drivers.
+need_vulkan() {
+  compgen -G "/usr/share/vulkan/icd.d/*.json" >/dev/null && compgen -G "/usr/lib/*/libvulkan.so.1" >/dev/null && return
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    say "installing Mesa's Vulkan drivers (a software Vulkan device for the wgpu tests)"
+    apt-get update -qq && apt-get install -y -qq mesa-vulkan-drivers libvulkan1 >/dev/null
+  else
+    echo "the wgpu tests need a Vulkan driver: install mesa-vulkan-drivers (a software device) or a GPU's" >&2
+    exit 1
+  fi
+}
+
 need_chromium() {
   command -v chromedriver >/dev/null && command -v chromium >/dev/null && return
   if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then

@@ -13,6 +13,7 @@ build_backend
 build_frontend
 obtain_data
 need_chromium
+need_vulkan
 
 say "clippy (warnings are errors)"
 cargo clippy --release --workspace --exclude unlearn-frontend --all-targets -- -D warnings

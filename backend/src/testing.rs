@@ -29,6 +29,12 @@ pub(crate) fn scratch_data_dir() -> tempfile::TempDir {
     dir
 }
 
+/// Keeps the GPU backends' caches in the workspace's target folder, not in a `target`
+/// folder beside the crate (CubeCL's default from a test's working directory).
+pub(crate) fn keep_gpu_caches() {
+    crate::engine::device::keep_gpu_caches_in(&repository().join("target/gpu-cache"));
+}
+
 /// A ResNet18 of width 4 with random weights, stored as model `id` in `data_dir`: big
 /// enough to run every code path, small enough to train and unlearn in seconds.
 pub(crate) fn tiny_model(data_dir: &Path, id: &str) -> PathBuf {

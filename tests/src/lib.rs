@@ -73,12 +73,17 @@ pub fn scratch_data_dir() -> tempfile::TempDir {
 
 /// Runs `backend` on the CPU over `data_dir`, with the repository's shipped models.
 pub fn backend(data_dir: &Path, args: &[&str]) -> Output {
+    backend_on("cpu", data_dir, args)
+}
+
+/// Runs `backend` on `device` (`--device`) over `data_dir`, with the shipped models.
+pub fn backend_on(device: &str, data_dir: &Path, args: &[&str]) -> Output {
     Command::new(backend_binary())
         .arg("--data-dir")
         .arg(data_dir)
         .arg("--shipped-models")
         .arg(shipped_models())
-        .args(["--device", "cpu"])
+        .args(["--device", device])
         .args(args)
         .output()
         .expect("backend runs")

@@ -23,12 +23,17 @@ impl Server {
     /// Serves `data_dir` on a free port on the CPU, small subsamples by default. Only the
     /// models in `data_dir` are offered, not the shipped ones.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        Self::start_on("cpu", data_dir, extra)
+    }
+
+    /// As [`Server::start`], on `device` (`--device`).
+    pub fn start_on(device: &str, data_dir: &Path, extra: &[&str]) -> Self {
         let mut child = Command::new(crate::backend_binary())
             .arg("--data-dir")
             .arg(data_dir)
             .arg("--shipped-models")
             .arg(data_dir.join("no-shipped-models"))
-            .args(["--device", "cpu", "serve", "--addr", "127.0.0.1:0"])
+            .args(["--device", device, "serve", "--addr", "127.0.0.1:0"])
             .args(["--forget-limit", "64", "--full-limit", "128", "--test-limit", "100"])
             .args(extra)
             .stdout(Stdio::piped())

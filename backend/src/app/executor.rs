@@ -171,7 +171,7 @@ impl<'w, B: AutodiffBackend> Executor<'w, B> {
         let evaluation = evaluate(&model, Images { split: test, indices: &indices }, &self.device.handle, progress)?;
         let summary = EvalSummary {
             model: request.model.clone(),
-            device: self.device.name.to_owned(),
+            device: self.device.description.clone(),
             overall: evaluation.overall(),
             per_class_accuracy: evaluation.per_class_accuracy(),
             confusion: evaluation.confusion,
@@ -203,7 +203,7 @@ impl<'w, B: AutodiffBackend> Executor<'w, B> {
             Ok(())
         };
         let log = train::train::<B>(&recipe, &self.workspace.data, start, &self.device.handle, progress, &mut keep)?;
-        let summary = TrainSummary { model: request.name.clone(), device: self.device.name.to_owned(), epochs: log };
+        let summary = TrainSummary { model: request.name.clone(), device: self.device.description.clone(), epochs: log };
         Ok(Executed { result: RunResult::Train(summary), unlearned: None })
     }
 

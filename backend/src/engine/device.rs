@@ -3,24 +3,38 @@
 
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::sync::{Arc, Mutex, Once};
 
 use burn::backend::Autodiff;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
+use cubecl_runtime::config::cache::CacheConfig;
+use cubecl_runtime::config::{CubeClRuntimeConfig, RuntimeConfig};
 
 /// The CPU backend: measured faster than NdArray for ResNet18 (see README).
 pub(crate) type CpuBackend = burn::backend::Flex;
 
-/// A device of backend `B`, with the backend's name for reports (`cuda`, `wgpu`, `cpu`).
+/// A device of backend `B`, with what reports say of it.
 pub(crate) struct Device<B: Backend> {
     pub(crate) handle: B::Device,
-    pub(crate) name: &'static str,
+    /// The backend (`cuda`, `wgpu` or `cpu`) and, for wgpu, its adapter:
+    /// `wgpu (llvmpipe (LLVM 15.0.6, 256 bits), software)`.
+    pub(crate) description: String,
+    pub(crate) processor: Processor,
+}
+
+/// What does the arithmetic, which decides how much work a default request can afford.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Processor {
+    Gpu,
+    /// The CPU backend, or a software GPU such as Mesa's llvmpipe.
+    Cpu,
 }
 
 impl<B: Backend> Clone for Device<B> {
     fn clone(&self) -> Self {
-        Self { handle: self.handle.clone(), name: self.name }
+        Self { handle: self.handle.clone(), description: self.description.clone(), processor: self.processor }
     }
 }
 
@@ -47,6 +61,22 @@ impl fmt::Display for DeviceChoice {
     }
 }
 
+/// Keeps the GPU backends' caches (autotune results, compiled kernels) in `dir` instead of
+/// the `target` folder CubeCL would look for above the working directory, so that they
+/// survive between runs wherever the workbench is started. A `cubecl.toml` that names its
+/// own cache locations keeps them. Call before any GPU work; only the first call counts.
+pub(crate) fn keep_gpu_caches_in(dir: &Path) {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
+        if matches!(config.autotune.cache, CacheConfig::Target) {
+            config.autotune.cache = CacheConfig::File(dir.join("autotune"));
+        }
+        config.compilation.cache.get_or_insert_with(|| CacheConfig::File(dir.join("kernels")));
+        CubeClRuntimeConfig::set(config);
+    });
+}
+
 /// Work that runs on whichever backend was chosen.
 pub(crate) trait Workload {
     type Output;
@@ -62,10 +92,10 @@ pub(crate) enum DeviceError {
     Unavailable(DeviceChoice, String),
 }
 
-/// Runs a tiny computation to find out whether a backend works, without letting its panic
-/// out. Backends often fail on a worker thread, so the first panic message anywhere is kept.
+/// Runs `f`, turning a panic into its message. Backends often fail on a worker thread, so
+/// the first panic message anywhere is kept.
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
-fn self_test<B: Backend>(device: &B::Device) -> Result<(), String> {
+fn catching_panics<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     let first_panic = Arc::new(Mutex::new(None::<String>));
     let record = first_panic.clone();
     let hook = std::panic::take_hook();
@@ -75,31 +105,37 @@ fn self_test<B: Backend>(device: &B::Device) -> Result<(), String> {
         let message = payload.downcast_ref::<String>().cloned().or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()));
         first.get_or_insert_with(|| message.unwrap_or_else(|| info.to_string()));
     }));
-    let result = catch_unwind(AssertUnwindSafe(|| Tensor::<B, 1>::ones([4], device).sum().into_scalar().elem::<f32>()));
+    let result = catch_unwind(AssertUnwindSafe(f));
     std::panic::set_hook(hook);
-    match result {
-        Ok(4.0) => Ok(()),
-        Ok(sum) => Err(format!("a self-test computed 4 as {sum}")),
-        Err(_) => Err(first_panic.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_else(|| "it panicked".into())),
+    result.map_err(|_| first_panic.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_else(|| "it panicked".into()))
+}
+
+/// Runs a tiny computation to find out whether a backend works, without letting its panic out.
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+fn self_test<B: Backend>(device: &B::Device) -> Result<(), String> {
+    match catching_panics(|| Tensor::<B, 1>::ones([4], device).sum().into_scalar().elem::<f32>())? {
+        4.0 => Ok(()),
+        sum => Err(format!("a self-test computed 4 as {sum}")),
     }
 }
 
 fn run_cpu<W: Workload>(workload: W) -> W::Output {
-    workload.run::<Autodiff<CpuBackend>>(Device { handle: Default::default(), name: "cpu" })
+    workload.run::<Autodiff<CpuBackend>>(Device { handle: Default::default(), description: "cpu".into(), processor: Processor::Cpu })
 }
 
 /// Runs `workload` on `B` if a self-test computation works there; hands it back otherwise.
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
-fn try_backend<B: Backend, W: Workload>(handle: B::Device, name: &'static str, workload: W) -> Result<W::Output, (W, String)> {
-    match self_test::<B>(&handle) {
-        Ok(()) => Ok(workload.run::<Autodiff<B>>(Device { handle, name })),
+fn try_backend<B: Backend, W: Workload>(device: Device<Autodiff<B>>, workload: W) -> Result<W::Output, (W, String)> {
+    match self_test::<B>(&device.handle) {
+        Ok(()) => Ok(workload.run::<Autodiff<B>>(device)),
         Err(why) => Err((workload, why)),
     }
 }
 
 #[cfg(feature = "cuda")]
 fn try_cuda<W: Workload>(workload: W) -> Result<W::Output, (W, String)> {
-    try_backend::<burn::backend::Cuda, W>(Default::default(), "cuda", workload)
+    let device = Device { handle: Default::default(), description: "cuda".into(), processor: Processor::Gpu };
+    try_backend::<burn::backend::Cuda, W>(device, workload)
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -107,28 +143,83 @@ fn try_cuda<W: Workload>(workload: W) -> Result<W::Output, (W, String)> {
     Err((workload, DeviceError::NotCompiled(DeviceChoice::Cuda).to_string()))
 }
 
+/// The physical device behind Burn's default wgpu device.
 #[cfg(feature = "wgpu")]
-fn try_wgpu<W: Workload>(workload: W) -> Result<W::Output, (W, String)> {
-    try_backend::<burn::backend::Wgpu, W>(Default::default(), "wgpu", workload)
+#[derive(Debug, Clone)]
+struct Adapter {
+    name: String,
+    /// A GPU emulated on the CPU, such as Mesa's llvmpipe (lavapipe).
+    software: bool,
+}
+
+/// Asks wgpu for the adapter Burn's default device uses, setting that device up as Burn
+/// would on first use (same graphics API, same options). Asked once per process.
+#[cfg(feature = "wgpu")]
+fn wgpu_adapter() -> Result<Adapter, String> {
+    use burn::backend::wgpu::{graphics::AutoGraphicsApi, init_setup, RuntimeOptions, WgpuDevice};
+    static FOUND: std::sync::OnceLock<Result<Adapter, String>> = std::sync::OnceLock::new();
+    let found = FOUND.get_or_init(|| {
+        catching_panics(|| {
+            let info = init_setup::<AutoGraphicsApi>(&WgpuDevice::DefaultDevice, RuntimeOptions::default()).adapter.get_info();
+            Adapter { name: info.name, software: info.device_type == wgpu::DeviceType::Cpu }
+        })
+    });
+    found.clone()
+}
+
+/// Which wgpu adapters a choice takes.
+#[derive(Debug, Clone, Copy)]
+enum AdapterRule {
+    /// `--device wgpu`: whatever Burn's default device finds.
+    Any,
+    /// `auto`: a software adapter computes on the same cores as the CPU backend, many times
+    /// slower, so it is passed over.
+    HardwareOnly,
+}
+
+#[cfg(feature = "wgpu")]
+impl AdapterRule {
+    fn check(self, adapter: &Adapter) -> Result<(), String> {
+        match (self, adapter.software) {
+            (Self::HardwareOnly, true) => Err(format!("its adapter, {}, is a software renderer, slower than the CPU backend", adapter.name)),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Runs `workload` on wgpu's default adapter if `rule` takes it and it works.
+#[cfg(feature = "wgpu")]
+fn try_wgpu<W: Workload>(workload: W, rule: AdapterRule) -> Result<W::Output, (W, String)> {
+    let adapter = match wgpu_adapter().and_then(|adapter| rule.check(&adapter).map(|()| adapter)) {
+        Ok(adapter) => adapter,
+        Err(why) => return Err((workload, why)),
+    };
+    let (processor, kind) = match adapter.software {
+        true => (Processor::Cpu, ", software"),
+        false => (Processor::Gpu, ""),
+    };
+    let device = Device { handle: Default::default(), description: format!("wgpu ({}{kind})", adapter.name), processor };
+    try_backend::<burn::backend::Wgpu, W>(device, workload)
 }
 
 #[cfg(not(feature = "wgpu"))]
-fn try_wgpu<W: Workload>(workload: W) -> Result<W::Output, (W, String)> {
+fn try_wgpu<W: Workload>(workload: W, _: AdapterRule) -> Result<W::Output, (W, String)> {
     Err((workload, DeviceError::NotCompiled(DeviceChoice::Wgpu).to_string()))
 }
 
-/// Runs `workload` on the chosen device; `Auto` falls back to the CPU with a log line.
+/// Runs `workload` on the chosen device; `Auto` takes the first of CUDA and a hardware wgpu
+/// adapter that works, and otherwise falls back to the CPU with a log line saying why.
 pub(crate) fn run<W: Workload>(choice: DeviceChoice, workload: W) -> Result<W::Output, DeviceError> {
     match choice {
         DeviceChoice::Cpu => Ok(run_cpu(workload)),
         DeviceChoice::Cuda => try_cuda(workload).map_err(|(_, why)| DeviceError::Unavailable(choice, why)),
-        DeviceChoice::Wgpu => try_wgpu(workload).map_err(|(_, why)| DeviceError::Unavailable(choice, why)),
+        DeviceChoice::Wgpu => try_wgpu(workload, AdapterRule::Any).map_err(|(_, why)| DeviceError::Unavailable(choice, why)),
         DeviceChoice::Auto => {
             let (workload, cuda) = match try_cuda(workload) {
                 Ok(output) => return Ok(output),
                 Err(failure) => failure,
             };
-            let (workload, wgpu) = match try_wgpu(workload) {
+            let (workload, wgpu) = match try_wgpu(workload, AdapterRule::HardwareOnly) {
                 Ok(output) => return Ok(output),
                 Err(failure) => failure,
             };
@@ -144,5 +235,55 @@ fn first_line(text: &str) -> String {
     match line.char_indices().nth(120) {
         Some((cut, _)) => format!("{}…", &line[..cut]),
         None => line.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reports what the chosen device is, computing nothing.
+    struct Describe;
+
+    impl Workload for Describe {
+        type Output = (String, Processor);
+        fn run<B: AutodiffBackend>(self, device: Device<B>) -> Self::Output {
+            (device.description, device.processor)
+        }
+    }
+
+    #[cfg(feature = "wgpu")]
+    #[test]
+    fn auto_passes_over_software_adapters_and_wgpu_takes_any() {
+        let llvmpipe = Adapter { name: "llvmpipe (LLVM 15.0.6, 256 bits)".into(), software: true };
+        let gpu = Adapter { name: "NVIDIA H200".into(), software: false };
+        let refusal = AdapterRule::HardwareOnly.check(&llvmpipe).unwrap_err();
+        assert!(refusal.contains("llvmpipe") && refusal.contains("software"), "{refusal}");
+        assert!(AdapterRule::HardwareOnly.check(&gpu).is_ok());
+        assert!(AdapterRule::Any.check(&llvmpipe).is_ok() && AdapterRule::Any.check(&gpu).is_ok());
+    }
+
+    /// Where this runs (CI: no CUDA driver, Mesa's software Vulkan device), an explicit CUDA
+    /// choice fails with the reason, and `auto` falls back to the CPU unless a hardware GPU
+    /// works.
+    #[cfg(all(feature = "cuda", feature = "wgpu"))]
+    #[test]
+    fn without_a_cuda_driver_cuda_fails_with_its_reason_and_auto_falls_back() {
+        if std::path::Path::new("/dev/nvidiactl").exists() {
+            eprintln!("skipped: this machine has an NVIDIA driver");
+            return;
+        }
+        crate::testing::keep_gpu_caches();
+        match run(DeviceChoice::Cuda, Describe) {
+            Err(DeviceError::Unavailable(DeviceChoice::Cuda, why)) => assert!(!why.is_empty()),
+            Err(other) => panic!("expected the CUDA device to be unavailable, got {other}"),
+            Ok(described) => panic!("CUDA worked without a driver: {described:?}"),
+        }
+        let hardware_wgpu = matches!(wgpu_adapter(), Ok(Adapter { software: false, .. }));
+        let (description, processor) = run(DeviceChoice::Auto, Describe).expect("auto always runs");
+        match hardware_wgpu {
+            true => assert!(description.starts_with("wgpu (") && processor == Processor::Gpu, "{description}"),
+            false => assert_eq!((description.as_str(), processor), ("cpu", Processor::Cpu)),
+        }
     }
 }

@@ -15,6 +15,8 @@ pub(crate) mod scope;
 pub(crate) mod ssd;
 pub(crate) mod train;
 pub(crate) mod unlearn;
+#[cfg(all(test, feature = "wgpu"))]
+mod wgpu_agreement;
 
 use rand::seq::index;
 use rand::SeedableRng;

@@ -180,7 +180,7 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
         let membership = Membership { before: before.member_percent(class), after: after.member_percent(class), images: forget_sample.len() };
         let report = UnlearnReport {
             model: self.model_name.clone(),
-            device: self.device.name.to_owned(),
+            device: self.device.description.clone(),
             forget_class: class,
             settings: *settings,
             alpha,

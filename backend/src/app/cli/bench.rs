@@ -51,7 +51,7 @@ fn measure<B: Backend>(batch: usize, steps: usize, device: &B::Device, mut step:
 impl Workload for BenchArgs {
     type Output = anyhow::Result<()>;
     fn run<B: AutodiffBackend>(self, device: Device<B>) -> anyhow::Result<()> {
-        let (device_name, device) = (device.name, device.handle);
+        let (device_name, device) = (device.description, device.handle);
         let loss_fn = CrossEntropyLossConfig::new().init(&device);
         let mut model: Option<ResNet<B>> = Some(ResNetConfig::new().with_width(self.width).init(&device));
         println!("device {device_name}, width {}, {} timed steps each", self.width, self.steps);

