@@ -79,9 +79,11 @@ build_frontend() {
   need_web_tools
   say "building the browser UI (trunk, offline)"
   (cd frontend && trunk build --offline)
+  # Precompressed copies, which the server sends to browsers that take gzip (the wasm
+  # shrinks to about a third).
+  find frontend/dist -maxdepth 1 -type f \( -name '*.wasm' -o -name '*.js' -o -name '*.css' -o -name '*.html' \) -exec gzip -9 -k -f {} +
 }
 
-# Headless Chromium and its WebDriver, for the browser tests.
 # A Vulkan device for the wgpu tests: any driver will do; on a machine without a GPU, Mesa's
 # software one (lavapipe), from Debian's mesa-vulkan-drivers.
 need_vulkan() {
@@ -95,6 +97,7 @@ need_vulkan() {
   fi
 }
 
+# Headless Chromium and its WebDriver, for the browser tests.
 need_chromium() {
   command -v chromedriver >/dev/null && command -v chromium >/dev/null && return
   if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then

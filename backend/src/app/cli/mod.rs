@@ -19,7 +19,7 @@ use unlearn_shared::api::{
 use unlearn_shared::model::weights::Precision;
 
 use super::executor::{Executed, Executor, RunOptions, TrainStart, Workspace};
-use super::server::{self, ConnectionLimits, ServerConfig};
+use super::server::{self, ConnectionLimits, Network, ServerConfig, TrustedProxies};
 use crate::engine::device::{self, Device, DeviceChoice, Workload};
 use crate::storage::dataset::{self, Source};
 use crate::storage::files::{sha256_hex, write_atomic};
@@ -197,9 +197,13 @@ struct ServeArgs {
     /// Runs that may wait for the worker; more are refused with 429.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
     queue: u64,
-    /// Requests per minute per client in `--public` mode.
+    /// API requests per minute per client in `--public` mode.
     #[arg(long, default_value_t = 120)]
     rate_limit: u32,
+    /// Requests per minute per client in `--public` mode for the page's files, test-image
+    /// thumbnails and model downloads (a first page load takes about 40).
+    #[arg(long, default_value_t = 600)]
+    asset_rate_limit: u32,
     /// Caps for requests that set none [default: on the CPU, forget 256, full 1024, test
     /// 500; on a GPU, the whole sets].
     #[command(flatten)]
@@ -214,6 +218,11 @@ struct ServeArgs {
     /// Free disk space kept in reserve (MiB): below it, new runs are refused with 507.
     #[arg(long, default_value_t = 512)]
     min_free_disk_mib: u64,
+    /// A reverse proxy (address or network, e.g. 10.0.0.0/8; repeatable) whose
+    /// `X-Forwarded-For` names the client for rate limits and quotas, and whose connections
+    /// only the total caps. Nobody else's `X-Forwarded-For` is read.
+    #[arg(long = "trusted-proxy", value_name = "NETWORK")]
+    trusted_proxies: Vec<Network>,
     /// Open connections in all; more are closed at once.
     #[arg(long, default_value_t = ConnectionLimits::default().total)]
     max_connections: usize,
@@ -361,6 +370,8 @@ fn serve(cli: &Cli, args: &ServeArgs, workspace: Workspace) -> Result<()> {
         token: args.token.clone(),
         queue_capacity: args.queue as usize,
         rate_limit: args.rate_limit,
+        asset_rate_limit: args.asset_rate_limit,
+        trusted_proxies: TrustedProxies(args.trusted_proxies.clone()),
         subsample: if args.full_sets { Some(Subsample::default()) } else { Some(args.subsample).filter(|s| !s.is_full()) },
         connections: ConnectionLimits {
             total: args.max_connections,

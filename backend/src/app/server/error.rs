@@ -42,7 +42,8 @@ pub(crate) enum ApiError {
     Starting,
     #[error("disk full")]
     DiskFull { free: u64, reserve: u64 },
-    /// Our fault, not the client's; the detail goes to the log too.
+    /// Our fault, not the client's; the detail goes to the log only, as it may name paths
+    /// on the server.
     #[error("internal error")]
     Internal(String),
 }
@@ -78,7 +79,9 @@ impl ApiError {
 
     fn detail(&self) -> String {
         match self {
-            Self::Invalid(detail) | Self::NotFound(detail) | Self::Conflict(detail) | Self::Gone(detail) | Self::Internal(detail) => detail.clone(),
+            Self::Invalid(detail) | Self::NotFound(detail) | Self::Conflict(detail) | Self::Gone(detail) => detail.clone(),
+            // Its detail names files and their paths on the server: for the log only.
+            Self::Internal(_) => "the server could not complete the request; its log has the details".into(),
             Self::Malformed { detail, .. } => detail.clone(),
             Self::UnknownModel(id) => format!("there is no model '{id}'; GET /api/models lists them"),
             Self::UnknownRun(id) => format!("there is no run {id}"),
@@ -125,6 +128,16 @@ impl IntoResponse for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn internal_errors_keep_their_detail_from_the_client() {
+        let response = ApiError::internal("/srv/workbench/data/runs/7.safetensors: Permission denied").into_response();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16).await.unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"], "internal error");
+        assert!(!body.to_string().contains("/srv") && !body.to_string().contains("Permission"), "{body}");
+    }
 
     #[test]
     fn retry_after_rounds_up() {

@@ -1,4 +1,5 @@
-//! Public mode's protections: a per-client rate limit on every request, and the bearer
+//! Public mode's protections: per-client rate limits (one for the API, a looser one for the
+//! page's files, thumbnails and model downloads), and the bearer
 //! token that training, imports, sweeps and cancelling other clients' runs need. Also, in
 //! every mode, bodies longer than an endpoint takes are refused on their declared length.
 
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
 use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH};
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -18,7 +20,7 @@ use super::error::ApiError;
 use super::{AppState, JSON_LIMIT, UPLOAD_LIMIT};
 
 /// A token bucket per client address: `per_minute` requests, refilled continuously.
-pub(crate) struct RateLimiter {
+struct RateLimiter {
     per_minute: u32,
     buckets: Mutex<HashMap<IpAddr, Bucket>>,
 }
@@ -47,12 +49,12 @@ pub(crate) fn client_key(address: IpAddr) -> IpAddr {
 }
 
 impl RateLimiter {
-    pub(crate) fn new(per_minute: u32) -> Self {
+    fn new(per_minute: u32) -> Self {
         Self { per_minute, buckets: Mutex::default() }
     }
 
     /// Takes one request's token, or says how long until there is one.
-    pub(crate) fn check(&self, client: IpAddr, now: Instant) -> Result<(), Duration> {
+    fn check(&self, client: IpAddr, now: Instant) -> Result<(), Duration> {
         let capacity = f64::from(self.per_minute.max(1));
         let per_second = capacity / 60.0;
         let mut buckets = self.buckets.lock().expect("limiter lock");
@@ -79,14 +81,138 @@ impl RateLimiter {
     }
 }
 
+/// What a request asks of the server, for its rate limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Traffic {
+    /// API calls: each may queue work or read the history.
+    Api,
+    /// What a page load fetches by the dozen and the server only reads out: the UI's files,
+    /// test-image thumbnails, model weights for the browser.
+    Asset,
+}
+
+impl Traffic {
+    pub(crate) fn of(method: &Method, path: &str) -> Self {
+        let read = matches!(*method, Method::GET | Method::HEAD);
+        let file = !(path == "/api" || path.starts_with("/api/"))
+            || path.starts_with("/api/samples/")
+            || (path.starts_with("/api/models/") || path.starts_with("/api/runs/")) && path.ends_with("/weights");
+        if read && file {
+            Self::Asset
+        } else {
+            Self::Api
+        }
+    }
+}
+
+/// A limiter for each kind of traffic, so that loading the page never spends the API's budget.
+pub(crate) struct RateLimits {
+    api: RateLimiter,
+    assets: RateLimiter,
+}
+
+impl RateLimits {
+    pub(crate) fn new(api_per_minute: u32, assets_per_minute: u32) -> Self {
+        Self { api: RateLimiter::new(api_per_minute), assets: RateLimiter::new(assets_per_minute) }
+    }
+
+    fn check(&self, traffic: Traffic, client: IpAddr, now: Instant) -> Result<(), Duration> {
+        match traffic {
+            Traffic::Api => self.api.check(client, now),
+            Traffic::Asset => self.assets.check(client, now),
+        }
+    }
+}
+
+/// An address range: `10.0.0.0/8`, `fd00::/8`, or one address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Network {
+    address: IpAddr,
+    prefix: u32,
+}
+
+impl std::str::FromStr for Network {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (address, prefix) = text.split_once('/').map_or((text, None), |(a, p)| (a, Some(p)));
+        let address: IpAddr = address.parse().map_err(|_| format!("'{text}' is not an IP address or network (e.g. 10.0.0.0/8)"))?;
+        let bits = if address.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => bits,
+            Some(prefix) => prefix.parse::<u32>().ok().filter(|&p| p <= bits).ok_or_else(|| format!("'{text}': the prefix length must be 0-{bits}"))?,
+        };
+        Ok(Self { address, prefix })
+    }
+}
+
+impl Network {
+    fn contains(&self, address: IpAddr) -> bool {
+        let keep = |bits: u32| if self.prefix == 0 { 0 } else { u128::MAX << (bits - self.prefix) };
+        match (self.address, canonical(address)) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => (u128::from(u32::from(net)) ^ u128::from(u32::from(ip))) & keep(32) == 0,
+            (IpAddr::V6(net), IpAddr::V6(ip)) => (u128::from(net) ^ u128::from(ip)) & keep(128) == 0,
+            _ => false,
+        }
+    }
+}
+
+/// IPv4 addresses that arrive mapped into IPv6 (`::ffff:10.0.0.1`) as IPv4.
+fn canonical(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(address, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// The reverse proxies whose `X-Forwarded-For` is believed; nobody else's is.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TrustedProxies(pub(crate) Vec<Network>);
+
+impl TrustedProxies {
+    pub(crate) fn trusts(&self, address: IpAddr) -> bool {
+        self.0.iter().any(|network| network.contains(address))
+    }
+
+    /// Who sent a request that reached us from `peer`: the peer itself, unless it is a trusted
+    /// proxy; then the address the proxies forwarded, read from the right of
+    /// `X-Forwarded-For` (each proxy appends the address it was reached from), skipping
+    /// trusted proxies. An entry that is not an address ends the walk: what lies left of it
+    /// was written by whoever sent it.
+    pub(crate) fn client(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        let mut client = peer;
+        let forwarded: Vec<&str> = headers.get_all(X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).collect();
+        for entry in forwarded.iter().rev() {
+            if !self.trusts(client) {
+                break;
+            }
+            let entry = entry.trim();
+            match entry.parse::<IpAddr>().or_else(|_| entry.parse::<SocketAddr>().map(|s| s.ip())) {
+                Ok(address) => client = address,
+                Err(_) => break,
+            }
+        }
+        client
+    }
+}
+
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
+
 /// The peer address; requests that did not come over a socket (tests) count as localhost.
-fn client_address(extensions: &axum::http::Extensions) -> IpAddr {
+fn peer_address(extensions: &axum::http::Extensions) -> IpAddr {
     extensions.get::<ConnectInfo<SocketAddr>>().map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |info| info.0.ip())
+}
+
+/// Who sent the request, seen through the trusted proxies.
+fn client_address(state: &AppState, extensions: &axum::http::Extensions, headers: &HeaderMap) -> IpAddr {
+    state.config.trusted_proxies.client(peer_address(extensions), headers)
 }
 
 pub(crate) async fn rate_limit(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     if state.config.public {
-        if let Err(retry_after) = state.limiter.check(client_address(request.extensions()), Instant::now()) {
+        let traffic = Traffic::of(request.method(), request.uri().path());
+        let client = client_address(&state, request.extensions(), request.headers());
+        if let Err(retry_after) = state.limits.check(traffic, client, Instant::now()) {
             return ApiError::RateLimited { retry_after }.into_response();
         }
     }
@@ -123,7 +249,7 @@ impl FromRequestParts<Arc<AppState>> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, ApiError> {
-        let client = client_key(client_address(&parts.extensions)).to_string();
+        let client = client_key(client_address(state, &parts.extensions, &parts.headers)).to_string();
         let presented = parts.headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(bearer_token);
         let authorized = !state.config.public
             || matches!((&state.config.token, presented), (Some(token), Some(given)) if constant_time_eq(token.as_bytes(), given.as_bytes()));
@@ -201,6 +327,73 @@ mod tests {
             let _ = limiter.check(IpAddr::V4(Ipv4Addr::from(n)), now + Duration::from_micros(u64::from(n)));
         }
         assert!(limiter.buckets.lock().unwrap().len() <= MAX_CLIENTS, "the table is capped");
+    }
+
+    #[test]
+    fn files_thumbnails_and_weights_are_assets_and_everything_else_is_api() {
+        let assets = [
+            ("GET", "/"),
+            ("GET", "/frontend-0123abcd_bg.wasm"),
+            ("HEAD", "/style.css"),
+            ("GET", "/api/samples/7"),
+            ("GET", "/api/models/reference/weights"),
+            ("GET", "/api/runs/3/weights"),
+        ];
+        for (method, path) in assets {
+            assert_eq!(Traffic::of(&method.parse().unwrap(), path), Traffic::Asset, "{method} {path}");
+        }
+        let api = [
+            ("GET", "/api/health"),
+            ("GET", "/api/samples"),
+            ("GET", "/api/runs/3"),
+            ("GET", "/api/runs/3/events"),
+            ("POST", "/api/runs"),
+            ("POST", "/"),
+            ("DELETE", "/api/runs/3/weights"),
+            ("GET", "/api"),
+        ];
+        for (method, path) in api {
+            assert_eq!(Traffic::of(&method.parse().unwrap(), path), Traffic::Api, "{method} {path}");
+        }
+    }
+
+    #[test]
+    fn networks_parse_and_contain_their_addresses() {
+        let net = |s: &str| s.parse::<Network>().unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(net("10.0.0.0/8").contains(ip("10.200.3.4")) && !net("10.0.0.0/8").contains(ip("11.0.0.1")));
+        assert!(net("10.0.0.0/8").contains(ip("::ffff:10.1.2.3")), "IPv4 mapped into IPv6");
+        assert!(net("192.168.1.7").contains(ip("192.168.1.7")) && !net("192.168.1.7").contains(ip("192.168.1.8")));
+        assert!(net("fd00::/8").contains(ip("fd12::1")) && !net("fd00::/8").contains(ip("fe80::1")));
+        assert!(net("0.0.0.0/0").contains(ip("8.8.8.8")) && !net("0.0.0.0/0").contains(ip("::1")));
+        for bad in ["10.0.0.0/33", "fd00::/129", "proxy.local", "10.0.0/8", "10.0.0.0/x", ""] {
+            assert!(bad.parse::<Network>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn only_a_trusted_proxy_can_say_who_the_client_is() {
+        let proxies = TrustedProxies(vec!["10.0.0.0/8".parse().unwrap(), "::1".parse().unwrap()]);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let forwarded = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(X_FORWARDED_FOR, value.parse().unwrap());
+            headers
+        };
+        // Behind one proxy, the address it appended.
+        assert_eq!(proxies.client(ip("10.0.0.2"), &forwarded("203.0.113.9")), ip("203.0.113.9"));
+        // What the client wrote itself, left of that, is not believed.
+        assert_eq!(proxies.client(ip("10.0.0.2"), &forwarded("1.1.1.1, 203.0.113.9")), ip("203.0.113.9"));
+        // Through two trusted proxies.
+        assert_eq!(proxies.client(ip("::1"), &forwarded("198.51.100.4, 10.0.0.7")), ip("198.51.100.4"));
+        // A client that is not a proxy cannot pick its bucket.
+        assert_eq!(proxies.client(ip("203.0.113.9"), &forwarded("1.2.3.4")), ip("203.0.113.9"));
+        // No header, or garbage: the proxy itself.
+        assert_eq!(proxies.client(ip("10.0.0.2"), &HeaderMap::new()), ip("10.0.0.2"));
+        assert_eq!(proxies.client(ip("10.0.0.2"), &forwarded("not-an-address")), ip("10.0.0.2"));
+        assert_eq!(proxies.client(ip("10.0.0.2"), &forwarded("203.0.113.9:4711")), ip("203.0.113.9"), "with a port");
+        // No proxies configured: every header is ignored.
+        assert_eq!(TrustedProxies::default().client(ip("10.0.0.2"), &forwarded("203.0.113.9")), ip("10.0.0.2"));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tower::ServiceExt;
 use unlearn_shared::api::ErrorBody;
 
-use super::guard::client_key;
+use super::guard::{client_key, TrustedProxies};
 
 /// How many connections the server keeps open.
 #[derive(Debug, Clone, Copy)]
@@ -41,6 +41,8 @@ const MAX_HEAD: usize = 128 * 1024;
 /// Open connections, by client.
 struct Open {
     limits: ConnectionLimits,
+    /// Proxies carry many clients' connections: only the total caps theirs.
+    proxies: TrustedProxies,
     by_client: Mutex<HashMap<IpAddr, usize>>,
 }
 
@@ -54,8 +56,9 @@ impl Open {
     fn admit(self: &Arc<Self>, client: IpAddr) -> Option<Admitted> {
         let mut by_client = self.by_client.lock().expect("connections lock");
         let total: usize = by_client.values().sum();
+        let per_client = if self.proxies.trusts(client) { usize::MAX } else { self.limits.per_client };
         let held = by_client.entry(client).or_insert(0);
-        if total >= self.limits.total || *held >= self.limits.per_client {
+        if total >= self.limits.total || *held >= per_client {
             return None;
         }
         *held += 1;
@@ -76,8 +79,14 @@ impl Drop for Admitted {
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves.
-pub(crate) async fn serve(listener: tokio::net::TcpListener, app: Router, limits: ConnectionLimits, shutdown: impl std::future::Future<Output = ()>) {
-    let open = Arc::new(Open { limits, by_client: Mutex::default() });
+pub(crate) async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: ConnectionLimits,
+    proxies: TrustedProxies,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let open = Arc::new(Open { limits, proxies, by_client: Mutex::default() });
     let mut refused_logged = std::time::Instant::now() - Duration::from_secs(60);
     tokio::pin!(shutdown);
     loop {
@@ -208,7 +217,8 @@ mod tests {
 
     #[test]
     fn places_are_capped_per_client_and_in_all_and_freed_on_drop() {
-        let open = Arc::new(Open { limits: ConnectionLimits { total: 3, per_client: 2, read_timeout: Duration::from_secs(1) }, by_client: Mutex::default() });
+        let limits = ConnectionLimits { total: 3, per_client: 2, read_timeout: Duration::from_secs(1) };
+        let open = Arc::new(Open { limits, proxies: TrustedProxies::default(), by_client: Mutex::default() });
         let (a, b, c): (IpAddr, IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap(), "10.0.0.3".parse().unwrap());
         let first = open.admit(a).expect("a's first");
         let _second = open.admit(a).expect("a's second");
@@ -217,5 +227,15 @@ mod tests {
         assert!(open.admit(c).is_none(), "the server is full");
         drop(first);
         assert!(open.admit(c).is_some(), "a closed connection frees its place");
+    }
+
+    #[test]
+    fn a_trusted_proxy_is_capped_only_by_the_total() {
+        let limits = ConnectionLimits { total: 4, per_client: 1, read_timeout: Duration::from_secs(1) };
+        let proxy: IpAddr = "10.0.0.9".parse().unwrap();
+        let open = Arc::new(Open { limits, proxies: TrustedProxies(vec!["10.0.0.9".parse().unwrap()]), by_client: Mutex::default() });
+        let held: Vec<_> = (0..4).map(|n| open.admit(proxy).unwrap_or_else(|| panic!("the proxy's connection {n}"))).collect();
+        assert!(open.admit(proxy).is_none(), "the total still holds");
+        drop(held);
     }
 }

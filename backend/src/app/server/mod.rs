@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{Method, StatusCode};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
 use axum::Router;
@@ -34,6 +34,7 @@ use crate::engine::device::{self, DeviceChoice};
 use crate::storage::history::History;
 use catalog::BrowserModels;
 use error::ApiError;
+pub(crate) use guard::{Network, TrustedProxies};
 use jobs::Jobs;
 pub(crate) use listener::ConnectionLimits;
 
@@ -48,12 +49,17 @@ pub(crate) struct ServerConfig {
     /// Grants training, import and cancelling others' runs in public mode.
     pub(crate) token: Option<String>,
     pub(crate) queue_capacity: usize,
-    /// Requests per minute per client in public mode.
+    /// API requests per minute per client in public mode.
     pub(crate) rate_limit: u32,
+    /// Requests per minute per client for the page's files, thumbnails and model downloads
+    /// in public mode.
+    pub(crate) asset_rate_limit: u32,
     /// For requests that leave theirs out; `None` lets the worker pick by device. In public
     /// mode, also the most a request without the token may ask for.
     pub(crate) subsample: Option<Subsample>,
     pub(crate) connections: ConnectionLimits,
+    /// Reverse proxies whose `X-Forwarded-For` names the client, for limits and quotas.
+    pub(crate) trusted_proxies: TrustedProxies,
     /// Disk space the unlearned models of runs may take; the oldest are deleted past it.
     pub(crate) run_models_budget: u64,
     /// Free disk space kept in reserve: below it, new runs are refused with 507.
@@ -89,7 +95,7 @@ pub(crate) struct AppState {
     history: History,
     jobs: Jobs,
     browser_models: BrowserModels,
-    limiter: guard::RateLimiter,
+    limits: guard::RateLimits,
 }
 
 /// Opens the history, and starts the worker on `device` in its own thread.
@@ -99,8 +105,8 @@ pub(crate) fn start(config: ServerConfig, workspace: Workspace, device: DeviceCh
     crate::storage::files::remove_partials(&runs);
     let history = History::open(&config.data_dir.join("runs.sqlite"))?;
     let (jobs, receiver) = Jobs::new(config.queue_capacity);
-    let limiter = guard::RateLimiter::new(config.rate_limit);
-    let state = Arc::new(AppState { config, workspace, history, jobs, browser_models: BrowserModels::default(), limiter });
+    let limits = guard::RateLimits::new(config.rate_limit, config.asset_rate_limit);
+    let state = Arc::new(AppState { config, workspace, history, jobs, browser_models: BrowserModels::default(), limits });
     let worker = worker::Worker { state: state.clone(), receiver };
     std::thread::Builder::new().name("worker".into()).spawn(move || {
         if let Err(error) = device::run(device, worker) {
@@ -134,12 +140,28 @@ async fn ui(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let ui = &state.config.static_dir;
     let index = ui.join("index.html");
     if !index.exists() {
-        return ui_missing(&state).into_response();
+        return ui_missing().into_response();
     }
-    match ServeDir::new(ui).fallback(ServeFile::new(index)).oneshot(request).await {
+    let cache_control = HeaderValue::from_static(if is_hashed_asset(request.uri().path()) { IMMUTABLE } else { "no-cache" });
+    let files = ServeDir::new(ui).precompressed_gzip().fallback(ServeFile::new(index).precompressed_gzip());
+    let mut response = match files.oneshot(request).await {
         Ok(response) => response.into_response(),
         Err(never) => match never {},
+    };
+    if response.status().is_success() || response.status() == StatusCode::NOT_MODIFIED {
+        response.headers_mut().insert(header::CACHE_CONTROL, cache_control);
     }
+    response
+}
+
+/// For files whose name changes with their content: a browser never needs to ask again.
+const IMMUTABLE: &str = "public, max-age=31536000, immutable";
+
+/// Whether a UI path names a file trunk gave a content hash (`frontend-<16 hex digits>_bg.wasm`).
+fn is_hashed_asset(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or_default();
+    let stem = name.split('.').next().unwrap_or_default().trim_end_matches("_bg");
+    stem.rsplit_once('-').is_some_and(|(_, hash)| hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 async fn uri_length(request: Request, next: Next) -> Response {
@@ -151,13 +173,11 @@ async fn uri_length(request: Request, next: Next) -> Response {
     next.run(request).await
 }
 
-fn ui_missing(state: &AppState) -> (StatusCode, Html<String>) {
-    let page = format!(
-        "<!doctype html><title>Unlearning workbench</title><h1>The UI is not built</h1>\
-         <p>There is no <code>index.html</code> in <code>{}</code>. Run <code>scripts/start.sh</code>, \
-         or <code>cd frontend && trunk build --offline</code>. The API is up: <a href=\"/api/health\">/api/health</a>.</p>",
-        state.config.static_dir.display()
-    );
+/// The page where the UI is missing; it does not say where the server looked.
+fn ui_missing() -> (StatusCode, Html<&'static str>) {
+    let page = "<!doctype html><title>Unlearning workbench</title><h1>The UI is not built</h1>\
+         <p>There is no <code>index.html</code> in the server's <code>--static-dir</code>. Run <code>scripts/start.sh</code>, \
+         or <code>cd frontend && trunk build --offline</code>. The API is up: <a href=\"/api/health\">/api/health</a>.</p>";
     (StatusCode::SERVICE_UNAVAILABLE, Html(page))
 }
 
@@ -171,7 +191,8 @@ pub(crate) async fn serve(state: Arc<AppState>, addr: SocketAddr) -> anyhow::Res
     }
     println!("workbench listening on http://{local} ({mode} mode)");
     let limits = state.config.connections;
-    listener::serve(listener, router(state), limits, async {
+    let proxies = state.config.trusted_proxies.clone();
+    listener::serve(listener, router(state), limits, proxies, async {
         tokio::signal::ctrl_c().await.ok();
     })
     .await;

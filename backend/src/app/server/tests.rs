@@ -38,8 +38,10 @@ fn config(dir: &std::path::Path) -> ServerConfig {
         token: None,
         queue_capacity: 8,
         rate_limit: 120,
+        asset_rate_limit: 600,
         subsample: Some(Subsample { forget: Some(32), full: Some(64), test: Some(50) }),
         connections: super::ConnectionLimits::default(),
+        trusted_proxies: Default::default(),
         run_models_budget: 1 << 30,
         min_free_disk: 0,
     }
@@ -358,6 +360,11 @@ async fn public_mode_guards_writes_with_the_token_and_limits_each_client() {
     assert!(limited.1.contains_key(header::RETRY_AFTER));
     assert_error(&limited, StatusCode::TOO_MANY_REQUESTS, "too many requests");
     assert_eq!(server.send(Call::new(Method::GET, "/api/health").from("10.2.2.2:1")).await.0, StatusCode::OK);
+    // The limited client can still load the page's thumbnails: assets have their own budget.
+    for index in 0..40 {
+        let thumbnail = server.send(Call::new(Method::GET, &format!("/api/samples/{index}")).from("10.1.1.1:1")).await;
+        assert_eq!(thumbnail.0, StatusCode::OK, "thumbnail {index}");
+    }
     drop(server.state);
 }
 
@@ -589,4 +596,74 @@ async fn an_end_the_history_cannot_store_is_reported_from_memory() {
     assert_eq!(run.status, RunStatus::Failed, "{run:?}");
     assert!(run.error.as_deref().unwrap().contains("could not record") && run.error.as_deref().unwrap().contains("disk is full"), "{run:?}");
     assert_eq!(server.get::<Health>("/api/health").await.queue_length, 0, "the worker moved on");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_page_is_sent_compressed_and_its_hashed_files_are_cached_for_good() {
+    let ui = tempfile::tempdir().unwrap();
+    let wasm = "frontend-0123456789abcdef_bg.wasm";
+    for (name, contents) in [("index.html", "<!doctype html>page"), (wasm, "plain wasm"), ("style.css", "body{}")] {
+        std::fs::write(ui.path().join(name), contents).unwrap();
+    }
+    // Distinct contents tell which copy was sent.
+    std::fs::write(ui.path().join(format!("{wasm}.gz")), "gzipped wasm").unwrap();
+    let static_dir = ui.path().to_owned();
+    let server = start(move |config| config.static_dir = static_dir).await;
+
+    let (status, headers, body) = server.send(Call::new(Method::GET, &format!("/{wasm}")).header(header::ACCEPT_ENCODING, "gzip, br")).await;
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"gzipped wasm"[..]));
+    assert_eq!(headers[header::CONTENT_ENCODING], "gzip");
+    assert_eq!(headers[header::CACHE_CONTROL], "public, max-age=31536000, immutable");
+
+    let (_, headers, body) = server.send(Call::new(Method::GET, &format!("/{wasm}"))).await;
+    assert_eq!(&body[..], b"plain wasm", "a client that takes no gzip gets the file itself");
+    assert!(!headers.contains_key(header::CONTENT_ENCODING));
+
+    for path in ["/", "/index.html", "/style.css", "/runs/5"] {
+        let (status, headers, _) = server.send(Call::new(Method::GET, path)).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+        assert_eq!(headers[header::CACHE_CONTROL], "no-cache", "{path}: a name without a hash must be checked again");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn answers_do_not_say_where_the_server_keeps_its_files() {
+    let server = start(|_| {}).await;
+    let data_dir = server.state.config.data_dir.display().to_string();
+    let (status, _, body) = server.send(Call::new(Method::GET, "/")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "no UI is built in the test's folder");
+    let page = String::from_utf8_lossy(&body);
+    assert!(!page.contains(&data_dir) && page.contains("--static-dir"), "{page}");
+    for path in ["/api/models", "/api/health", "/api/runs"] {
+        let (_, _, body) = server.send(Call::new(Method::GET, path)).await;
+        assert!(!String::from_utf8_lossy(&body).contains(&data_dir), "{path} names the data folder");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_budget() {
+    let server = start(|config| {
+        config.public = true;
+        config.rate_limit = 5;
+        config.trusted_proxies = super::TrustedProxies(vec!["10.0.0.0/8".parse().unwrap()]);
+    })
+    .await;
+    let health =
+        |peer: &str, forwarded: &str| Call::new(Method::GET, "/api/health").from(peer).header(header::HeaderName::from_static("x-forwarded-for"), forwarded);
+    let spend = |peer: &'static str, forwarded: &'static str| {
+        let server = &server;
+        async move {
+            for n in 0.. {
+                if server.send(health(peer, forwarded)).await.0 == StatusCode::TOO_MANY_REQUESTS {
+                    return n;
+                }
+            }
+            unreachable!()
+        }
+    };
+    assert_eq!(spend("10.0.0.2:1", "203.0.113.1").await, 5, "the first visitor's budget");
+    assert_eq!(server.send(health("10.0.0.2:1", "203.0.113.2")).await.0, StatusCode::OK, "another visitor through the same proxy");
+    // Outside the trusted network, the header changes nothing: a client cannot pick new buckets.
+    assert_eq!(spend("198.51.100.7:1", "203.0.113.3").await, 5);
+    assert_eq!(server.send(health("198.51.100.7:1", "203.0.113.4")).await.0, StatusCode::TOO_MANY_REQUESTS);
 }

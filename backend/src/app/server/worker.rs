@@ -77,7 +77,7 @@ fn run_job<B: AutodiffBackend>(state: &AppState, executor: &mut Executor<B>, job
         Err(error) => {
             let error = format!("{:#}", anyhow::Error::new(error));
             tracing::warn!(run = job.id, %error, "run failed");
-            Outcome { status: RunStatus::Failed, result: None, error: Some(error), weights_etag: None }
+            Outcome { status: RunStatus::Failed, result: None, error: Some(without_data_dir(&error, &state.config.data_dir)), weights_etag: None }
         }
     };
     // What the run left in its folder (a training checkpoint) was published on success and
@@ -99,6 +99,18 @@ fn run_job<B: AutodiffBackend>(state: &AppState, executor: &mut Executor<B>, job
     let seconds = started.elapsed().as_secs_f64();
     tracing::info!(run = job.id, kind = job.request.kind(), status = status.as_str(), seconds, "run ended");
     state.jobs.finished(job.id, status, Some(seconds));
+}
+
+/// A failure as clients read it: paths inside the data folder are shown relative to it, so
+/// that the answer does not say where the server keeps its files.
+fn without_data_dir(error: &str, data_dir: &std::path::Path) -> String {
+    let absolute = std::path::absolute(data_dir).ok();
+    let canonical = data_dir.canonicalize().ok();
+    [canonical, absolute]
+        .into_iter()
+        .flatten()
+        .filter(|dir| dir.parent().is_some())
+        .fold(error.to_owned(), |text, dir| text.replace(&format!("{}/", dir.display()), "DATA_DIR/"))
 }
 
 /// Keeps what the run made: an unlearned model for the browser, a trained model among the
@@ -127,4 +139,19 @@ fn save_run_weights(state: &AppState, id: RunId, model: &ModelFile) -> Result<St
         }
     }
     Ok(download.etag)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_name_files_relative_to_the_data_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let inside = dir.path().join("runs/7/model.safetensors");
+        let error = format!("writing {}: No space left on device", inside.display());
+        let shown = without_data_dir(&error, dir.path());
+        assert_eq!(shown, "writing DATA_DIR/runs/7/model.safetensors: No space left on device");
+        assert_eq!(without_data_dir("no path here", dir.path()), "no path here");
+    }
 }
