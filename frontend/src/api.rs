@@ -28,8 +28,41 @@ fn unreachable(error: gloo_net::Error) -> String {
     format!("the server cannot be reached: {error}")
 }
 
+/// Longest the page waits out a public server's rate limit (429) on one read before it shows
+/// the failure.
+const PATIENCE_S: u32 = 60;
+
+/// Sends a GET; when the server answers 429 it waits as long as `Retry-After` says and asks
+/// again, up to [`PATIENCE_S`] in all. Reads only: a refused write is the user's to repeat.
+async fn send_get(url: &str) -> ApiResult<Response> {
+    let mut waited = 0;
+    loop {
+        let response = Request::get(url).send().await.map_err(unreachable)?;
+        match retry_after(&response) {
+            Some(seconds) if waited + seconds <= PATIENCE_S => {
+                waited += seconds;
+                sleep_s(seconds).await;
+            }
+            _ => return Ok(response),
+        }
+    }
+}
+
+/// The seconds a 429 answer asks the client to wait.
+fn retry_after(response: &Response) -> Option<u32> {
+    (response.status() == 429).then(|| response.headers().get("retry-after")?.trim().parse().ok()).flatten()
+}
+
+async fn sleep_s(seconds: u32) {
+    let promise = js_sys::Promise::new(&mut |resolve, _| {
+        let window = web_sys::window().expect("the page has a window");
+        window.set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, (seconds * 1000) as i32).expect("a timer");
+    });
+    let _ = wasm_bindgen_futures::JsFuture::from(promise).await;
+}
+
 async fn get<T: DeserializeOwned>(url: &str) -> ApiResult<T> {
-    read(Request::get(url).send().await.map_err(unreachable)?).await
+    read(send_get(url).await?).await
 }
 
 pub async fn health() -> ApiResult<Health> {
@@ -66,7 +99,7 @@ pub async fn cancel(id: RunId) -> ApiResult<Run> {
 
 /// A model file's bytes (the browser's HTTP cache revalidates them by ETag).
 pub async fn bytes(url: &str) -> ApiResult<Vec<u8>> {
-    let response = Request::get(url).send().await.map_err(unreachable)?;
+    let response = send_get(url).await?;
     if !response.ok() {
         return Err(failure(response).await);
     }
@@ -108,6 +141,15 @@ mod tests {
     use super::*;
     use unlearn_shared::api::RunStatus;
     use wasm_bindgen_test::wasm_bindgen_test;
+
+    #[wasm_bindgen_test]
+    async fn a_pause_waits_as_long_as_it_says() {
+        let now = || web_sys::window().unwrap().performance().unwrap().now();
+        let started = now();
+        sleep_s(1).await;
+        let waited = now() - started;
+        assert!((990.0..3000.0).contains(&waited), "waited {waited} ms");
+    }
 
     #[wasm_bindgen_test]
     fn events_are_read_by_their_name() {

@@ -1,7 +1,7 @@
 //! The page: its shared state and its layout.
 
 use leptos::prelude::*;
-use unlearn_shared::api::{ClassId, ModelInfo, ProgressEvent, Run, RunEvent, RunId, RunRequest, RunStatus, DEFAULT_MODEL};
+use unlearn_shared::api::{ClassId, Health, ModelInfo, ProgressEvent, PublicLimits, Run, RunEvent, RunId, RunRequest, RunStatus, Subsample, DEFAULT_MODEL};
 
 use crate::api::{self, ApiResult};
 use crate::views::{Classify, Compare, Controls, ErrorBanner, History, Results, RunProgress};
@@ -107,20 +107,57 @@ impl Workbench {
     }
 }
 
+/// How often the page asks the server how it is.
+const HEALTH_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The health badge's words for the last answer.
+fn health_badge(health: Option<&ApiResult<Health>>) -> String {
+    match health {
+        Some(Ok(h)) => format!("server on {} · queue {}/{}", h.device.as_deref().unwrap_or("starting"), h.queue_length, h.queue_capacity),
+        Some(Err(e)) => format!("connection lost ({e}); trying again every {} s", HEALTH_EVERY.as_secs()),
+        None => "connecting…".into(),
+    }
+}
+
+/// On a public server, what a visitor may do.
+fn demo_notice(limits: &PublicLimits) -> String {
+    let mut notice = format!(
+        "A public demo: each visitor may make {} requests a minute and have {} runs queued or running at once",
+        limits.api_requests_per_minute, limits.runs_at_once
+    );
+    if let Some(Subsample { forget: Some(forget), full: Some(full), test: Some(test) }) = limits.subsample {
+        notice += &format!(", each on at most {forget} images of the forget class, {full} of the training set and {test} test images");
+    }
+    notice + ". Training and importing models need the server's token."
+}
+
 #[component]
 pub fn App() -> impl IntoView {
     provide_context(Workbench::new());
-    let health = LocalResource::new(api::health);
-    let device = move || match health.get() {
-        Some(Ok(h)) => format!("server on {} · queue {}/{}", h.device.unwrap_or_else(|| "starting".into()), h.queue_length, h.queue_capacity),
-        Some(Err(e)) => e,
-        None => "connecting…".into(),
-    };
+    // Asked again every few seconds, so that the badge tells when the server goes away and
+    // when it is back.
+    let asked = RwSignal::new(0u32);
+    set_interval(move || asked.update(|n| *n += 1), HEALTH_EVERY);
+    let asking = LocalResource::new(move || {
+        asked.track();
+        api::health()
+    });
+    // The last answer stays shown while the next is on its way.
+    let health = RwSignal::new(None::<ApiResult<Health>>);
+    Effect::new(move |_| {
+        if let Some(answer) = asking.get() {
+            health.set(Some(answer));
+        }
+    });
+    let device = move || health.with(|h| health_badge(h.as_ref()));
+    let lost = move || health.with(|h| matches!(h, Some(Err(_))));
+    let notice = move || health.with(|h| h.as_ref().and_then(|h| h.as_ref().ok()?.public_limits).map(|limits| demo_notice(&limits)));
     view! {
         <header>
             <h1>"Unlearning workbench"</h1>
             <p class="subtitle">"Forget a CIFAR-10 class from a ResNet18 with Selective Synaptic Dampening, and see what changed."</p>
-            <span class="badge" id="health">{device}</span>
+            <span class="badge" class:lost=lost id="health" role="status">{device}</span>
+            {move || notice().map(|text| view! { <p class="notice" id="demo">{text}</p> })}
         </header>
         <ErrorBanner/>
         <main>
@@ -148,5 +185,24 @@ mod tests {
         assert_eq!(chosen_model(&both, Some("tiny".into())).as_deref(), Some("tiny"));
         assert_eq!(chosen_model(&tiny, Some("gone".into())).as_deref(), Some("tiny"), "a pick the server no longer lists");
         assert_eq!(chosen_model(&[], None), None);
+    }
+
+    #[wasm_bindgen_test]
+    fn the_badge_says_when_the_connection_is_lost() {
+        let health = Health { version: "1".into(), device: Some("cpu".into()), queue_length: 1, queue_capacity: 16, public: false, public_limits: None };
+        assert_eq!(health_badge(Some(&Ok(health))), "server on cpu · queue 1/16");
+        let lost = health_badge(Some(&Err("the server cannot be reached: fetch failed".into())));
+        assert!(lost.starts_with("connection lost (the server cannot be reached") && lost.ends_with("every 5 s"), "{lost}");
+        assert_eq!(health_badge(None), "connecting…");
+    }
+
+    #[wasm_bindgen_test]
+    fn the_demo_notice_states_the_limits() {
+        let mut limits = PublicLimits { api_requests_per_minute: 120, runs_at_once: 2, subsample: None };
+        let notice = demo_notice(&limits);
+        assert!(notice.contains("120 requests a minute") && notice.contains("2 runs") && !notice.contains("images"), "{notice}");
+        limits.subsample = Some(Subsample { forget: Some(256), full: Some(1024), test: Some(500) });
+        let notice = demo_notice(&limits);
+        assert!(notice.contains("256 images of the forget class, 1024 of the training set and 500 test images"), "{notice}");
     }
 }

@@ -12,5 +12,9 @@ wasm_bindgen_test::wasm_bindgen_test_configure!(run_in_browser);
 
 fn main() {
     console_error_panic_hook::set_once();
+    // index.html shows a line while the wasm downloads; the page replaces it.
+    if let Some(loading) = web_sys::window().and_then(|w| w.document()).and_then(|d| d.get_element_by_id("loading")) {
+        loading.remove();
+    }
     leptos::mount::mount_to_body(app::App);
 }

@@ -11,12 +11,17 @@ use unlearn_tests::{backend, ok, repository, scratch_data_dir};
 
 /// The real server on a scratch data folder, with a tiny model trained for it, serving the built UI.
 fn workbench() -> (tempfile::TempDir, Server) {
+    workbench_with(&[])
+}
+
+/// As [`workbench`], with more `backend serve` options.
+fn workbench_with(serve_options: &[&str]) -> (tempfile::TempDir, Server) {
     let dist = repository().join("frontend/dist");
     assert!(dist.join("index.html").exists(), "the UI is not built in {}; scripts/test.sh builds it with trunk", dist.display());
     let scratch = scratch_data_dir();
     let dir = scratch.path();
     ok(backend(dir, &["train", "--name", "tiny", "--width", "4", "--epochs", "1", "--train-limit", "512", "--test-limit", "100"]));
-    let server = Server::start(dir, &["--static-dir", dist.to_str().unwrap()]);
+    let server = Server::start(dir, &[&["--static-dir", dist.to_str().unwrap()], serve_options].concat());
     (scratch, server)
 }
 
@@ -69,6 +74,40 @@ fn a_user_forgets_a_class_and_classifies_an_image_locally() {
     let png = browser.screenshot();
     assert_eq!(&png[1..4], b"PNG");
     std::fs::write(shots.join("workbench.png"), png).unwrap();
+}
+
+/// On a public server the page says what a visitor may do, loads its files and thumbnails
+/// past the API's limit (they have their own), and waits out the API's 429 answers by their
+/// `Retry-After` instead of showing them.
+#[test]
+fn a_public_demo_states_its_limits_and_waits_out_its_rate_limit() {
+    let (_scratch, server) = workbench_with(&["--public", "--rate-limit", "12"]);
+    // Spend this address's API budget, so that every first call of the page is refused.
+    let api = agent();
+    let mut refused = None;
+    for _ in 0..20 {
+        let response = api.get(format!("{}/api/runs", server.url)).call().unwrap();
+        if response.status() == 429 {
+            refused = Some(response.headers()["retry-after"].to_str().unwrap().to_owned());
+            break;
+        }
+    }
+    let retry_after: u64 = refused.expect("the budget was spent").parse().unwrap();
+    assert!((1..=10).contains(&retry_after), "12 a minute: one every 5 s, not {retry_after}");
+
+    let browser = Browser::start(WebGpu::Absent);
+    let started = std::time::Instant::now();
+    browser.open(&server.url);
+    let notice = browser.wait_for_text("#demo", Duration::from_secs(30), |t| !t.is_empty());
+    assert!(notice.contains("12 requests a minute") && notice.contains("2 runs"), "{notice}");
+    assert!(notice.contains("64 images of the forget class"), "the server's ceiling: {notice}");
+    // Thumbnails are assets: they load although the API budget is spent.
+    browser.wait_for(".classes button.class img", 10, Duration::from_secs(60));
+    browser.wait_for("#model option[value='tiny']", 1, Duration::from_secs(90));
+    browser.wait_for("#gallery button.thumb", 12, Duration::from_secs(90));
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_secs(retry_after.saturating_sub(1)), "the lists came only after the server's wait: {waited:?}");
+    assert!(browser.all(".error").is_empty(), "no 429 shown: {}", browser.text(".error"));
 }
 
 /// Where the browser offers WebGPU the page can run on it (headless Chromium's is software,

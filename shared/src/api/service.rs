@@ -3,18 +3,37 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::Subsample;
+
 /// `GET /api/health`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Health {
     pub version: String,
-    /// The backend the worker runs on (`cuda`, `wgpu`, `cpu`); `None` while it starts.
+    /// The backend the worker runs on (`cuda`, `cpu`, or `wgpu` with its adapter:
+    /// `wgpu (NVIDIA H200)`); `None` while it starts.
     pub device: Option<String>,
     /// Runs waiting for the worker, not counting the one it is running.
     pub queue_length: usize,
     pub queue_capacity: usize,
     /// Whether the server runs in `--public` mode (rate limits, token-protected writes).
     pub public: bool,
+    /// What a visitor without the token may do, in `--public` mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_limits: Option<PublicLimits>,
+}
+
+/// What a visitor of a `--public` server may do without the token.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct PublicLimits {
+    /// API requests per minute (the page's files, thumbnails and downloads have their own).
+    pub api_requests_per_minute: u32,
+    /// Runs one visitor may have queued or running at once.
+    pub runs_at_once: usize,
+    /// The most images a run may use; `None` while the worker starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subsample: Option<Subsample>,
 }
 
 /// A base model the server can unlearn from (`GET /api/models`).

@@ -86,8 +86,8 @@ impl RateLimiter {
 pub(crate) enum Traffic {
     /// API calls: each may queue work or read the history.
     Api,
-    /// What a page load fetches by the dozen and the server only reads out: the UI's files,
-    /// test-image thumbnails, model weights for the browser.
+    /// What a page fetches by the dozen and costs the server almost nothing: the UI's files,
+    /// test-image thumbnails, model weights for the browser, and the health check it polls.
     Asset,
 }
 
@@ -95,6 +95,7 @@ impl Traffic {
     pub(crate) fn of(method: &Method, path: &str) -> Self {
         let read = matches!(*method, Method::GET | Method::HEAD);
         let file = !(path == "/api" || path.starts_with("/api/"))
+            || path == "/api/health"
             || path.starts_with("/api/samples/")
             || (path.starts_with("/api/models/") || path.starts_with("/api/runs/")) && path.ends_with("/weights");
         if read && file {
@@ -330,7 +331,7 @@ mod tests {
     }
 
     #[test]
-    fn files_thumbnails_and_weights_are_assets_and_everything_else_is_api() {
+    fn files_thumbnails_weights_and_health_are_assets_and_everything_else_is_api() {
         let assets = [
             ("GET", "/"),
             ("GET", "/frontend-0123abcd_bg.wasm"),
@@ -338,12 +339,13 @@ mod tests {
             ("GET", "/api/samples/7"),
             ("GET", "/api/models/reference/weights"),
             ("GET", "/api/runs/3/weights"),
+            ("GET", "/api/health"),
         ];
         for (method, path) in assets {
             assert_eq!(Traffic::of(&method.parse().unwrap(), path), Traffic::Asset, "{method} {path}");
         }
         let api = [
-            ("GET", "/api/health"),
+            ("GET", "/api/models"),
             ("GET", "/api/samples"),
             ("GET", "/api/runs/3"),
             ("GET", "/api/runs/3/events"),

@@ -350,7 +350,7 @@ async fn public_mode_guards_writes_with_the_token_and_limits_each_client() {
     // Another client still has its budget when this one has spent its own.
     let mut limited = None;
     for _ in 0..40 {
-        let answer = server.send(Call::new(Method::GET, "/api/health").from("10.1.1.1:1")).await;
+        let answer = server.send(Call::new(Method::GET, "/api/models").from("10.1.1.1:1")).await;
         if answer.0 == StatusCode::TOO_MANY_REQUESTS {
             limited = Some(answer);
             break;
@@ -359,7 +359,7 @@ async fn public_mode_guards_writes_with_the_token_and_limits_each_client() {
     let limited = limited.expect("the client was limited");
     assert!(limited.1.contains_key(header::RETRY_AFTER));
     assert_error(&limited, StatusCode::TOO_MANY_REQUESTS, "too many requests");
-    assert_eq!(server.send(Call::new(Method::GET, "/api/health").from("10.2.2.2:1")).await.0, StatusCode::OK);
+    assert_eq!(server.send(Call::new(Method::GET, "/api/models").from("10.2.2.2:1")).await.0, StatusCode::OK);
     // The limited client can still load the page's thumbnails: assets have their own budget.
     for index in 0..40 {
         let thumbnail = server.send(Call::new(Method::GET, &format!("/api/samples/{index}")).from("10.1.1.1:1")).await;
@@ -649,7 +649,7 @@ async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_budget() {
     })
     .await;
     let health =
-        |peer: &str, forwarded: &str| Call::new(Method::GET, "/api/health").from(peer).header(header::HeaderName::from_static("x-forwarded-for"), forwarded);
+        |peer: &str, forwarded: &str| Call::new(Method::GET, "/api/runs").from(peer).header(header::HeaderName::from_static("x-forwarded-for"), forwarded);
     let spend = |peer: &'static str, forwarded: &'static str| {
         let server = &server;
         async move {
