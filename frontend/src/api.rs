@@ -48,9 +48,10 @@ async fn send_get(url: &str) -> ApiResult<Response> {
     }
 }
 
-/// The seconds a 429 answer asks the client to wait.
+/// The seconds a 429 answer asks the client to wait: at least one, so that a proxy's
+/// `Retry-After: 0` does not make the page spin.
 fn retry_after(response: &Response) -> Option<u32> {
-    (response.status() == 429).then(|| response.headers().get("retry-after")?.trim().parse().ok()).flatten()
+    (response.status() == 429).then(|| response.headers().get("retry-after")?.trim().parse::<u32>().ok()).flatten().map(|s| s.clamp(1, PATIENCE_S + 1))
 }
 
 async fn sleep_s(seconds: u32) {

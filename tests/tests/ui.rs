@@ -101,9 +101,16 @@ fn a_public_demo_states_its_limits_and_waits_out_its_rate_limit() {
     let notice = browser.wait_for_text("#demo", Duration::from_secs(30), |t| !t.is_empty());
     assert!(notice.contains("12 requests a minute") && notice.contains("2 runs"), "{notice}");
     assert!(notice.contains("64 images of the forget class"), "the server's ceiling: {notice}");
-    // Thumbnails are assets: they load although the API budget is spent.
-    browser.wait_for(".classes button.class img", 10, Duration::from_secs(60));
     browser.wait_for("#model option[value='tiny']", 1, Duration::from_secs(90));
+    // Thumbnails are assets: they load (not just their tags) while the page has just spent
+    // the API's budget again; on the API's limit they would be refused.
+    browser.wait_for(".classes button.class img", 10, Duration::from_secs(60));
+    let loaded = "return [...document.querySelectorAll('.classes img')].filter(i => i.complete && i.naturalWidth > 0).length";
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while browser.script(loaded).as_u64() != Some(10) {
+        assert!(std::time::Instant::now() < deadline, "thumbnails did not load: {}", browser.script(loaded));
+        std::thread::sleep(Duration::from_millis(200));
+    }
     browser.wait_for("#gallery button.thumb", 12, Duration::from_secs(90));
     let waited = started.elapsed();
     assert!(waited >= Duration::from_secs(retry_after.saturating_sub(1)), "the lists came only after the server's wait: {waited:?}");

@@ -15,7 +15,7 @@ use unlearn_shared::model::weights::{self, is_statistic, StateDict};
 use unlearn_shared::model::{NormStats, ResNet};
 
 use super::batch::batch;
-use super::device::{self, Device, DeviceChoice, Processor, Workload};
+use super::device::{self, Device, DeviceChoice, Workload};
 use super::evaluate::evaluate;
 use super::progress::Silent;
 use super::ssd::{dampen, importance, Importances};
@@ -40,7 +40,9 @@ impl Tolerance {
     /// The largest `|a - b|` as a share of what the bound allows: at most 1 when close.
     fn excess(self, a: &[f32], b: &[f32]) -> f32 {
         assert_eq!(a.len(), b.len(), "same number of values");
-        a.iter().zip(b).fold(0.0_f32, |worst, (x, y)| worst.max((x - y).abs() / (self.absolute + self.relative * x.abs())))
+        // A NaN or infinity on either side is as far off as can be (`max` would skip a NaN).
+        let excess = |x: f32, y: f32| if x.is_finite() && y.is_finite() { (x - y).abs() / (self.absolute + self.relative * x.abs()) } else { f32::INFINITY };
+        a.iter().zip(b).fold(0.0_f32, |worst, (&x, &y)| worst.max(excess(x, y)))
     }
 
     /// Absolute and relative bound `share` of the largest magnitude in `values`.
@@ -99,7 +101,6 @@ fn recipe(train_limit: usize, batch_size: usize) -> TrainRecipe {
 /// Everything one backend computes from the same start.
 struct Outputs {
     description: String,
-    processor: Processor,
     /// Inference-mode logits of 32 test images, row by row.
     logits: Vec<f32>,
     accuracy: f64,
@@ -149,7 +150,6 @@ impl Workload for Probe {
 
         Outputs {
             description: device.description.clone(),
-            processor: device.processor,
             logits: logits(&inference),
             accuracy: overall.accuracy,
             loss: overall.loss,
@@ -195,17 +195,10 @@ fn worst_key(a: &StateDict, b: &StateDict, tolerance: impl Fn(&[f32]) -> Toleran
 }
 
 #[test]
-fn wgpu_runs_on_the_adapter_it_reports() {
-    let (cpu, gpu) = outputs();
-    assert_eq!((cpu.description.as_str(), cpu.processor), ("cpu", Processor::Cpu));
-    assert!(gpu.description.starts_with("wgpu ("), "{}", gpu.description);
-    let software = gpu.description.ends_with(", software)");
-    assert_eq!(gpu.processor == Processor::Cpu, software, "a software adapter is budgeted as a CPU: {}", gpu.description);
-}
-
-#[test]
 fn inference_logits_agree_with_the_cpu() {
     let (cpu, gpu) = outputs();
+    assert_eq!(cpu.description, "cpu");
+    assert!(gpu.description.starts_with("wgpu (") && gpu.description.ends_with(')'), "the report names the adapter: {}", gpu.description);
     let excess = LOGITS.excess(&cpu.logits, &gpu.logits);
     println!("logits: {excess:e} of the tolerance {LOGITS:?}");
     assert!(excess <= 1.0, "logits differ by {excess} times the tolerance {LOGITS:?}");
@@ -244,19 +237,16 @@ fn importances_agree_with_the_cpu() {
 #[test]
 fn dampening_selects_the_same_parameters_and_gives_the_same_model() {
     let (cpu, gpu) = outputs();
-    // Parameters whose two importances are within the tolerance of the threshold may be
-    // selected by one backend and not the other; any further difference is a real one.
+    // Parameters whose importances put them within the importance tolerance of the threshold
+    // may be selected by one backend and not the other; any further difference is a real one.
     let borderline: u64 = cpu
         .forget_importance
         .iter()
         .map(|(key, forget)| {
             let full = &cpu.full_importance[key].values;
-            forget
-                .values
-                .iter()
-                .zip(full)
-                .filter(|&(&f, &u)| (f as f64 - ALPHA * u as f64).abs() <= IMPORTANCE_SHARE as f64 * (f as f64).max(ALPHA * u as f64))
-                .count() as u64
+            let margin =
+                Tolerance::of_scale(IMPORTANCE_SHARE, &forget.values).absolute as f64 + ALPHA * Tolerance::of_scale(IMPORTANCE_SHARE, full).absolute as f64;
+            forget.values.iter().zip(full).filter(|&(&f, &u)| (f as f64 - ALPHA * u as f64).abs() <= margin).count() as u64
         })
         .sum();
     println!("dampening: {} selected on the CPU, {} on wgpu, {borderline} borderline", cpu.selected, gpu.selected);

@@ -239,7 +239,9 @@ pub(crate) fn main() -> Result<()> {
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches)?;
     let (_, command_matches) = matches.subcommand().expect("a subcommand is required");
-    device::keep_gpu_caches_in(&cli.data_dir.join("gpu-cache"));
+    if cli.device != DeviceChoice::Cpu {
+        device::keep_gpu_caches_in(&cli.data_dir.join("gpu-cache"));
+    }
     let workspace = |cli: &Cli| -> Result<Workspace> {
         let data = dataset::prepare(&cli.data_dir, &Source::Npm)?;
         let models = ModelStore::open(&cli.data_dir.join("models"), &cli.shipped_models)?;

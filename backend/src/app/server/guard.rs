@@ -86,18 +86,16 @@ impl RateLimiter {
 pub(crate) enum Traffic {
     /// API calls: each may queue work or read the history.
     Api,
-    /// What a page fetches by the dozen and costs the server almost nothing: the UI's files,
-    /// test-image thumbnails, model weights for the browser, and the health check it polls.
+    /// What a page fetches by the dozen and costs the server little: the UI's files (sent
+    /// once, then cached), test-image thumbnails, and the health check it polls.
     Asset,
 }
 
 impl Traffic {
     pub(crate) fn of(method: &Method, path: &str) -> Self {
         let read = matches!(*method, Method::GET | Method::HEAD);
-        let file = !(path == "/api" || path.starts_with("/api/"))
-            || path == "/api/health"
-            || path.starts_with("/api/samples/")
-            || (path.starts_with("/api/models/") || path.starts_with("/api/runs/")) && path.ends_with("/weights");
+        // Model weights (22 MB each) stay on the API's budget: bandwidth is not cheap.
+        let file = !(path == "/api" || path.starts_with("/api/")) || path == "/api/health" || path.starts_with("/api/samples/");
         if read && file {
             Self::Asset
         } else {
@@ -143,7 +141,12 @@ impl std::str::FromStr for Network {
             None => bits,
             Some(prefix) => prefix.parse::<u32>().ok().filter(|&p| p <= bits).ok_or_else(|| format!("'{text}': the prefix length must be 0-{bits}"))?,
         };
-        Ok(Self { address, prefix })
+        // Clients are compared as IPv4 where they arrive mapped into IPv6; so are networks.
+        match address {
+            IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some() && prefix >= 96 => Ok(Self { address: canonical(address), prefix: prefix - 96 }),
+            IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some() => Err(format!("'{text}': an IPv4-mapped network needs a prefix of at least 96")),
+            _ => Ok(Self { address, prefix }),
+        }
     }
 }
 
@@ -182,12 +185,14 @@ impl TrustedProxies {
     /// was written by whoever sent it.
     pub(crate) fn client(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
         let mut client = peer;
-        let forwarded: Vec<&str> = headers.get_all(X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).collect();
+        // Split as bytes: a value with other bytes elsewhere must still give its last entries,
+        // which the proxy appended.
+        let forwarded: Vec<&[u8]> = headers.get_all(X_FORWARDED_FOR).iter().flat_map(|v| v.as_bytes().split(|&b| b == b',')).collect();
         for entry in forwarded.iter().rev() {
             if !self.trusts(client) {
                 break;
             }
-            let entry = entry.trim();
+            let entry = std::str::from_utf8(entry).unwrap_or_default().trim();
             match entry.parse::<IpAddr>().or_else(|_| entry.parse::<SocketAddr>().map(|s| s.ip())) {
                 Ok(address) => client = address,
                 Err(_) => break,
@@ -331,16 +336,8 @@ mod tests {
     }
 
     #[test]
-    fn files_thumbnails_weights_and_health_are_assets_and_everything_else_is_api() {
-        let assets = [
-            ("GET", "/"),
-            ("GET", "/frontend-0123abcd_bg.wasm"),
-            ("HEAD", "/style.css"),
-            ("GET", "/api/samples/7"),
-            ("GET", "/api/models/reference/weights"),
-            ("GET", "/api/runs/3/weights"),
-            ("GET", "/api/health"),
-        ];
+    fn files_thumbnails_and_health_are_assets_and_everything_else_is_api() {
+        let assets = [("GET", "/"), ("GET", "/frontend-0123abcd_bg.wasm"), ("HEAD", "/style.css"), ("GET", "/api/samples/7"), ("GET", "/api/health")];
         for (method, path) in assets {
             assert_eq!(Traffic::of(&method.parse().unwrap(), path), Traffic::Asset, "{method} {path}");
         }
@@ -352,6 +349,8 @@ mod tests {
             ("POST", "/api/runs"),
             ("POST", "/"),
             ("DELETE", "/api/runs/3/weights"),
+            ("GET", "/api/models/reference/weights"),
+            ("GET", "/api/runs/3/weights"),
             ("GET", "/api"),
         ];
         for (method, path) in api {
@@ -368,6 +367,8 @@ mod tests {
         assert!(net("192.168.1.7").contains(ip("192.168.1.7")) && !net("192.168.1.7").contains(ip("192.168.1.8")));
         assert!(net("fd00::/8").contains(ip("fd12::1")) && !net("fd00::/8").contains(ip("fe80::1")));
         assert!(net("0.0.0.0/0").contains(ip("8.8.8.8")) && !net("0.0.0.0/0").contains(ip("::1")));
+        assert!(net("::ffff:10.0.0.0/104").contains(ip("10.9.8.7")) && net("::ffff:10.0.0.0/104").contains(ip("::ffff:10.1.1.1")));
+        assert!("::ffff:10.0.0.0/64".parse::<Network>().is_err(), "a mapped network wider than IPv4");
         for bad in ["10.0.0.0/33", "fd00::/129", "proxy.local", "10.0.0/8", "10.0.0.0/x", ""] {
             assert!(bad.parse::<Network>().is_err(), "{bad}");
         }
@@ -394,6 +395,10 @@ mod tests {
         assert_eq!(proxies.client(ip("10.0.0.2"), &HeaderMap::new()), ip("10.0.0.2"));
         assert_eq!(proxies.client(ip("10.0.0.2"), &forwarded("not-an-address")), ip("10.0.0.2"));
         assert_eq!(proxies.client(ip("10.0.0.2"), &forwarded("203.0.113.9:4711")), ip("203.0.113.9"), "with a port");
+        // Bytes that are not text in the client's own part do not hide what the proxy appended.
+        let mut headers = HeaderMap::new();
+        headers.insert(X_FORWARDED_FOR, axum::http::HeaderValue::from_bytes(b"\xff\xfe, 203.0.113.9").unwrap());
+        assert_eq!(proxies.client(ip("10.0.0.2"), &headers), ip("203.0.113.9"));
         // No proxies configured: every header is ignored.
         assert_eq!(TrustedProxies::default().client(ip("10.0.0.2"), &forwarded("203.0.113.9")), ip("10.0.0.2"));
     }

@@ -53,10 +53,12 @@ struct Admitted {
 }
 
 impl Open {
-    fn admit(self: &Arc<Self>, client: IpAddr) -> Option<Admitted> {
+    /// Admits a connection from `peer`, counted against its client's share (its IPv6 /64).
+    fn admit(self: &Arc<Self>, peer: IpAddr) -> Option<Admitted> {
+        let client = client_key(peer);
         let mut by_client = self.by_client.lock().expect("connections lock");
         let total: usize = by_client.values().sum();
-        let per_client = if self.proxies.trusts(client) { usize::MAX } else { self.limits.per_client };
+        let per_client = if self.proxies.trusts(peer) { usize::MAX } else { self.limits.per_client };
         let held = by_client.entry(client).or_insert(0);
         if total >= self.limits.total || *held >= per_client {
             return None;
@@ -102,7 +104,7 @@ pub(crate) async fn serve(
             },
             () = &mut shutdown => return,
         };
-        let Some(admitted) = open.admit(client_key(peer.ip())) else {
+        let Some(admitted) = open.admit(peer.ip()) else {
             if refused_logged.elapsed() > Duration::from_secs(10) {
                 tracing::warn!(client = %peer.ip(), ?limits, "refusing connections over the limit");
                 refused_logged = std::time::Instant::now();
@@ -232,10 +234,16 @@ mod tests {
     #[test]
     fn a_trusted_proxy_is_capped_only_by_the_total() {
         let limits = ConnectionLimits { total: 4, per_client: 1, read_timeout: Duration::from_secs(1) };
-        let proxy: IpAddr = "10.0.0.9".parse().unwrap();
-        let open = Arc::new(Open { limits, proxies: TrustedProxies(vec!["10.0.0.9".parse().unwrap()]), by_client: Mutex::default() });
-        let held: Vec<_> = (0..4).map(|n| open.admit(proxy).unwrap_or_else(|| panic!("the proxy's connection {n}"))).collect();
-        assert!(open.admit(proxy).is_none(), "the total still holds");
-        drop(held);
+        for named in ["10.0.0.9", "::1"] {
+            let proxy: IpAddr = named.parse().unwrap();
+            let open = Arc::new(Open { limits, proxies: TrustedProxies(vec![named.parse().unwrap()]), by_client: Mutex::default() });
+            let held: Vec<_> = (0..4).map(|n| open.admit(proxy).unwrap_or_else(|| panic!("{proxy}'s connection {n}"))).collect();
+            assert!(open.admit(proxy).is_none(), "the total still holds");
+            drop(held);
+        }
+        // Trusting one IPv6 proxy exempts it alone, not its whole /64.
+        let open = Arc::new(Open { limits, proxies: TrustedProxies(vec!["2001:db8::1".parse().unwrap()]), by_client: Mutex::default() });
+        let _neighbour = open.admit("2001:db8::2".parse().unwrap()).expect("its first");
+        assert!(open.admit("2001:db8::3".parse().unwrap()).is_none(), "the /64 shares one place");
     }
 }

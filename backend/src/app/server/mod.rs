@@ -142,14 +142,22 @@ async fn ui(State(state): State<Arc<AppState>>, request: Request) -> Response {
     if !index.exists() {
         return ui_missing().into_response();
     }
-    let cache_control = HeaderValue::from_static(if is_hashed_asset(request.uri().path()) { IMMUTABLE } else { "no-cache" });
-    let files = ServeDir::new(ui).precompressed_gzip().fallback(ServeFile::new(index).precompressed_gzip());
-    let mut response = match files.oneshot(request).await {
+    let files = ServeDir::new(ui).precompressed_gzip();
+    // A hashed name that is not there (a stale tab after a deploy) gets 404, never the page:
+    // the page under that name would be cached for a year.
+    let (served, cache_control) = match is_hashed_asset(request.uri().path()) {
+        true => (files.oneshot(request).await, IMMUTABLE),
+        false => (files.fallback(ServeFile::new(index).precompressed_gzip()).oneshot(request).await, "no-cache"),
+    };
+    let mut response = match served {
         Ok(response) => response.into_response(),
         Err(never) => match never {},
     };
     if response.status().is_success() || response.status() == StatusCode::NOT_MODIFIED {
-        response.headers_mut().insert(header::CACHE_CONTROL, cache_control);
+        let headers = response.headers_mut();
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache_control));
+        // Caches on the way must keep the gzipped and the plain copy apart.
+        headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
     }
     response
 }
@@ -157,11 +165,12 @@ async fn ui(State(state): State<Arc<AppState>>, request: Request) -> Response {
 /// For files whose name changes with their content: a browser never needs to ask again.
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 
-/// Whether a UI path names a file trunk gave a content hash (`frontend-<16 hex digits>_bg.wasm`).
+/// Whether a UI path names a file trunk gave a content hash (`frontend-<hex>_bg.wasm`; trunk
+/// writes a 64-bit hash without leading zeros).
 fn is_hashed_asset(path: &str) -> bool {
     let name = path.rsplit('/').next().unwrap_or_default();
     let stem = name.split('.').next().unwrap_or_default().trim_end_matches("_bg");
-    stem.rsplit_once('-').is_some_and(|(_, hash)| hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()))
+    stem.rsplit_once('-').is_some_and(|(_, hash)| (8..=16).contains(&hash.len()) && hash.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 async fn uri_length(request: Request, next: Next) -> Response {

@@ -614,6 +614,10 @@ async fn the_page_is_sent_compressed_and_its_hashed_files_are_cached_for_good() 
     assert_eq!((status, &body[..]), (StatusCode::OK, &b"gzipped wasm"[..]));
     assert_eq!(headers[header::CONTENT_ENCODING], "gzip");
     assert_eq!(headers[header::CACHE_CONTROL], "public, max-age=31536000, immutable");
+    assert_eq!(headers[header::VARY], "accept-encoding");
+    let (status, headers, _) = server.send(Call::new(Method::GET, "/frontend-fedcba9876543210_bg.wasm")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "a stale hashed name is not answered with the page");
+    assert!(!headers.contains_key(header::CACHE_CONTROL));
 
     let (_, headers, body) = server.send(Call::new(Method::GET, &format!("/{wasm}"))).await;
     assert_eq!(&body[..], b"plain wasm", "a client that takes no gzip gets the file itself");
