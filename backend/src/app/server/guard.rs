@@ -39,11 +39,8 @@ const MAX_CLIENTS: usize = 20_000;
 /// Who a client is for limits: its IPv4 address, or its IPv6 /64 (one host's share, which
 /// it can fill with addresses at will).
 pub(crate) fn client_key(address: IpAddr) -> IpAddr {
-    match address {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
-        },
+    match canonical(address) {
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
         v4 => v4,
     }
 }
