@@ -49,7 +49,7 @@ impl PhaseTimer {
         let elapsed = self.elapsed_s();
         let rate = if elapsed > 0.0 { done as f64 / elapsed } else { 0.0 };
         let eta_s = (rate > 0.0).then(|| self.total.saturating_sub(done) as f64 / rate);
-        ProgressEvent { phase: self.phase.clone(), done, total: self.total, images_per_s: rate, eta_s, loss: self.mean_loss() }
+        ProgressEvent { phase: self.phase.clone(), done, total: self.total, images_per_s: rate, eta_s, loss: self.mean_loss(), overall: None }
     }
 }
 

@@ -177,7 +177,7 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
             }
             None => None,
         };
-        let membership = Membership { before: before.member_percent(class), after: after.member_percent(class), images: forget_sample.len() };
+        let membership = Membership { before: before.member_percent(class), after: after.member_percent(class), images: forget_sample.len(), entropy: None };
         let report = UnlearnReport {
             model: self.model_name.clone(),
             device: self.device.description.clone(),
@@ -192,6 +192,7 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
             before: before.report(class),
             after: after.report(class),
             timings,
+            still_recognised: Vec::new(),
             retrained,
         };
         Ok((report, unlearned))

@@ -306,6 +306,7 @@ fn read_run(row: &Row<'_>, with_result: bool) -> Result<Run, HistoryError> {
         result: result.map(|r| serde_json::from_str(&r)).transpose().map_err(|e| bad("result", e))?,
         error: row.get(6)?,
         has_weights: weights_etag.is_some(),
+        headline: None,
     })
 }
 

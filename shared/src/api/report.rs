@@ -114,6 +114,31 @@ pub struct Membership {
     pub before: f64,
     pub after: f64,
     pub images: usize,
+    /// What the attack reads: the softmax entropy of each set's images, before and after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entropy: Option<EntropyHistograms>,
+}
+
+/// Histograms of softmax entropy (nats) over shared bins, for the membership picture.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct EntropyHistograms {
+    /// Bin edges, one more than each histogram's bins; from 0 to ln(10).
+    pub edges: Vec<f64>,
+    pub before: EntropyCounts,
+    pub after: EntropyCounts,
+}
+
+/// One model's images per entropy bin.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct EntropyCounts {
+    /// The forget sample: training images of the forget class, which the attack asks about.
+    pub forget: Vec<u64>,
+    /// Members: the retain classes' training images the attack was fitted on.
+    pub members: Vec<u64>,
+    /// Non-members: the test images it was fitted on.
+    pub non_members: Vec<u64>,
 }
 
 /// The outcome of forgetting one class.
@@ -136,6 +161,10 @@ pub struct UnlearnReport {
     pub before: ModelReport,
     pub after: ModelReport,
     pub timings: Timings,
+    /// Test-set indices of the forget class's test images the unlearned model still calls by
+    /// their class (at most [`MAX_STILL_RECOGNISED`]), for browsing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub still_recognised: Vec<usize>,
     /// The same recipe trained without the forget class, when one was supplied: the gold
     /// standard the unlearned model is measured against.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -150,6 +179,25 @@ pub struct RetrainedReport {
     pub report: ModelReport,
     /// Membership attack's verdict on the forget set's training images, percent members.
     pub membership: f64,
+}
+
+/// The most `UnlearnReport::still_recognised` lists.
+pub const MAX_STILL_RECOGNISED: usize = 200;
+
+/// Retain accuracy lost beyond this many points marks an unlearning as collapsed.
+pub const COLLAPSE_POINTS: f64 = 10.0;
+
+impl UnlearnReport {
+    /// Points of retain test accuracy the unlearning cost (negative: gained).
+    pub fn retain_drop(&self) -> f64 {
+        self.before.test.split.retain.accuracy - self.after.test.split.retain.accuracy
+    }
+
+    /// Whether the retained classes fell by more than [`COLLAPSE_POINTS`]: the model lost
+    /// more than the class.
+    pub fn collapsed(&self) -> bool {
+        self.retain_drop() > COLLAPSE_POINTS
+    }
 }
 
 impl Timings {

@@ -56,6 +56,20 @@ pub struct ProgressEvent {
     pub eta_s: Option<f64>,
     /// Running mean loss of the phase, where it has one.
     pub loss: Option<f64>,
+    /// The whole run's progress, where the run knows the phases ahead of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overall: Option<Overall>,
+}
+
+/// How far a whole run (every phase, every class of a sweep) has come.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct Overall {
+    /// 0 to 1, by the estimated cost of the phases done and ahead.
+    pub fraction: f64,
+    pub elapsed_s: f64,
+    /// Unknown until the run has made some progress.
+    pub eta_s: Option<f64>,
 }
 
 /// A model on the test set, with no class singled out.
@@ -90,6 +104,23 @@ pub enum RunResult {
 }
 
 impl RunResult {
+    /// The figures a history row shows.
+    pub fn headline(&self) -> Headline {
+        let reports = self.reports();
+        let mean = |value: fn(&UnlearnReport) -> f64| (!reports.is_empty()).then(|| reports.iter().map(value).sum::<f64>() / reports.len() as f64);
+        let accuracy = match self {
+            Self::Eval(summary) => Some(summary.overall.accuracy),
+            Self::Train(summary) => summary.epochs.last().map(|epoch| epoch.test_accuracy),
+            Self::Unlearn(_) | Self::Sweep { .. } => mean(|r| r.after.test.split.retain.accuracy),
+        };
+        Headline {
+            forget_accuracy: mean(|r| r.after.test.split.forget.accuracy),
+            accuracy,
+            retain_drop: reports.iter().map(UnlearnReport::retain_drop).reduce(f64::max),
+            classes: reports.len(),
+        }
+    }
+
     /// The unlearning reports it holds, for the seed-style table.
     pub fn reports(&self) -> &[UnlearnReport] {
         match self {
@@ -118,6 +149,25 @@ pub struct Run {
     pub error: Option<String>,
     /// Whether `GET /api/runs/{id}/weights` has an unlearned model.
     pub has_weights: bool,
+    /// The result's headline figures; in history listings too, which leave the result out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headline: Option<Headline>,
+}
+
+/// What a history row shows of a finished run without loading its result.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct Headline {
+    /// Percent of the forget class's test images the unlearned model(s) still recognise; for
+    /// a sweep, the mean over its classes.
+    pub forget_accuracy: Option<f64>,
+    /// Percent of the retained classes' test images classified correctly after unlearning
+    /// (a sweep's mean), or the evaluated or trained model's test accuracy.
+    pub accuracy: Option<f64>,
+    /// Retain accuracy lost to unlearning, in points (a sweep's worst class).
+    pub retain_drop: Option<f64>,
+    /// Classes forgotten: 1, or as many as a sweep finished.
+    pub classes: usize,
 }
 
 /// `GET /api/runs`: newest first; pass `next_before` as `before` for the next page.

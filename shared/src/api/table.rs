@@ -125,10 +125,11 @@ mod tests {
             calibration: None,
             subsample: Subsample::default(),
             dampened: DampenStats { selected: 1, total: 2 },
-            membership: Membership { before: 90.0, after: 10.0, images: 1 },
+            membership: Membership { before: 90.0, after: 10.0, images: 1, entropy: None },
             before: model.clone(),
             after: model.clone(),
             timings: Timings { forget_importance_s: 2.0, dampen_s: 0.5, ..Timings::default() },
+            still_recognised: Vec::new(),
             retrained: None,
         };
         let table = seed_table_markdown(std::slice::from_ref(&report));
