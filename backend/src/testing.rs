@@ -44,3 +44,37 @@ pub(crate) fn tiny_model(data_dir: &Path, id: &str) -> PathBuf {
     ModelFile { meta, weights: weights::export(&model), optimizer: Default::default() }.write(&path, Layout::File).expect("write tiny model");
     path
 }
+
+/// A made-up report of forgetting `class`: on two test images per class, the base model is
+/// right about all, the unlearned one about all but the forget class's (it calls them the
+/// next class).
+pub(crate) fn made_up_report(class: usize) -> unlearn_shared::api::UnlearnReport {
+    use unlearn_shared::api::{DampenStats, Membership, Preset, Timings, UnlearnReport};
+    use unlearn_shared::cifar::NUM_CLASSES;
+
+    use crate::engine::evaluation::{model_report, Evaluation};
+
+    let (mut before, mut after) = (Evaluation::default(), Evaluation::default());
+    for label in (0..NUM_CLASSES).flat_map(|label| [label, label]) {
+        before.record(label, label, 0.5, 0.2);
+        after.record(label, if label == class { (label + 1) % NUM_CLASSES } else { label }, 0.25, 0.4);
+    }
+    let settings = Preset::Seed.settings();
+    UnlearnReport {
+        model: "tiny".into(),
+        device: "cpu".into(),
+        forget_class: class,
+        settings,
+        alpha: 10.0,
+        layers: settings.layers,
+        calibration: None,
+        subsample: Default::default(),
+        dampened: DampenStats { selected: 1, total: 10 },
+        membership: Membership { before: 60.0, after: 40.0, images: 2, entropy: None },
+        before: model_report(&before, &before, class),
+        after: model_report(&after, &after, class),
+        timings: Timings::default(),
+        still_recognised: Vec::new(),
+        retrained: None,
+    }
+}

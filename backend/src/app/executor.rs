@@ -7,7 +7,10 @@ use std::sync::Arc;
 
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
-use unlearn_shared::api::{ClassId, EvalRequest, EvalSummary, ProgressEvent, RunRequest, RunResult, TrainRecipe, TrainRequest, TrainSummary, UnlearnRequest};
+use unlearn_shared::api::{
+    ClassId, EvalRequest, EvalSummary, ProgressEvent, RunRequest, RunResult, TrainRecipe, TrainRequest, TrainSummary, UnlearnReport, UnlearnRequest,
+};
+use unlearn_shared::cifar::NUM_CLASSES;
 use unlearn_shared::model::weights::{self, export, WeightsError};
 
 use crate::engine::device::Device;
@@ -60,8 +63,8 @@ pub(crate) struct Executed {
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum RunError {
     /// Through `Progress::cancelled`: Ctrl-C on the command line, DELETE on the server.
-    #[error("stopped by request (a training run keeps its last checkpoint)")]
-    Cancelled,
+    #[error("stopped by request{0} (a training run keeps its last checkpoint)")]
+    Cancelled(Stopped),
     #[error("invalid request: {0}")]
     Invalid(String),
     #[error(transparent)]
@@ -80,16 +83,45 @@ pub(crate) enum RunError {
     Panic(String),
 }
 
+/// How far a cancelled run had come, and what of it is worth keeping.
+#[derive(Debug)]
+pub(crate) enum Stopped {
+    /// A run that keeps nothing of its work (a training run's checkpoint aside).
+    Midway,
+    /// A sweep keeps the reports of the classes it finished.
+    Sweep { reports: Vec<UnlearnReport> },
+}
+
+impl Stopped {
+    /// What the run finished, as a result to record: a sweep's finished classes, if any.
+    pub(crate) fn into_kept(self) -> Option<RunResult> {
+        match self {
+            Self::Sweep { reports } if !reports.is_empty() => Some(RunResult::Sweep { reports }),
+            Self::Midway | Self::Sweep { .. } => None,
+        }
+    }
+}
+
+/// How far it came, to follow "stopped" or "cancelled": nothing, or ", after 3 of 10 classes".
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Midway => Ok(()),
+            Self::Sweep { reports } => write!(f, ", after {} of {NUM_CLASSES} classes", reports.len()),
+        }
+    }
+}
+
 impl From<Cancelled> for RunError {
     fn from(_: Cancelled) -> Self {
-        Self::Cancelled
+        Self::Cancelled(Stopped::Midway)
     }
 }
 
 impl From<TrainError> for RunError {
     fn from(error: TrainError) -> Self {
         match error {
-            TrainError::Cancelled(_) => Self::Cancelled,
+            TrainError::Cancelled(_) => Self::Cancelled(Stopped::Midway),
             other => Self::Train(other),
         }
     }
@@ -98,7 +130,7 @@ impl From<TrainError> for RunError {
 impl From<UnlearnError> for RunError {
     fn from(error: UnlearnError) -> Self {
         match error {
-            UnlearnError::Cancelled(_) => Self::Cancelled,
+            UnlearnError::Cancelled(_) => Self::Cancelled(Stopped::Midway),
             other => Self::Unlearn(other),
         }
     }
@@ -156,7 +188,12 @@ impl<'w, B: AutodiffBackend> Executor<'w, B> {
         for class in ClassId::all() {
             add_retrained(unlearner, class, options)?;
             let mut progress = Prefixed { inner: &mut *progress, prefix: format!("class {}/{}: ", class.index() + 1, ClassId::all().count()) };
-            reports.push(unlearner.forget(class, &request.ssd, &mut progress)?.0);
+            match unlearner.forget(class, &request.ssd, &mut progress) {
+                Ok((report, _)) => reports.push(report),
+                // The classes already forgotten are worth showing.
+                Err(UnlearnError::Cancelled(_)) => return Err(RunError::Cancelled(Stopped::Sweep { reports })),
+                Err(other) => return Err(other.into()),
+            }
         }
         Ok(Executed { result: RunResult::Sweep { reports }, unlearned: None })
     }

@@ -13,6 +13,8 @@ const SCHEMA_VERSION: i64 = 3;
 
 /// Why a run that was under way when the last process stopped has no result.
 const INTERRUPTED: &str = "the server stopped while this run was queued or running; submit it again";
+/// Why a run that never started has no result.
+const CANCELLED_QUEUED: &str = "cancelled by a request while queued";
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum HistoryError {
@@ -142,8 +144,10 @@ impl History {
 
     /// Ends a run that is still queued as cancelled; false if the worker has started it.
     pub(crate) fn cancel_queued(&self, id: RunId) -> Result<bool, HistoryError> {
-        let changed =
-            self.connection().execute("UPDATE runs SET status = 'cancelled', finished_ms = ?2 WHERE id = ?1 AND status = 'queued'", params![id, now_ms()])?;
+        let changed = self.connection().execute(
+            "UPDATE runs SET status = 'cancelled', finished_ms = ?2, error = ?3 WHERE id = ?1 AND status = 'queued'",
+            params![id, now_ms(), CANCELLED_QUEUED],
+        )?;
         Ok(changed == 1)
     }
 
@@ -265,21 +269,22 @@ fn reusable(connection: &Connection, request_key: &str) -> Result<Option<(RunId,
 }
 
 /// `outcome`, or a failure in its place if its result would not read back: JSON has no NaN
-/// or infinity (serde writes them as null, which does not read back as a number).
+/// or infinity (serde writes them as null, which does not read back as a number). A
+/// cancelled run stays cancelled and loses only what it kept.
 fn readable(outcome: Outcome) -> Outcome {
     let Some(result) = &outcome.result else { return outcome };
     let text = serde_json::to_string(result).expect("results serialise");
-    match serde_json::from_str::<RunResult>(&text) {
-        Ok(_) => outcome,
-        Err(error) => Outcome {
-            status: RunStatus::Failed,
-            result: None,
-            error: Some(format!(
-                "the result holds an undefined number (NaN or infinity: {error}), such as the accuracy of a class that has no image in \
-                 a small subset, or the loss of a model whose outputs overflow; use larger subsets, or check the model"
-            )),
-            weights_etag: None,
-        },
+    let Err(error) = serde_json::from_str::<RunResult>(&text) else { return outcome };
+    let why = format!(
+        "the result holds an undefined number (NaN or infinity: {error}), such as the accuracy of a class that has no image in \
+         a small subset, or the loss of a model whose outputs overflow; use larger subsets, or check the model"
+    );
+    match outcome.status {
+        RunStatus::Cancelled => {
+            let cancelled = outcome.error.unwrap_or_else(|| "cancelled".to_owned());
+            Outcome { result: None, error: Some(format!("{cancelled}; what it finished was not kept: {why}")), ..outcome }
+        }
+        _ => Outcome { status: RunStatus::Failed, result: None, error: Some(why), weights_etag: None },
     }
 }
 
@@ -347,7 +352,8 @@ mod tests {
         let id = inserted(store.admit(&request(), "k", "me").unwrap());
         assert!(store.cancel_queued(id).unwrap());
         assert!(!store.start(id).unwrap(), "a cancelled run is not started");
-        assert_eq!(store.get(id).unwrap().unwrap().status, RunStatus::Cancelled);
+        let cancelled = store.get(id).unwrap().unwrap();
+        assert_eq!((cancelled.status, cancelled.error.as_deref()), (RunStatus::Cancelled, Some("cancelled by a request while queued")));
         let other = inserted(store.admit(&request(), "k2", "me").unwrap());
         assert!(store.start(other).unwrap());
         assert!(!store.cancel_queued(other).unwrap(), "a started run is left to the worker");
@@ -374,6 +380,35 @@ mod tests {
         assert_eq!((run.status, run.result), (RunStatus::Failed, None));
         assert!(run.error.unwrap().contains("undefined number"));
         assert_eq!(store.reusable("k").unwrap(), None, "and the request is not answered with it again");
+    }
+
+    #[test]
+    fn a_cancelled_sweep_keeps_its_finished_classes_and_is_not_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = History::open(&dir.path().join("runs.sqlite")).unwrap();
+        let id = inserted(store.admit(&request(), "k", "me").unwrap());
+        store.start(id).unwrap();
+        let reports = vec![crate::testing::made_up_report(0), crate::testing::made_up_report(1)];
+        let kept = RunResult::Sweep { reports: reports.clone() };
+        let error = "cancelled by a request while running, after 2 of 10 classes";
+        let outcome = Outcome { status: RunStatus::Cancelled, result: Some(kept.clone()), error: Some(error.into()), weights_etag: None };
+        assert_eq!(store.finish(id, outcome).unwrap(), RunStatus::Cancelled);
+        let run = store.get(id).unwrap().unwrap();
+        assert_eq!((run.status, run.result, run.error.as_deref()), (RunStatus::Cancelled, Some(kept), Some(error)));
+        assert_eq!(store.reusable("k").unwrap(), None, "a cancelled run never answers the request");
+
+        // What it kept is checked as a success's result is: an undefined number is not kept.
+        let other = inserted(store.admit(&request(), "k2", "me").unwrap());
+        store.start(other).unwrap();
+        let mut broken = reports;
+        broken[1].after.test.split.forget.loss = f64::NAN;
+        let outcome =
+            Outcome { status: RunStatus::Cancelled, result: Some(RunResult::Sweep { reports: broken }), error: Some(error.into()), weights_etag: None };
+        assert_eq!(store.finish(other, outcome).unwrap(), RunStatus::Cancelled);
+        let run = store.get(other).unwrap().unwrap();
+        assert_eq!((run.status, run.result), (RunStatus::Cancelled, None));
+        let why = run.error.unwrap();
+        assert!(why.starts_with(error) && why.contains("undefined number"), "{why}");
     }
 
     #[test]

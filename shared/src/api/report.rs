@@ -108,7 +108,7 @@ pub struct CalibrationStep {
 /// The membership-inference attack (`MembershipAttack`, fitted per model on retain-class
 /// training images against test images) asked about the forget set's training images:
 /// the percent it calls members. A retrained model's figure is the goal.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Membership {
     pub before: f64,

@@ -302,16 +302,39 @@ async fn runs_can_be_cancelled_running_or_queued_and_a_full_queue_says_when_to_r
     assert_eq!(status, StatusCode::OK);
     let run: Run = server.get(&format!("/api/runs/{}", queued.id)).await;
     assert_eq!(run.status, RunStatus::Cancelled, "a queued run ends at once");
+    assert_eq!(run.error.as_deref(), Some("cancelled by a request while queued"), "and says why");
 
     server.send(Call::new(Method::DELETE, &format!("/api/runs/{}", running.id))).await;
     let run = server.wait_for(running.id, |r| r.status.is_finished()).await;
     assert_eq!(run.status, RunStatus::Cancelled, "{run:?}");
+    assert!(run.error.as_deref().unwrap().starts_with("cancelled by a request while running, after "), "{run:?}");
     assert_error(&server.send(Call::new(Method::DELETE, &format!("/api/runs/{}", running.id))).await, StatusCode::CONFLICT, "already cancelled");
 
     // The worker is free again and the cancelled request can be made anew.
     let (status, again) = server.submit(slow_sweep(2.0)).await;
     assert_eq!((status, again.reused), (StatusCode::ACCEPTED, false));
     server.send(Call::new(Method::DELETE, &format!("/api/runs/{}", again.id))).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sweep_cancelled_midway_keeps_the_classes_it_finished_and_says_how_far_it_came() {
+    let server = start(|_| {}).await;
+    let (_, accepted) = server.submit(slow_sweep(1.0)).await;
+    // The first class is done once the second is under way.
+    server.wait_for(accepted.id, |r| r.progress.as_ref().is_some_and(|p| p.phase.starts_with("class 2/10: "))).await;
+    assert_eq!(server.send(Call::new(Method::DELETE, &format!("/api/runs/{}", accepted.id))).await.0, StatusCode::OK);
+    let run = server.wait_for(accepted.id, |r| r.status.is_finished()).await;
+    assert_eq!((run.status, run.has_weights), (RunStatus::Cancelled, false), "{run:?}");
+    let Some(RunResult::Sweep { reports }) = &run.result else { panic!("the finished classes are kept: {run:?}") };
+    assert!((1..10).contains(&reports.len()), "{} classes", reports.len());
+    assert_eq!(reports.iter().map(|r| r.forget_class).collect::<Vec<_>>(), (0..reports.len()).collect::<Vec<_>>());
+    let reason = format!("cancelled by a request while running, after {} of 10 classes", reports.len());
+    assert_eq!(run.error.as_deref(), Some(reason.as_str()));
+    // A cancelled run, results and all, is not the answer to the request.
+    let (status, again) = server.submit(slow_sweep(1.0)).await;
+    assert_eq!((status, again.reused), (StatusCode::ACCEPTED, false));
+    server.send(Call::new(Method::DELETE, &format!("/api/runs/{}", again.id))).await;
+    server.wait_for(again.id, |r| r.status.is_finished()).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -73,7 +73,10 @@ fn run_job<B: AutodiffBackend>(state: &AppState, executor: &mut Executor<B>, job
     let executed = executor.execute(&job.request, &options, &mut RunProgress { live: &job.live });
     let outcome = match executed.and_then(|executed| keep(state, &job, &options, executed)) {
         Ok((result, weights_etag)) => Outcome { status: RunStatus::Succeeded, result: Some(result), error: None, weights_etag },
-        Err(RunError::Cancelled) => Outcome { status: RunStatus::Cancelled, result: None, error: None, weights_etag: None },
+        Err(RunError::Cancelled(stopped)) => {
+            let error = format!("cancelled by a request while running{stopped}");
+            Outcome { status: RunStatus::Cancelled, result: stopped.into_kept(), error: Some(error), weights_etag: None }
+        }
         Err(error) => {
             let error = format!("{:#}", anyhow::Error::new(error));
             tracing::warn!(run = job.id, %error, "run failed");
