@@ -15,7 +15,7 @@ use unlearn_shared::model::weights::{self, export, WeightsError};
 
 use crate::engine::device::Device;
 use crate::engine::evaluate::evaluate;
-use crate::engine::progress::{Cancelled, Progress};
+use crate::engine::progress::{Cancelled, Planned, Progress, Step, FORWARD};
 use crate::engine::train::{self, Checkpoint, CheckpointError, Resumed, Start, TrainError};
 use crate::engine::unlearn::{BaseModel, UnlearnError, Unlearner};
 use crate::engine::{sample, Images};
@@ -28,6 +28,8 @@ use crate::storage::tensor_cache::TensorCache;
 const KEEP_UNLEARNERS: usize = 2;
 /// Seed of the test subset an evaluation draws.
 const EVAL_SEED: u64 = 0;
+/// The one phase of an evaluation run.
+const EVAL_PHASE: &str = "evaluate: test set";
 
 /// What runs read and keep: the dataset, the models, and the cache of derived results.
 pub(crate) struct Workspace {
@@ -172,7 +174,8 @@ impl<'w, B: AutodiffBackend> Executor<'w, B> {
         let class = request.class.expect("validated: an unlearn run has a class");
         let unlearner = self.unlearner(request)?;
         add_retrained(unlearner, class, options)?;
-        let (report, model) = unlearner.forget(class, &request.ssd, progress)?;
+        let mut progress = Planned::new(unlearner.plan(&[class], &request.ssd, |_, phase| phase.to_owned()), progress);
+        let (report, model) = unlearner.forget(class, &request.ssd, &mut progress)?;
         let meta = ModelMeta {
             provenance: format!("{} with class {class} forgotten by SSD {:?}", request.model, request.ssd),
             test_accuracy: Some(report.after.test.overall.accuracy),
@@ -184,10 +187,14 @@ impl<'w, B: AutodiffBackend> Executor<'w, B> {
 
     fn sweep(&mut self, request: &UnlearnRequest, options: &RunOptions, progress: &mut dyn Progress) -> Result<Executed, RunError> {
         let unlearner = self.unlearner(request)?;
+        let classes: Vec<ClassId> = ClassId::all().collect();
+        // Models retrained without a class are added as their class comes, so the plan
+        // leaves their evaluation out.
+        let mut planned = Planned::new(unlearner.plan(&classes, &request.ssd, |class, phase| format!("{}{phase}", sweep_prefix(class))), progress);
         let mut reports = Vec::new();
-        for class in ClassId::all() {
+        for class in classes {
             add_retrained(unlearner, class, options)?;
-            let mut progress = Prefixed { inner: &mut *progress, prefix: format!("class {}/{}: ", class.index() + 1, ClassId::all().count()) };
+            let mut progress = Prefixed { inner: &mut planned, prefix: sweep_prefix(class) };
             match unlearner.forget(class, &request.ssd, &mut progress) {
                 Ok((report, _)) => reports.push(report),
                 // The classes already forgotten are worth showing.
@@ -205,7 +212,8 @@ impl<'w, B: AutodiffBackend> Executor<'w, B> {
             .valid();
         let test = &self.workspace.data.test;
         let indices = sample((0..test.len()).collect(), request.test_limit, EVAL_SEED);
-        let evaluation = evaluate(&model, Images { split: test, indices: &indices }, &self.device.handle, progress)?;
+        let mut progress = Planned::new(vec![Step::new(EVAL_PHASE, indices.len(), FORWARD)], progress);
+        let evaluation = evaluate(&model, Images { split: test, indices: &indices }, EVAL_PHASE, &self.device.handle, &mut progress)?;
         let summary = EvalSummary {
             model: request.model.clone(),
             device: self.device.description.clone(),
@@ -218,13 +226,14 @@ impl<'w, B: AutodiffBackend> Executor<'w, B> {
 
     fn train(&mut self, request: &TrainRequest, options: &RunOptions, progress: &mut dyn Progress) -> Result<Executed, RunError> {
         let out = &options.train_out;
-        let (recipe, start) = match options.train_start {
-            TrainStart::Fresh => (request.recipe.clone(), Start::Fresh),
+        let (recipe, start, first_epoch) = match options.train_start {
+            TrainStart::Fresh => (request.recipe.clone(), Start::Fresh, 1),
             TrainStart::Resume => {
                 let file = ModelFile::read(out)?;
                 let record = file.meta.training.ok_or_else(|| RunError::NotACheckpoint(out.clone()))?;
                 let recipe = TrainRecipe { epochs: request.recipe.epochs, ..record.recipe };
-                (recipe, Start::Resume(Resumed { log: record.log, weights: file.weights, momentum: file.optimizer }))
+                let first_epoch = record.log.len() + 1;
+                (recipe, Start::Resume(Resumed { log: record.log, weights: file.weights, momentum: file.optimizer }), first_epoch)
             }
         };
         let without = recipe.exclude_class.map(|c| format!(", without class {c}")).unwrap_or_default();
@@ -239,7 +248,8 @@ impl<'w, B: AutodiffBackend> Executor<'w, B> {
             write_training_log(out, checkpoint.log)?;
             Ok(())
         };
-        let log = train::train::<B>(&recipe, &self.workspace.data, start, &self.device.handle, progress, &mut keep)?;
+        let mut progress = Planned::new(train::plan(&recipe, &self.workspace.data, first_epoch), progress);
+        let log = train::train::<B>(&recipe, &self.workspace.data, start, &self.device.handle, &mut progress, &mut keep)?;
         let summary = TrainSummary { model: request.name.clone(), device: self.device.description.clone(), epochs: log };
         Ok(Executed { result: RunResult::Train(summary), unlearned: None })
     }
@@ -280,6 +290,11 @@ fn add_retrained<B: AutodiffBackend>(unlearner: &mut Unlearner<B>, class: ClassI
     let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let file = ModelFile::read(&path)?;
     unlearner.add_retrained(class, name.clone(), file.weights).map_err(|source| RunError::Weights { model: name, source })
+}
+
+/// What a sweep's phases for `class` start with.
+fn sweep_prefix(class: ClassId) -> String {
+    format!("class {}/{NUM_CLASSES}: ", class.index() + 1)
 }
 
 /// Names the class within a sweep in every phase it reports.

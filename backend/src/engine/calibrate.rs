@@ -10,7 +10,7 @@ use unlearn_shared::api::{Calibration, CalibrationStep, DampenStats, Layers, Ssd
 use unlearn_shared::model::{NormStats, ResNet};
 
 use super::batch::batch;
-use super::progress::{Cancelled, PhaseTimer, Progress};
+use super::progress::{Cancelled, PhaseTimer, Progress, Step, FORWARD};
 use super::ssd::{dampen, Importances};
 use super::Images;
 
@@ -35,6 +35,20 @@ impl Default for CalibrationConfig {
 
 /// Images per forward pass while counting.
 const COUNT_BATCH: usize = 100;
+
+/// The phase of every calibration step, followed by the step's number and alpha.
+pub(crate) const PHASE: &str = "calibrate alpha";
+/// Steps a calibration usually takes, and how many of them reach the target and so classify
+/// the whole sample (the others stop after a batch): 9-12 steps over the ten classes
+/// (docs/unlearning.md).
+const EXPECTED_STEPS: usize = 11;
+const EXPECTED_REACHING_STEPS: usize = 3;
+
+/// What a calibration on a forget sample of `sample` images is expected to classify.
+pub(crate) fn plan(sample: usize) -> Step {
+    let images = EXPECTED_STEPS * sample.min(COUNT_BATCH) + EXPECTED_REACHING_STEPS * sample.saturating_sub(COUNT_BATCH);
+    Step::new(PHASE, images, FORWARD)
+}
 
 /// The dampened model at the calibrated alpha, with what the search saw.
 pub(crate) struct Calibrated<B: Backend> {
@@ -68,15 +82,15 @@ pub(crate) fn calibrate<B: Backend>(
     progress: &mut dyn Progress,
 ) -> Result<Calibrated<B>, Cancelled> {
     let allowed = (config.target_forget_accuracy / 100.0 * forget_sample.indices.len() as f64).floor() as usize;
-    let timer = PhaseTimer::new("calibrate alpha", 0);
     let mut steps: Vec<CalibrationStep> = Vec::new();
     let mut try_alpha = |alpha: f64, layers: Layers, progress: &mut dyn Progress| -> Result<bool, Cancelled> {
+        let phase = format!("{PHASE}: step {}, α {alpha:.3} on {}", steps.len() + 1, layers.describe());
+        let timer = PhaseTimer::start(phase, forget_sample.indices.len() as u64, progress);
         let (candidate, dampened) = dampen(model.clone(), importances, alpha, &SsdSettings { layers, ..*settings });
-        let (recognised, counted) = count_recognised(&candidate, forget_sample, allowed, device, progress)?;
+        let (recognised, counted) = count_recognised(&candidate, forget_sample, allowed, device, &timer, progress)?;
         let reached = recognised <= allowed;
         let forget_accuracy = 100.0 * recognised as f64 / counted.max(1) as f64;
         steps.push(CalibrationStep { alpha, layers, selected: dampened.selected, forget_accuracy, reached });
-        progress.report(&timer.event(steps.len() as u64));
         Ok(reached)
     };
 
@@ -130,12 +144,13 @@ fn search(config: &CalibrationConfig, mut forgets: impl FnMut(f64) -> Result<boo
 }
 
 /// How many of `images` the model classifies as their class, and how many it looked at:
-/// counting stops once more than `limit` are recognised.
+/// counting stops once more than `limit` are recognised. Each batch is reported by `timer`.
 fn count_recognised<B: Backend>(
     model: &ResNet<B>,
     images: Images,
     limit: usize,
     device: &B::Device,
+    timer: &PhaseTimer,
     progress: &mut dyn Progress,
 ) -> Result<(usize, usize), Cancelled> {
     let (mut recognised, mut counted) = (0, 0);
@@ -147,6 +162,7 @@ fn count_recognised<B: Backend>(
         let predicted = model.forward(batch.images, NormStats::Running).argmax(1).squeeze_dim::<1>(1);
         recognised += predicted.equal(batch.labels).int().sum().into_scalar().elem::<i64>() as usize;
         counted += chunk.len();
+        progress.report(&timer.event(counted as u64));
         if recognised > limit {
             break;
         }

@@ -12,10 +12,16 @@ use super::Images;
 /// Images per forward pass when evaluating.
 const EVAL_BATCH: usize = 500;
 
-/// Runs the model in inference mode over `images`.
-pub(crate) fn evaluate<B: Backend>(model: &ResNet<B>, images: Images, device: &B::Device, progress: &mut dyn Progress) -> Result<Evaluation, Cancelled> {
+/// Runs the model in inference mode over `images`, reporting progress as `phase`.
+pub(crate) fn evaluate<B: Backend>(
+    model: &ResNet<B>,
+    images: Images,
+    phase: &str,
+    device: &B::Device,
+    progress: &mut dyn Progress,
+) -> Result<Evaluation, Cancelled> {
     let mut evaluation = Evaluation::default();
-    let timer = PhaseTimer::new("evaluate", images.indices.len() as u64);
+    let timer = PhaseTimer::start(phase, images.indices.len() as u64, progress);
     for (n, chunk) in images.indices.chunks(EVAL_BATCH).enumerate() {
         if progress.cancelled() {
             return Err(Cancelled);

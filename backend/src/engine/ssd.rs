@@ -1,6 +1,8 @@
 //! Selective Synaptic Dampening (Foster et al., 2024): parameters far more important to the
 //! forget set than to the full training set are scaled down towards zero.
 
+use std::time::{Duration, Instant};
+
 use burn::module::Param;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::prelude::*;
@@ -14,6 +16,9 @@ use super::flat::{self, FlatTensors};
 use super::progress::{Cancelled, PhaseTimer, Progress};
 use super::scope::{reach, Reach};
 use super::Images;
+
+/// How often an importance pass reports at most.
+const REPORT_EVERY: Duration = Duration::from_secs(1);
 
 /// Per-parameter importance: the mean over mini-batches of the squared gradient of the
 /// batch-mean loss, flattened, by torchvision key. Running statistics have none.
@@ -53,8 +58,9 @@ pub(crate) fn importance<B: AutodiffBackend>(
 ) -> Result<Importance<B::InnerBackend>, Cancelled> {
     let loss_fn = CrossEntropyLossConfig::new().init(device);
     let mut sums = FlatTensors::new();
-    let mut timer = PhaseTimer::new(phase, images.indices.len() as u64);
+    let mut timer = PhaseTimer::start(phase, images.indices.len() as u64, progress);
     let batches = images.indices.len().div_ceil(batch_size).max(1);
+    let mut reported = Instant::now();
     for (n, chunk) in images.indices.chunks(batch_size).enumerate() {
         if progress.cancelled() {
             return Err(Cancelled);
@@ -63,9 +69,11 @@ pub(crate) fn importance<B: AutodiffBackend>(
         let loss = loss_fn.forward(model.forward(batch.images, NormStats::Running), batch.labels);
         let grads = loss.backward();
         visit_keyed(model, &mut AccumulateSquares::<B> { grads: &grads, sums: &mut sums });
-        if n % 16 == 0 || n + 1 == batches {
+        // Reading the loss waits for the device: only as often as a display needs it.
+        if reported.elapsed() >= REPORT_EVERY || n + 1 == batches {
             timer.add_loss(loss.into_scalar().elem::<f64>());
             progress.report(&timer.event((n * batch_size + chunk.len()) as u64));
+            reported = Instant::now();
         }
     }
     let tensors: FlatTensors<_> = sums.into_iter().map(|(key, sum)| (key, sum / batches as f64)).collect();

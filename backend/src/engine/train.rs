@@ -15,7 +15,7 @@ use unlearn_shared::model::{NormStats, ResNetConfig};
 use super::batch::augmented_batch;
 use super::evaluate::evaluate;
 use super::optim::Sgd;
-use super::progress::{Cancelled, PhaseTimer, Progress, Silent};
+use super::progress::{Cancelled, PhaseTimer, Progress, Step, FORWARD, FORWARD_AND_BACKWARD};
 use super::{sample, Images};
 use crate::storage::dataset::Cifar10;
 
@@ -54,6 +54,31 @@ pub(crate) enum TrainError {
     Cancelled(#[from] Cancelled),
 }
 
+/// The sets a recipe trains and tests on: seeded subsets, the excluded class left out.
+fn sets(recipe: &TrainRecipe, data: &Cifar10) -> (Vec<usize>, Vec<usize>) {
+    let excluded = recipe.exclude_class.map(|c| c.index());
+    let kept = (0..data.train.len()).filter(|&i| Some(data.train.label(i)) != excluded).collect();
+    (sample(kept, recipe.train_limit, recipe.seed), sample((0..data.test.len()).collect(), recipe.test_limit, recipe.seed))
+}
+
+fn epoch_phase(epoch: usize, recipe: &TrainRecipe) -> String {
+    format!("train epoch {epoch}/{}", recipe.epochs)
+}
+
+fn epoch_test_phase(epoch: usize, recipe: &TrainRecipe) -> String {
+    format!("test after epoch {epoch}/{}", recipe.epochs)
+}
+
+/// The phases of training with `recipe` from epoch `first`: each epoch, and its test.
+pub(crate) fn plan(recipe: &TrainRecipe, data: &Cifar10, first: usize) -> Vec<Step> {
+    let (train, test) = sets(recipe, data);
+    (first..=recipe.epochs)
+        .flat_map(|epoch| {
+            [Step::new(epoch_phase(epoch, recipe), train.len(), FORWARD_AND_BACKWARD), Step::new(epoch_test_phase(epoch, recipe), test.len(), FORWARD)]
+        })
+        .collect()
+}
+
 /// Trains a model with `recipe` on `data` from `start` to the recipe's last epoch, handing
 /// each epoch's checkpoint to `keep`. Returns the log of every epoch.
 pub(crate) fn train<B: AutodiffBackend>(
@@ -73,10 +98,7 @@ pub(crate) fn train<B: AutodiffBackend>(
         sgd.load_state(resumed.momentum, device);
         log = resumed.log;
     }
-    let excluded = recipe.exclude_class.map(|c| c.index());
-    let kept = (0..data.train.len()).filter(|&i| Some(data.train.label(i)) != excluded).collect();
-    let train_indices = sample(kept, recipe.train_limit, recipe.seed);
-    let test_indices = sample((0..data.test.len()).collect(), recipe.test_limit, recipe.seed);
+    let (train_indices, test_indices) = sets(recipe, data);
     let loss_fn = CrossEntropyLossConfig::new().init(device);
 
     for epoch in log.len() + 1..=recipe.epochs {
@@ -85,7 +107,7 @@ pub(crate) fn train<B: AutodiffBackend>(
         let mut order = train_indices.clone();
         order.shuffle(&mut rng);
 
-        let mut timer = PhaseTimer::new(format!("train epoch {epoch}/{}", recipe.epochs), order.len() as u64);
+        let mut timer = PhaseTimer::start(epoch_phase(epoch, recipe), order.len() as u64, progress);
         let batches = order.len().div_ceil(recipe.batch_size);
         for (n, chunk) in order.chunks(recipe.batch_size).enumerate() {
             if progress.cancelled() {
@@ -104,7 +126,7 @@ pub(crate) fn train<B: AutodiffBackend>(
         let train_seconds = timer.elapsed_s();
 
         let inference = model.valid();
-        let evaluation = evaluate(&inference, Images { split: &data.test, indices: &test_indices }, device, &mut Silent)?;
+        let evaluation = evaluate(&inference, Images { split: &data.test, indices: &test_indices }, &epoch_test_phase(epoch, recipe), device, progress)?;
         let overall = evaluation.overall();
         log.push(EpochLog {
             epoch,

@@ -131,7 +131,7 @@ impl Workload for Probe {
         };
         let inference = model.valid();
         let test = sample((0..data.test.len()).collect(), Some(200), 0);
-        let overall = evaluate(&inference, Images { split: &data.test, indices: &test }, handle, &mut Silent).expect("not cancelled").overall();
+        let overall = evaluate(&inference, Images { split: &data.test, indices: &test }, "evaluate", handle, &mut Silent).expect("not cancelled").overall();
 
         let forget = &data.train.indices_of(FORGET_CLASS)[..32];
         let full = sample((0..data.train.len()).collect(), Some(64), 0);

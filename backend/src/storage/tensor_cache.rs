@@ -48,6 +48,11 @@ impl TensorCache {
         }
     }
 
+    /// Whether there is an entry `name`, readable or not: enough to plan by.
+    pub(crate) fn contains(&self, name: &str) -> bool {
+        self.path(name).exists()
+    }
+
     pub(crate) fn put(&self, name: &str, tensors: &StateDict) -> Result<(), CacheError> {
         let path = self.path(name);
         let io = |source| CacheError { path: path.clone(), source };
@@ -82,7 +87,9 @@ mod tests {
         };
         // Each entry is a little over 4 KB; the budget holds two.
         let cache = TensorCache::open(dir.path(), 9_000);
+        assert!(!cache.contains("a"));
         cache.put("a", &tensors(1024)).unwrap();
+        assert!(cache.contains("a"));
         std::thread::sleep(std::time::Duration::from_millis(20));
         cache.put("b", &tensors(1024)).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(20));

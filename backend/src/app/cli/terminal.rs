@@ -50,7 +50,8 @@ impl Progress for TerminalProgress {
         bar.set_position(event.done);
         let loss = event.loss.map(|l| format!(" loss {l:.4}")).unwrap_or_default();
         let eta = event.eta_s.map(|eta| format!(" ETA {eta:.0}s")).unwrap_or_default();
-        bar.set_message(format!("{:.1} img/s{eta}{loss}", event.images_per_s));
+        let run = event.overall.map(|o| format!(" · run {:.0} %{}", 100.0 * o.fraction, o.eta_s.map(|eta| format!(", {eta:.0}s left")).unwrap_or_default()));
+        bar.set_message(format!("{:.1} img/s{eta}{loss}{}", event.images_per_s, run.unwrap_or_default()));
         if event.done >= event.total {
             bar.finish();
         }

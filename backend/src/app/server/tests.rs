@@ -321,7 +321,9 @@ async fn a_sweep_cancelled_midway_keeps_the_classes_it_finished_and_says_how_far
     let server = start(|_| {}).await;
     let (_, accepted) = server.submit(slow_sweep(1.0)).await;
     // The first class is done once the second is under way.
-    server.wait_for(accepted.id, |r| r.progress.as_ref().is_some_and(|p| p.phase.starts_with("class 2/10: "))).await;
+    let midway = server.wait_for(accepted.id, |r| r.progress.as_ref().is_some_and(|p| p.phase.starts_with("class 2/10: "))).await;
+    let overall = midway.progress.unwrap().overall.expect("the sweep's progress as a whole");
+    assert!(overall.fraction > 0.0 && overall.fraction < 0.5 && overall.eta_s.is_some(), "{overall:?}");
     assert_eq!(server.send(Call::new(Method::DELETE, &format!("/api/runs/{}", accepted.id))).await.0, StatusCode::OK);
     let run = server.wait_for(accepted.id, |r| r.status.is_finished()).await;
     assert_eq!((run.status, run.has_weights), (RunStatus::Cancelled, false), "{run:?}");
