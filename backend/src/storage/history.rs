@@ -9,7 +9,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use unlearn_shared::api::{Run, RunId, RunRequest, RunResult, RunStatus};
 
 /// Bump with a migration (in `open`) when the table or the stored JSON changes.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 /// Why a run that was under way when the last process stopped has no result.
 const INTERRUPTED: &str = "the server stopped while this run was queued or running; submit it again";
@@ -71,7 +71,8 @@ impl History {
                      result TEXT,
                      error TEXT,
                      weights_etag TEXT,
-                     weights_removed_ms INTEGER
+                     weights_removed_ms INTEGER,
+                     headline TEXT
                  );
                  CREATE INDEX IF NOT EXISTS runs_by_key ON runs (request_key, status);",
             )
@@ -79,11 +80,12 @@ impl History {
         if version == 1 {
             migrate_requests_to_v2(&connection).map_err(open_error)?;
         }
-        let has_removed: bool = connection
-            .query_row("SELECT COUNT(*) > 0 FROM pragma_table_info('runs') WHERE name = 'weights_removed_ms'", [], |row| row.get(0))
-            .map_err(open_error)?;
-        if !has_removed {
+        if !has_column(&connection, "weights_removed_ms").map_err(open_error)? {
             connection.execute_batch("ALTER TABLE runs ADD COLUMN weights_removed_ms INTEGER").map_err(open_error)?;
+        }
+        if !has_column(&connection, "headline").map_err(open_error)? {
+            connection.execute_batch("ALTER TABLE runs ADD COLUMN headline TEXT").map_err(open_error)?;
+            add_headlines_for_v4(&connection).map_err(open_error)?;
         }
         connection.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(open_error)?;
         connection
@@ -160,14 +162,16 @@ impl History {
         Ok(())
     }
 
-    /// Records how a run ended, and returns the status recorded: a result that could not be
-    /// read back (a NaN, say) is recorded as a failure, never as a success.
+    /// Records how a run ended, with its result's headline for listings, and returns the
+    /// status recorded: a result that could not be read back (a NaN, say) is recorded as a
+    /// failure, never as a success.
     pub(crate) fn finish(&self, id: RunId, outcome: Outcome) -> Result<RunStatus, HistoryError> {
         let outcome = readable(outcome);
         let result = outcome.result.as_ref().map(|r| serde_json::to_string(r).expect("results serialise"));
+        let headline = outcome.result.as_ref().map(headline_json);
         self.connection().execute(
-            "UPDATE runs SET status = ?2, finished_ms = ?3, result = ?4, error = ?5, weights_etag = ?6 WHERE id = ?1",
-            params![id, outcome.status.as_str(), now_ms(), result, outcome.error, outcome.weights_etag],
+            "UPDATE runs SET status = ?2, finished_ms = ?3, result = ?4, error = ?5, weights_etag = ?6, headline = ?7 WHERE id = ?1",
+            params![id, outcome.status.as_str(), now_ms(), result, outcome.error, outcome.weights_etag, headline],
         )?;
         Ok(outcome.status)
     }
@@ -236,6 +240,29 @@ fn migrate_requests_to_v2(connection: &Connection) -> rusqlite::Result<()> {
     transaction.commit()
 }
 
+/// Version 4 keeps each result's headline beside it, so that listings need not read results.
+fn add_headlines_for_v4(connection: &Connection) -> rusqlite::Result<()> {
+    let rows: Vec<(RunId, String)> = connection
+        .prepare("SELECT id, result FROM runs WHERE result IS NOT NULL")?
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let transaction = connection.unchecked_transaction()?;
+    for (id, text) in rows {
+        // A result this version cannot read gets no headline; `get` says what is wrong with it.
+        let Ok(result) = serde_json::from_str::<RunResult>(&text) else { continue };
+        transaction.execute("UPDATE runs SET headline = ?2 WHERE id = ?1", params![id, headline_json(&result)])?;
+    }
+    transaction.commit()
+}
+
+fn has_column(connection: &Connection, name: &str) -> rusqlite::Result<bool> {
+    connection.query_row("SELECT COUNT(*) > 0 FROM pragma_table_info('runs') WHERE name = ?1", [name], |row| row.get(0))
+}
+
+fn headline_json(result: &RunResult) -> String {
+    serde_json::to_string(&result.headline()).expect("headlines serialise")
+}
+
 /// The answer to a request: an earlier run, or a new one.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum Admission {
@@ -288,7 +315,7 @@ fn readable(outcome: Outcome) -> Outcome {
     }
 }
 
-const COLUMNS: &str = "id, request, status, created_ms, started_ms, finished_ms, error, weights_etag";
+const COLUMNS: &str = "id, request, status, created_ms, started_ms, finished_ms, error, weights_etag, headline";
 
 fn parse_status(text: &str) -> Result<RunStatus, HistoryError> {
     RunStatus::parse(text).ok_or_else(|| HistoryError::Record(format!("status '{text}'")))
@@ -298,8 +325,9 @@ fn read_run(row: &Row<'_>, with_result: bool) -> Result<Run, HistoryError> {
     let id: RunId = row.get(0)?;
     let bad = |what: &str, e: serde_json::Error| HistoryError::Record(format!("run {id}: {what}: {e}"));
     let request: String = row.get(1)?;
-    let result: Option<String> = if with_result { row.get(8)? } else { None };
+    let result: Option<String> = if with_result { row.get(9)? } else { None };
     let weights_etag: Option<String> = row.get(7)?;
+    let headline: Option<String> = row.get(8)?;
     Ok(Run {
         id,
         request: serde_json::from_str(&request).map_err(|e| bad("request", e))?,
@@ -311,12 +339,14 @@ fn read_run(row: &Row<'_>, with_result: bool) -> Result<Run, HistoryError> {
         result: result.map(|r| serde_json::from_str(&r)).transpose().map_err(|e| bad("result", e))?,
         error: row.get(6)?,
         has_weights: weights_etag.is_some(),
-        headline: None,
+        headline: headline.map(|h| serde_json::from_str(&h)).transpose().map_err(|e| bad("headline", e))?,
     })
 }
 
 #[cfg(test)]
 mod tests {
+    use unlearn_shared::api::Headline;
+
     use super::*;
 
     fn request() -> RunRequest {
@@ -473,6 +503,33 @@ mod tests {
         assert_eq!(unlearn.ssd, unlearn_shared::api::Preset::Seed.settings());
         let RunRequest::Train(trained) = store.get(train).unwrap().unwrap().request else { panic!("a train request") };
         assert_eq!((trained.name.as_str(), trained.recipe.epochs, trained.recipe.width), ("mine", 2, 4));
+    }
+
+    #[test]
+    fn listings_carry_the_headline_stored_at_the_end_and_older_histories_get_theirs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("runs.sqlite");
+        let store = History::open(&path).unwrap();
+        let done = inserted(store.admit(&request(), "k1", "me").unwrap());
+        store.start(done).unwrap();
+        let result = RunResult::Unlearn(Box::new(crate::testing::made_up_report(3)));
+        store.finish(done, Outcome { status: RunStatus::Succeeded, result: Some(result.clone()), error: None, weights_etag: None }).unwrap();
+        let running = inserted(store.admit(&request(), "k2", "me").unwrap());
+        store.start(running).unwrap();
+        let expected = Headline { forget_accuracy: Some(0.0), accuracy: Some(100.0), retain_drop: Some(0.0), classes: 1 };
+        assert_eq!(result.headline(), expected);
+        let headlines = |store: &History| store.page(None, 10).unwrap().iter().map(|run| (run.id, run.headline, run.result.is_some())).collect::<Vec<_>>();
+        assert_eq!(headlines(&store), [(running, None, false), (done, Some(expected), false)], "listings leave the result out, not its headline");
+        assert_eq!(store.get(done).unwrap().unwrap().headline, Some(expected));
+        drop(store);
+
+        // A version 3 history had no headlines: opening it computes them.
+        let connection = Connection::open(&path).unwrap();
+        connection.execute_batch("ALTER TABLE runs DROP COLUMN headline").unwrap();
+        connection.pragma_update(None, "user_version", 3).unwrap();
+        drop(connection);
+        let store = History::open(&path).unwrap();
+        assert_eq!(headlines(&store), [(running, None, false), (done, Some(expected), false)]);
     }
 
     #[test]

@@ -55,7 +55,7 @@ pub(crate) fn document() -> Value {
             "get": {
                 "summary": "Run history, newest first",
                 "parameters": [parameter("before", "query", "integer", "Only runs older than this id"), parameter("limit", "query", "integer", "1-100, default 20")],
-                "responses": with_errors(json!({ "200": ok("A page of runs (results left out)", schema::<RunPage>(&mut generator)) })),
+                "responses": with_errors(json!({ "200": ok("A page of runs (results left out, their headlines kept)", schema::<RunPage>(&mut generator)) })),
             },
             "post": {
                 "summary": "Start a run. In public mode, train and sweep need the token, and requests without it are held to the server's default subsample, a preset's importance settings and two live runs per client (429); 507 while the disk is below its reserve",

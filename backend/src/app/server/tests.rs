@@ -237,6 +237,7 @@ async fn an_unlearning_run_reports_serves_its_model_and_is_reused() {
     assert_eq!(report.before.test.confusion.iter().flatten().sum::<u64>(), 50);
     assert_eq!((report.settings.alpha, report.alpha), (unlearn_shared::api::Alpha::Fixed(2.0), 2.0));
     assert!(run.has_weights);
+    assert_eq!(run.headline, Some(run.result.as_ref().unwrap().headline()));
 
     // The unlearned model downloads, loads into the shared model, and revalidates by ETag.
     let (status, headers, body) = server.send(Call::new(Method::GET, &format!("/api/runs/{}/weights", run.id))).await;
@@ -269,8 +270,11 @@ async fn an_unlearning_run_reports_serves_its_model_and_is_reused() {
     let page: RunPage = server.get("/api/runs?limit=1").await;
     assert_eq!((page.runs.len(), page.runs[0].id, page.next_before), (1, eval.id, Some(eval.id)));
     assert!(page.runs[0].result.is_none(), "listings leave results out");
+    let headline = page.runs[0].headline.expect("but not the headline");
+    assert_eq!((headline.accuracy, headline.classes), (Some(summary.overall.accuracy), 0));
     let older: RunPage = server.get(&format!("/api/runs?before={}", eval.id)).await;
     assert_eq!(older.runs.iter().map(|r| r.id).collect::<Vec<_>>(), [run.id]);
+    assert_eq!(older.runs[0].headline, run.headline);
 
     let samples: Vec<Sample> = server.get("/api/samples?class=dog&n=3").await;
     assert_eq!(samples.len(), 3);
@@ -332,6 +336,7 @@ async fn a_sweep_cancelled_midway_keeps_the_classes_it_finished_and_says_how_far
     assert_eq!(reports.iter().map(|r| r.forget_class).collect::<Vec<_>>(), (0..reports.len()).collect::<Vec<_>>());
     let reason = format!("cancelled by a request while running, after {} of 10 classes", reports.len());
     assert_eq!(run.error.as_deref(), Some(reason.as_str()));
+    assert_eq!(run.headline.map(|h| h.classes), Some(reports.len()), "its headline covers what it kept");
     // A cancelled run, results and all, is not the answer to the request.
     let (status, again) = server.submit(slow_sweep(1.0)).await;
     assert_eq!((status, again.reused), (StatusCode::ACCEPTED, false));
