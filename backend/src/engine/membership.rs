@@ -65,9 +65,48 @@ impl MembershipAttack {
     }
 }
 
+/// Bins of the membership picture's entropy histograms.
+pub(crate) const ENTROPY_BINS: usize = 20;
+
+/// The largest softmax entropy over CIFAR-10's classes: ln 10 nats, every class equally likely.
+fn max_entropy() -> f64 {
+    (unlearn_shared::cifar::NUM_CLASSES as f64).ln()
+}
+
+/// The edges of `bins` equal bins from 0 to ln 10.
+pub(crate) fn entropy_edges(bins: usize) -> Vec<f64> {
+    (0..=bins).map(|i| max_entropy() * i as f64 / bins as f64).collect()
+}
+
+/// How many of `entropies` fall in each of `bins` equal bins from 0 to ln 10 (a bin holds its
+/// lower edge); values past either end, such as ln 10 itself or a rounding error beyond it,
+/// count in the nearest end bin.
+pub(crate) fn entropy_histogram(entropies: &[f64], bins: usize) -> Vec<u64> {
+    let mut counts = vec![0; bins];
+    for &entropy in entropies {
+        let bin = (entropy / max_entropy() * bins as f64).floor().clamp(0.0, (bins - 1) as f64) as usize;
+        counts[bin] += 1;
+    }
+    counts
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn entropies_are_counted_in_equal_bins_from_zero_to_ln_10() {
+        let ln10 = 10f64.ln();
+        let edges = entropy_edges(4);
+        assert_eq!(edges.len(), 5);
+        assert_eq!((edges[0], edges[2], edges[4]), (0.0, ln10 / 2.0, ln10));
+        // Bins of width ln 10 / 4, about 0.576: a bin holds its lower edge; the ends take
+        // what lies beyond them.
+        let entropies = [0.0, 0.1, 0.575, 0.58, ln10 / 2.0, 2.0, ln10, ln10 + 1e-9, -1e-9];
+        assert_eq!(entropy_histogram(&entropies, 4), vec![4, 1, 1, 3]);
+        assert_eq!(entropy_histogram(&[], 4), vec![0; 4]);
+        assert_eq!(entropy_histogram(&[1.0; 7], ENTROPY_BINS).iter().sum::<u64>(), 7);
+    }
 
     #[test]
     fn the_attack_calls_confident_images_members() {

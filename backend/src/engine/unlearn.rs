@@ -7,7 +7,9 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use unlearn_shared::api::{Alpha, ClassId, Membership, ModelReport, RetrainedReport, SetOrder, SsdSettings, Subsample, Timings, UnlearnReport};
+use unlearn_shared::api::{
+    Alpha, ClassId, EntropyCounts, EntropyHistograms, Membership, ModelReport, RetrainedReport, SetOrder, SsdSettings, Subsample, Timings, UnlearnReport,
+};
 use unlearn_shared::model::weights::{self, StateDict, WeightsError};
 use unlearn_shared::model::ResNet;
 
@@ -15,7 +17,7 @@ use super::calibrate::{self, calibrate, CalibrationConfig};
 use super::device::Device;
 use super::evaluate::evaluate;
 use super::evaluation::{model_report, Evaluation};
-use super::membership::MembershipAttack;
+use super::membership::{entropy_edges, entropy_histogram, MembershipAttack, ENTROPY_BINS};
 use super::progress::{one_unit, Cancelled, Progress, Step, FORWARD, FORWARD_AND_BACKWARD};
 use super::ssd::{dampen, importance, Importance, Importances};
 use super::{sample, Images};
@@ -83,11 +85,23 @@ impl Measured {
         model_report(&self.test, &self.train, class)
     }
 
-    /// The membership attack, fitted on retain-class training images against test images,
-    /// asked about the forget sample.
+    /// What the membership attack reads: the entropies of the members it is fitted on
+    /// (retain-class training images), of the non-members (test images), and of the forget
+    /// sample it is asked about.
+    fn attack_entropies(&self, class: usize) -> [Vec<f64>; 3] {
+        [self.train.entropies(|c| c != class), self.test.entropies(|_| true), self.forget_sample.entropies(|c| c == class)]
+    }
+
+    /// The membership attack's verdict on the forget sample: percent members.
     fn member_percent(&self, class: usize) -> f64 {
-        let attack = MembershipAttack::fit(&self.train.entropies(|c| c != class), &self.test.entropies(|_| true));
-        attack.member_percent(&self.forget_sample.entropies(|c| c == class))
+        let [members, non_members, forget] = self.attack_entropies(class);
+        MembershipAttack::fit(&members, &non_members).member_percent(&forget)
+    }
+
+    /// The attack's entropies as histograms, for the membership picture.
+    fn entropy_counts(&self, class: usize) -> EntropyCounts {
+        let [members, non_members, forget] = self.attack_entropies(class).map(|entropies| entropy_histogram(&entropies, ENTROPY_BINS));
+        EntropyCounts { forget, members, non_members }
     }
 }
 
@@ -208,7 +222,9 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
             }
             None => None,
         };
-        let membership = Membership { before: before.member_percent(class), after: after.member_percent(class), images: forget_sample.len(), entropy: None };
+        let entropy = EntropyHistograms { edges: entropy_edges(ENTROPY_BINS), before: before.entropy_counts(class), after: after.entropy_counts(class) };
+        let membership =
+            Membership { before: before.member_percent(class), after: after.member_percent(class), images: forget_sample.len(), entropy: Some(entropy) };
         let report = UnlearnReport {
             model: self.model_name.clone(),
             device: self.device.description.clone(),
@@ -405,7 +421,7 @@ mod tests {
             let plan = unlearner.plan(&[class], &settings, |_, phase| phase.to_owned());
             assert_eq!(plan.iter().any(|step| step.phase == FULL_IMPORTANCE), round == "first", "{round}: {plan:?}");
             let mut recorder = Recorder::default();
-            unlearner.forget(class, &settings, &mut Planned::new(plan, &mut recorder)).unwrap();
+            let (report, _) = unlearner.forget(class, &settings, &mut Planned::new(plan, &mut recorder)).unwrap();
             let events = &recorder.events;
             assert!(events.iter().any(|e| e.phase.starts_with(calibrate::PHASE)), "{round}: the calibration reports its steps");
             for event in events {
@@ -414,6 +430,16 @@ mod tests {
             let fractions: Vec<f64> = events.iter().map(|e| e.overall.expect("the run's progress").fraction).collect();
             assert!(fractions.windows(2).all(|pair| pair[0] <= pair[1]), "{round}: {fractions:?}");
             assert!(*fractions.last().unwrap() > 0.999, "{round}: {fractions:?}");
+
+            // The report's membership picture agrees with its figures.
+            let histograms = report.membership.entropy.as_ref().expect("entropy histograms");
+            assert_eq!(histograms.edges.len(), ENTROPY_BINS + 1);
+            for counts in [&histograms.before, &histograms.after] {
+                let total = |bins: &[u64]| bins.iter().sum::<u64>();
+                assert_eq!(total(&counts.forget), report.membership.images as u64);
+                assert_eq!(total(&counts.non_members), 50);
+                assert_eq!(total(&counts.members), report.before.train.split.retain.images);
+            }
         }
         // Another process finds the full-set importance in the cache.
         let phases: Vec<String> = new_unlearner().plan(&[class], &settings, |_, phase| phase.to_owned()).into_iter().map(|step| step.phase).collect();

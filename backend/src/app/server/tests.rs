@@ -238,6 +238,8 @@ async fn an_unlearning_run_reports_serves_its_model_and_is_reused() {
     assert_eq!((report.settings.alpha, report.alpha), (unlearn_shared::api::Alpha::Fixed(2.0), 2.0));
     assert!(run.has_weights);
     assert_eq!(run.headline, Some(run.result.as_ref().unwrap().headline()));
+    let histograms = report.membership.entropy.as_ref().expect("the membership picture");
+    assert_eq!(histograms.after.non_members.iter().sum::<u64>(), 50, "every test image in the picture");
 
     // The unlearned model downloads, loads into the shared model, and revalidates by ETag.
     let (status, headers, body) = server.send(Call::new(Method::GET, &format!("/api/runs/{}/weights", run.id))).await;
