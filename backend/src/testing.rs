@@ -55,9 +55,9 @@ pub(crate) fn made_up_report(class: usize) -> unlearn_shared::api::UnlearnReport
     use crate::engine::evaluation::{model_report, Evaluation};
 
     let (mut before, mut after) = (Evaluation::default(), Evaluation::default());
-    for label in (0..NUM_CLASSES).flat_map(|label| [label, label]) {
-        before.record(label, label, 0.5, 0.2);
-        after.record(label, if label == class { (label + 1) % NUM_CLASSES } else { label }, 0.25, 0.4);
+    for (index, label) in (0..NUM_CLASSES).flat_map(|label| [label, label]).enumerate() {
+        before.record(index, label, label, 0.5, 0.2);
+        after.record(index, label, if label == class { (label + 1) % NUM_CLASSES } else { label }, 0.25, 0.4);
     }
     let settings = Preset::Seed.settings();
     UnlearnReport {

@@ -42,6 +42,9 @@ fn unlearn_reports_the_split_and_caches_the_full_importance() {
     assert_eq!(report.membership.images, 128, "the attack asks about the forget set");
     assert!(report.after.test.split.forget.accuracy < before.split.forget.accuracy, "dampening at alpha 5 hurts the forgotten class");
     assert!(report.after.train.split.forget.accuracy < report.before.train.split.forget.accuracy);
+    // The cat test images still recognised, as test-set indices.
+    assert_eq!(report.still_recognised.len() as u64, report.after.test.confusion[3][3]);
+    assert!(report.still_recognised.windows(2).all(|pair| pair[0] < pair[1]) && report.still_recognised.iter().all(|&i| i < 10_000));
 
     // The saved model is the unlearned one: evaluating it agrees with the report.
     let eval = ok(backend(dir, &["eval", "--model", saved.to_str().unwrap(), "--test-limit", "400"]));

@@ -32,7 +32,7 @@ pub(crate) fn evaluate<B: Backend>(
         let entropy = (log_probs.clone().exp() * log_probs.clone()).sum_dim(1).neg().into_data().convert::<f32>().to_vec::<f32>().expect("float data");
         let nll = log_probs.gather(1, batch.labels.unsqueeze_dim(1)).neg().into_data().convert::<f32>().to_vec::<f32>().expect("float data");
         for (((&index, predicted), loss), entropy) in chunk.iter().zip(predicted).zip(nll).zip(entropy) {
-            evaluation.record(images.split.label(index), predicted as usize, loss as f64, entropy as f64);
+            evaluation.record(index, images.split.label(index), predicted as usize, loss as f64, entropy as f64);
         }
         let done = (n * EVAL_BATCH + chunk.len()) as u64;
         progress.report(&timer.event(done));

@@ -9,6 +9,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use unlearn_shared::api::{
     Alpha, ClassId, EntropyCounts, EntropyHistograms, Membership, ModelReport, RetrainedReport, SetOrder, SsdSettings, Subsample, Timings, UnlearnReport,
+    MAX_STILL_RECOGNISED,
 };
 use unlearn_shared::model::weights::{self, StateDict, WeightsError};
 use unlearn_shared::model::ResNet;
@@ -239,7 +240,7 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
             before: before.report(class),
             after: after.report(class),
             timings,
-            still_recognised: Vec::new(),
+            still_recognised: after.test.recognised(class, MAX_STILL_RECOGNISED),
             retrained,
         };
         Ok((report, unlearned))
@@ -431,7 +432,7 @@ mod tests {
             assert!(fractions.windows(2).all(|pair| pair[0] <= pair[1]), "{round}: {fractions:?}");
             assert!(*fractions.last().unwrap() > 0.999, "{round}: {fractions:?}");
 
-            // The report's membership picture agrees with its figures.
+            // The report's membership picture and recognised images agree with its figures.
             let histograms = report.membership.entropy.as_ref().expect("entropy histograms");
             assert_eq!(histograms.edges.len(), ENTROPY_BINS + 1);
             for counts in [&histograms.before, &histograms.after] {
@@ -440,6 +441,10 @@ mod tests {
                 assert_eq!(total(&counts.non_members), 50);
                 assert_eq!(total(&counts.members), report.before.train.split.retain.images);
             }
+            let recognised = report.after.test.confusion[5][5];
+            assert_eq!(report.still_recognised.len() as u64, recognised.min(MAX_STILL_RECOGNISED as u64));
+            assert!(report.still_recognised.windows(2).all(|pair| pair[0] < pair[1]));
+            assert!(report.still_recognised.iter().all(|&index| data.test.label(index) == 5));
         }
         // Another process finds the full-set importance in the cache.
         let phases: Vec<String> = new_unlearner().plan(&[class], &settings, |_, phase| phase.to_owned()).into_iter().map(|step| step.phase).collect();

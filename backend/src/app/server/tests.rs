@@ -238,6 +238,10 @@ async fn an_unlearning_run_reports_serves_its_model_and_is_reused() {
     assert_eq!((report.settings.alpha, report.alpha), (unlearn_shared::api::Alpha::Fixed(2.0), 2.0));
     assert!(run.has_weights);
     assert_eq!(run.headline, Some(run.result.as_ref().unwrap().headline()));
+    // The dog test images the unlearned model still calls dogs, by test-set index.
+    assert_eq!(report.still_recognised.len() as u64, report.after.test.confusion[5][5]);
+    assert!(report.still_recognised.windows(2).all(|pair| pair[0] < pair[1]));
+    assert!(report.still_recognised.iter().all(|&index| server.state.workspace.data.test.label(index) == 5));
     let histograms = report.membership.entropy.as_ref().expect("the membership picture");
     assert_eq!(histograms.after.non_members.iter().sum::<u64>(), 50, "every test image in the picture");
 
