@@ -1,10 +1,13 @@
 //! The server's API, as the page calls it. Every failure becomes one readable line.
 
+use futures_util::future::{select, Either};
 use futures_util::StreamExt;
 use gloo_net::eventsource::futures::EventSource;
+use gloo_net::eventsource::State;
 use gloo_net::http::{Request, Response};
 use serde::de::DeserializeOwned;
 use unlearn_shared::api::{ErrorBody, Health, ModelInfo, Run, RunAccepted, RunEvent, RunId, RunPage, RunRequest, Sample};
+use wasm_bindgen::JsCast;
 
 pub type ApiResult<T> = Result<T, String>;
 
@@ -41,7 +44,7 @@ async fn send_get(url: &str) -> ApiResult<Response> {
         match retry_after(&response) {
             Some(seconds) if waited + seconds <= PATIENCE_S => {
                 waited += seconds;
-                sleep_s(seconds).await;
+                sleep_ms(seconds * 1000).await;
             }
             _ => return Ok(response),
         }
@@ -54,10 +57,10 @@ fn retry_after(response: &Response) -> Option<u32> {
     (response.status() == 429).then(|| response.headers().get("retry-after")?.trim().parse::<u32>().ok()).flatten().map(|s| s.clamp(1, PATIENCE_S + 1))
 }
 
-async fn sleep_s(seconds: u32) {
+pub async fn sleep_ms(milliseconds: u32) {
     let promise = js_sys::Promise::new(&mut |resolve, _| {
         let window = web_sys::window().expect("the page has a window");
-        window.set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, (seconds * 1000) as i32).expect("a timer");
+        window.set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, milliseconds as i32).expect("a timer");
     });
     let _ = wasm_bindgen_futures::JsFuture::from(promise).await;
 }
@@ -98,13 +101,30 @@ pub async fn cancel(id: RunId) -> ApiResult<Run> {
     read(Request::delete(&format!("/api/runs/{id}")).send().await.map_err(unreachable)?).await
 }
 
-/// A model file's bytes (the browser's HTTP cache revalidates them by ETag).
-pub async fn bytes(url: &str) -> ApiResult<Vec<u8>> {
+/// A model file's bytes (the browser's HTTP cache revalidates them by ETag), telling
+/// `on_progress` the bytes received and, where the server said, the total.
+pub async fn bytes(url: &str, on_progress: impl Fn(u64, Option<u64>)) -> ApiResult<Vec<u8>> {
     let response = send_get(url).await?;
     if !response.ok() {
         return Err(failure(response).await);
     }
-    response.binary().await.map_err(|e| format!("downloading {url}: {e}"))
+    let total = response.headers().get("content-length").and_then(|length| length.parse().ok());
+    let failed = |e: wasm_bindgen::JsValue| format!("downloading {url}: {}", e.as_string().unwrap_or_else(|| format!("{e:?}")));
+    let Some(body) = response.body() else {
+        return response.binary().await.map_err(|e| format!("downloading {url}: {e}"));
+    };
+    let reader: web_sys::ReadableStreamDefaultReader = body.get_reader().unchecked_into();
+    let mut bytes = Vec::with_capacity(total.unwrap_or(0) as usize);
+    loop {
+        let chunk = wasm_bindgen_futures::JsFuture::from(reader.read()).await.map_err(failed)?;
+        if js_sys::Reflect::get(&chunk, &"done".into()).map_err(failed)?.as_bool().unwrap_or(true) {
+            break;
+        }
+        let value: js_sys::Uint8Array = js_sys::Reflect::get(&chunk, &"value".into()).map_err(failed)?.unchecked_into();
+        bytes.extend(value.to_vec());
+        on_progress(bytes.len() as u64, total);
+    }
+    Ok(bytes)
 }
 
 /// The names of the events `/api/runs/{id}/events` sends: `RunEvent`'s variants.
@@ -119,17 +139,29 @@ fn run_event(name: &str, data: &str) -> ApiResult<RunEvent> {
     serde_json::from_value(tagged.into()).map_err(unreadable)
 }
 
-/// Follows `/api/runs/{id}/events`, calling `on_event` for each event until `done`.
-pub async fn follow(id: RunId, mut on_event: impl FnMut(RunEvent)) -> ApiResult<()> {
+/// How often a quiet event stream's connection is looked at.
+const STREAM_LOOK_MS: u32 = 2000;
+
+/// Follows `/api/runs/{id}/events`, calling `on_event` for each event until `done`, or until
+/// `wanted` says the page no longer follows it. A broken stream is an error.
+pub async fn follow(id: RunId, wanted: impl Fn() -> bool, mut on_event: impl FnMut(RunEvent)) -> ApiResult<()> {
     let mut source = EventSource::new(&format!("/api/runs/{id}/events")).map_err(|e| e.to_string())?;
     let streams = RUN_EVENTS.map(|name| source.subscribe(name).map_err(|e| e.to_string())).into_iter().collect::<ApiResult<Vec<_>>>()?;
     let mut events = futures_util::stream::select_all(streams);
-    while let Some(event) = events.next().await {
+    loop {
+        // The browser reconnects a broken stream by itself and reports nothing while it tries
+        // (neither does gloo), so a stream still connecting at a look is taken as broken.
+        let next = match select(events.next(), Box::pin(sleep_ms(STREAM_LOOK_MS))).await {
+            Either::Left((next, _)) => next,
+            Either::Right(((), _)) if source.state() == State::Open => continue,
+            Either::Right(((), _)) => return Err("the event stream broke: the server cannot be reached".to_owned()),
+        };
+        let Some(event) = next else { break };
         let (name, message) = event.map_err(|e| format!("the event stream broke: {e}"))?;
         let event = run_event(&name, &message.data().as_string().unwrap_or_default())?;
         let done = matches!(event, RunEvent::Done(_));
         on_event(event);
-        if done {
+        if done || !wanted() {
             break;
         }
     }
@@ -147,7 +179,7 @@ mod tests {
     async fn a_pause_waits_as_long_as_it_says() {
         let now = || web_sys::window().unwrap().performance().unwrap().now();
         let started = now();
-        sleep_s(1).await;
+        sleep_ms(1000).await;
         let waited = now() - started;
         assert!((990.0..3000.0).contains(&waited), "waited {waited} ms");
     }

@@ -6,12 +6,31 @@ use unlearn_shared::api::{ClassId, Health, ModelInfo, ProgressEvent, PublicLimit
 use crate::api::{self, ApiResult};
 use crate::views::{Classify, Compare, Controls, ErrorBanner, History, Results, RunProgress};
 
+/// Whether the page still hears from the server about the followed run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Connection {
+    Live,
+    /// The event stream broke; the page asks about the run every [`RECONNECT_EVERY`] until
+    /// the server answers.
+    Lost(String),
+}
+
+/// Where a followed run came from: the page blocks new runs only while its own is under way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Submitted,
+    /// Opened from the history or a link: someone's run, watched.
+    Opened,
+}
+
 /// A run the page is following.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Active {
     pub id: RunId,
+    pub origin: Origin,
     pub status: RunStatus,
     pub progress: Option<ProgressEvent>,
+    pub connection: Connection,
 }
 
 /// What the views share, provided as context.
@@ -19,6 +38,14 @@ pub struct Active {
 pub struct Workbench {
     /// The last failure of something the user did, for the banner.
     pub error: RwSignal<Option<String>>,
+    /// Seconds since the page opened.
+    seconds: RwSignal<u32>,
+    /// Seconds between polls: [`POLL_EVERY`], or longer where a public server's rate limit
+    /// asks for it.
+    poll_every: RwSignal<u32>,
+    /// Counts up every `poll_every` seconds: what the health badge and the history refetch
+    /// with, so that every viewer of a shared page sees runs start and end.
+    pub tick: Memo<u32>,
     /// The base models the server offers.
     pub models: LocalResource<ApiResult<Vec<ModelInfo>>>,
     /// The model the user picked, if any.
@@ -30,10 +57,12 @@ pub struct Workbench {
     /// The followed run's id and status without its progress: what the server's lists change
     /// with, so they refetch when it does.
     pub followed: Memo<Option<(RunId, RunStatus)>>,
-    /// The run whose results are shown.
+    /// The run whose results are shown; its id is in the page's address.
     pub shown: RwSignal<Option<Run>>,
-    /// Up to two runs picked in the history for a side-by-side comparison.
+    /// Up to two runs picked in the history for a comparison.
     pub compared: RwSignal<Vec<RunId>>,
+    /// For screen readers: what just happened to the followed run.
+    pub announcement: RwSignal<String>,
 }
 
 /// The user's pick while the server still lists it, else the repository's reference model
@@ -54,8 +83,13 @@ impl Workbench {
         });
         let picked_model = RwSignal::new(None);
         let model = Memo::new(move |_| models.map(|listed| chosen_model(listed.as_deref().ok()?, picked_model.get())).flatten());
+        let seconds = RwSignal::new(0);
+        let poll_every = RwSignal::new(POLL_EVERY.as_secs() as u32);
         Self {
             error: RwSignal::new(None),
+            seconds,
+            poll_every,
+            tick: Memo::new(move |_| seconds.get() / poll_every.get().max(1)),
             models,
             picked_model,
             model,
@@ -64,57 +98,145 @@ impl Workbench {
             followed,
             shown: RwSignal::new(None),
             compared: RwSignal::new(Vec::new()),
+            announcement: RwSignal::new(String::new()),
         }
+    }
+
+    /// A workbench as context for a component mounted on its own.
+    #[cfg(test)]
+    pub fn provide_for_tests() {
+        provide_context(Self::new());
     }
 
     pub fn fail(&self, error: impl Into<String>) {
         self.error.set(Some(error.into()));
     }
 
-    /// Submits `request`, follows the run until it ends, then shows it.
-    pub async fn run(self, request: RunRequest) {
-        let accepted = match api::submit(&request).await {
-            Ok(accepted) => accepted,
-            Err(error) => return self.fail(error),
-        };
-        self.active.set(Some(Active { id: accepted.id, status: accepted.status, progress: None }));
-        if let Err(error) = api::follow(accepted.id, |event| self.record(event)).await {
-            self.fail(error);
-        }
-        self.active.set(None);
+    /// Whether a run this page submitted is under way.
+    pub fn busy(&self) -> bool {
+        self.active.with(|a| a.as_ref().is_some_and(|a| a.origin == Origin::Submitted))
     }
 
-    /// One event of the followed run.
-    fn record(self, event: RunEvent) {
+    /// Submits `request`, follows the run until it ends, then shows it.
+    pub async fn run(self, request: RunRequest) {
+        match api::submit(&request).await {
+            Ok(accepted) => self.follow(accepted.id, accepted.status, Origin::Submitted).await,
+            Err(error) => self.fail(error),
+        }
+    }
+
+    /// Shows `run`; one still under way is followed live unless the page follows its own.
+    pub fn show(self, run: Run) {
+        let (id, status) = (run.id, run.status);
+        self.shown.set(Some(run));
+        if !status.is_finished() && !self.busy() {
+            leptos::task::spawn_local(self.follow(id, status, Origin::Opened));
+        }
+    }
+
+    /// Follows run `id` until it ends, through lost connections, then shows it. Stops early
+    /// when the page follows another run instead.
+    async fn follow(self, id: RunId, status: RunStatus, origin: Origin) {
+        self.active.set(Some(Active { id, origin, status, progress: None, connection: Connection::Live }));
+        self.announcement.set(format!("Run {id} {}", status.as_str()));
+        let following = move || self.active.with_untracked(|a| a.as_ref().is_some_and(|a| a.id == id));
+        loop {
+            let broke = match api::follow(id, following, |event| self.record(id, event)).await {
+                Ok(()) => break,
+                Err(error) => error,
+            };
+            // The server may be gone for a while, or back without the run: ask until it answers.
+            self.set_connection(id, Connection::Lost(broke));
+            let run = loop {
+                sleep(RECONNECT_EVERY).await;
+                if !following() {
+                    return;
+                }
+                match api::run(id).await {
+                    Ok(run) => break run,
+                    Err(error) => self.set_connection(id, Connection::Lost(error)),
+                }
+            };
+            if run.status.is_finished() {
+                self.record(id, RunEvent::Done(Box::new(run)));
+                break;
+            }
+            self.set_connection(id, Connection::Live);
+        }
+        if following() {
+            self.active.set(None);
+        }
+    }
+
+    fn set_connection(self, id: RunId, connection: Connection) {
+        self.active.update(|active| {
+            if let Some(active) = active.as_mut().filter(|a| a.id == id) {
+                active.connection = connection;
+            }
+        });
+    }
+
+    /// One event of the followed run `id`.
+    fn record(self, id: RunId, event: RunEvent) {
+        let update = |change: &dyn Fn(&mut Active)| {
+            self.active.update(|active| {
+                if let Some(active) = active.as_mut().filter(|a| a.id == id) {
+                    change(active);
+                }
+            })
+        };
         match event {
-            RunEvent::Status(status) => self.active.update(|active| {
-                if let Some(active) = active {
-                    active.status = status;
-                }
-            }),
-            RunEvent::Progress(progress) => self.active.update(|active| {
-                if let Some(active) = active {
-                    active.progress = Some(progress);
-                }
-            }),
+            RunEvent::Status(status) => {
+                update(&|active| active.status = status);
+                self.announcement.set(format!("Run {id} {}", status.as_str()));
+            }
+            RunEvent::Progress(progress) => update(&|active| active.progress = Some(progress.clone())),
             RunEvent::Done(run) => {
-                if let Some(error) = &run.error {
+                if let (RunStatus::Failed, Some(error)) = (run.status, &run.error) {
                     self.fail(format!("run {} failed: {error}", run.id));
                 }
+                self.announcement.set(format!("Run {id} {}", run.status.as_str()));
                 self.shown.set(Some(*run));
             }
         }
     }
 }
 
-/// How often the page asks the server how it is.
-const HEALTH_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+/// How often the page asks about a followed run whose event stream broke.
+pub const RECONNECT_EVERY: std::time::Duration = std::time::Duration::from_secs(3);
+
+async fn sleep(duration: std::time::Duration) {
+    api::sleep_ms(duration.as_millis() as u32).await;
+}
+
+/// The run a page's address names: `?run=12`.
+fn run_in_address() -> Option<RunId> {
+    let search = web_sys::window()?.location().search().ok()?;
+    search.trim_start_matches('?').split('&').find_map(|pair| pair.strip_prefix("run=")?.parse().ok())
+}
+
+/// Puts the shown run in the address, so that a reload or a shared link opens it.
+fn put_in_address(run: RunId) {
+    if let Some(history) = web_sys::window().and_then(|window| window.history().ok()) {
+        let _ = history.replace_state_with_url(&wasm_bindgen::JsValue::NULL, "", Some(&format!("?run={run}")));
+    }
+}
+
+/// How often the page asks the server how it is and what runs it has.
+pub const POLL_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Seconds between polls on a public server: each poll makes two API requests, and polling
+/// may take at most a third of a visitor's budget.
+fn poll_period(limits: Option<&PublicLimits>) -> u32 {
+    let least = POLL_EVERY.as_secs() as u32;
+    limits.map_or(least, |limits| least.max((2 * 60 * 3u32).div_ceil(limits.api_requests_per_minute.max(1))))
+}
 
 /// The health badge's words for the last answer.
-fn health_badge(health: Option<&ApiResult<Health>>) -> String {
+fn health_badge(health: Option<&ApiResult<Health>>, every_s: u32) -> String {
     match health {
         Some(Ok(h)) => format!("server on {} · queue {}/{}", h.device.as_deref().unwrap_or("starting"), h.queue_length, h.queue_capacity),
-        Some(Err(e)) => format!("connection lost ({e}); trying again every {} s", HEALTH_EVERY.as_secs()),
+        Some(Err(e)) => format!("connection lost ({e}); trying again every {every_s} s"),
         None => "connecting…".into(),
     }
 }
@@ -133,23 +255,39 @@ fn demo_notice(limits: &PublicLimits) -> String {
 
 #[component]
 pub fn App() -> impl IntoView {
-    provide_context(Workbench::new());
+    let workbench = Workbench::new();
+    provide_context(workbench);
     // Asked again every few seconds, so that the badge tells when the server goes away and
     // when it is back.
-    let asked = RwSignal::new(0u32);
-    set_interval(move || asked.update(|n| *n += 1), HEALTH_EVERY);
+    set_interval(move || workbench.seconds.update(|n| *n += 1), std::time::Duration::from_secs(1));
     let asking = LocalResource::new(move || {
-        asked.track();
+        workbench.tick.track();
         api::health()
+    });
+    if let Some(id) = run_in_address() {
+        leptos::task::spawn_local(async move {
+            match api::run(id).await {
+                Ok(run) => workbench.show(run),
+                Err(error) => workbench.fail(format!("run {id} from the address: {error}")),
+            }
+        });
+    }
+    Effect::new(move |_| {
+        if let Some(id) = workbench.shown.with(|run| run.as_ref().map(|run| run.id)) {
+            put_in_address(id);
+        }
     });
     // The last answer stays shown while the next is on its way.
     let health = RwSignal::new(None::<ApiResult<Health>>);
     Effect::new(move |_| {
         if let Some(answer) = asking.get() {
+            if let Ok(h) = &answer {
+                workbench.poll_every.set(poll_period(h.public_limits.as_ref()));
+            }
             health.set(Some(answer));
         }
     });
-    let device = move || health.with(|h| health_badge(h.as_ref()));
+    let device = move || health.with(|h| health_badge(h.as_ref(), workbench.poll_every.get()));
     let lost = move || health.with(|h| matches!(h, Some(Err(_))));
     let notice = move || health.with(|h| h.as_ref().and_then(|h| h.as_ref().ok()?.public_limits).map(|limits| demo_notice(&limits)));
     view! {
@@ -160,11 +298,12 @@ pub fn App() -> impl IntoView {
             {move || notice().map(|text| view! { <p class="notice" id="demo">{text}</p> })}
         </header>
         <ErrorBanner/>
+        <p class="visually-hidden" aria-live="polite" id="announce">{move || workbench.announcement.get()}</p>
         <main>
             <section class="panel"><Controls/><RunProgress/></section>
-            <section class="panel wide"><Results/></section>
+            <section class="panel"><Results/></section>
             <section class="panel"><Classify/></section>
-            <section class="panel"><History/></section>
+            <section class="panel" id="history"><History/></section>
             <Compare/>
         </main>
     }
@@ -190,10 +329,19 @@ mod tests {
     #[wasm_bindgen_test]
     fn the_badge_says_when_the_connection_is_lost() {
         let health = Health { version: "1".into(), device: Some("cpu".into()), queue_length: 1, queue_capacity: 16, public: false, public_limits: None };
-        assert_eq!(health_badge(Some(&Ok(health))), "server on cpu · queue 1/16");
-        let lost = health_badge(Some(&Err("the server cannot be reached: fetch failed".into())));
+        assert_eq!(health_badge(Some(&Ok(health)), 5), "server on cpu · queue 1/16");
+        let lost = health_badge(Some(&Err("the server cannot be reached: fetch failed".into())), 5);
         assert!(lost.starts_with("connection lost (the server cannot be reached") && lost.ends_with("every 5 s"), "{lost}");
-        assert_eq!(health_badge(None), "connecting…");
+        assert_eq!(health_badge(None, 5), "connecting…");
+    }
+
+    #[wasm_bindgen_test]
+    fn polling_takes_at_most_a_third_of_a_public_budget() {
+        assert_eq!(poll_period(None), 5);
+        let limits = |api_requests_per_minute| PublicLimits { api_requests_per_minute, runs_at_once: 2, subsample: None };
+        assert_eq!(poll_period(Some(&limits(120))), 5);
+        assert_eq!(poll_period(Some(&limits(12))), 30);
+        assert_eq!(poll_period(Some(&limits(0))), 360);
     }
 
     #[wasm_bindgen_test]

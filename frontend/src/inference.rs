@@ -137,13 +137,14 @@ pub struct Models {
 pub type ModelCache = StoredValue<Models, LocalStorage>;
 
 impl Models {
-    /// The model at `url` on `engine`, downloaded once.
-    pub async fn get(cache: ModelCache, engine: Engine, url: &str) -> Result<Rc<Model>, String> {
+    /// The model at `url` on `engine`, downloaded once; `on_progress` hears how the download
+    /// goes.
+    pub async fn get(cache: ModelCache, engine: Engine, url: &str, on_progress: impl Fn(u64, Option<u64>)) -> Result<Rc<Model>, String> {
         let key = (engine, url.to_owned());
         if let Some(model) = cache.with_value(|models| models.loaded.get(&key).cloned()) {
             return Ok(model);
         }
-        let bytes = api::bytes(url).await?;
+        let bytes = api::bytes(url, on_progress).await?;
         let model = Rc::new(Model::load(engine, &bytes).await.map_err(|e| format!("{url}: {e}"))?);
         cache.update_value(|models| {
             models.loaded.insert(key, model.clone());

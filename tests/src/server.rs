@@ -17,6 +17,8 @@ pub struct Server {
     child: Child,
     pub url: String,
     agent: ureq::Agent,
+    /// What it was started with, to start it again.
+    args: Vec<String>,
 }
 
 impl Server {
@@ -28,27 +30,47 @@ impl Server {
 
     /// As [`Server::start`], on `device` (`--device`).
     pub fn start_on(device: &str, data_dir: &Path, extra: &[&str]) -> Self {
-        let mut child = Command::new(crate::backend_binary())
-            .arg("--data-dir")
-            .arg(data_dir)
-            .arg("--shipped-models")
-            .arg(data_dir.join("no-shipped-models"))
-            .args(["--device", device, "serve", "--addr", "127.0.0.1:0"])
-            .args(["--forget-limit", "64", "--full-limit", "128", "--test-limit", "100"])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("backend starts");
+        let mut args = vec!["--data-dir".to_owned(), data_dir.display().to_string(), "--shipped-models".to_owned()];
+        args.push(data_dir.join("no-shipped-models").display().to_string());
+        args.extend(["--device", device, "serve", "--forget-limit", "64", "--full-limit", "128", "--test-limit", "100"].map(String::from));
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let (child, url) = Self::spawn(&args, "127.0.0.1:0");
+        let server = Self { child, url, agent: agent(), args };
+        server.wait_until_ready();
+        server
+    }
+
+    /// Starts the binary on `addr`; returns it and its URL.
+    fn spawn(args: &[String], addr: &str) -> (Child, String) {
+        let mut child = Command::new(crate::backend_binary()).args(args).args(["--addr", addr]).stdout(Stdio::piped()).spawn().expect("backend starts");
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let banner = lines.next().expect("a banner").expect("readable stdout");
         let url = banner.split("http://").nth(1).and_then(|rest| rest.split_whitespace().next()).unwrap_or_else(|| panic!("no address in: {banner}"));
-        let server = Self { child, url: format!("http://{url}"), agent: agent() };
+        (child, format!("http://{url}"))
+    }
+
+    fn wait_until_ready(&self) {
         let started = Instant::now();
-        while server.get("/api/health")["device"].is_null() {
+        while self.get("/api/health")["device"].is_null() {
             assert!(started.elapsed() < Duration::from_secs(60), "the worker did not start");
             std::thread::sleep(Duration::from_millis(100));
         }
-        server
+    }
+
+    /// Kills the process, as a crash or a stopped machine would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same address and data folder.
+    pub fn restart(&mut self) {
+        self.kill();
+        let addr = self.addr().to_owned();
+        let (child, url) = Self::spawn(&self.args, &addr);
+        assert_eq!(url, self.url, "the same address");
+        self.child = child;
+        self.wait_until_ready();
     }
 
     pub fn get(&self, path: &str) -> Value {
@@ -100,7 +122,6 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }

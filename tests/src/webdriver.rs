@@ -143,8 +143,16 @@ impl Browser {
     /// The page's URL and start of its markup, for failure messages.
     pub fn page(&self) -> String {
         let html =
-            self.script("return location.href + ' ' + document.body.outerHTML.slice(0, 1500) + ' ' + performance.getEntries().map(e => e.name).join(', ')");
+            self.script("return location.href + ' ' + document.body.innerText.slice(0, 4000) + ' ' + performance.getEntries().map(e => e.name).join(', ')");
         html.as_str().unwrap_or_default().to_owned()
+    }
+
+    /// Lays the page out as a phone or a desktop of `width` CSS pixels would (Chromium's
+    /// device emulation: a headless window has a minimum width).
+    pub fn emulate_width(&self, width: u32, height: u32) {
+        let mobile = width < 600;
+        let params = json!({ "width": width, "height": height, "deviceScaleFactor": if mobile { 2 } else { 1 }, "mobile": mobile });
+        self.call("POST", "/goog/cdp/execute", json!({ "cmd": "Emulation.setDeviceMetricsOverride", "params": params }));
     }
 
     pub fn screenshot(&self) -> Vec<u8> {

@@ -5,9 +5,10 @@
 
 use std::time::Duration;
 
+use serde_json::json;
 use unlearn_tests::server::{agent, Server};
 use unlearn_tests::webdriver::{Browser, WebGpu};
-use unlearn_tests::{backend, ok, repository, scratch_data_dir};
+use unlearn_tests::{backend, ok, repository, scratch_data_dir, shipped_models};
 
 /// The real server on a scratch data folder, with a tiny model trained for it, serving the built UI.
 fn workbench() -> (tempfile::TempDir, Server) {
@@ -36,18 +37,22 @@ fn a_user_forgets_a_class_and_classifies_an_image_locally() {
 
     let alpha = browser.script("return document.querySelector('#alpha').value");
     assert_eq!(alpha.as_str(), Some("auto"), "the default preset calibrates alpha");
-    browser.click("button.class[data-class='dog']");
+    browser.click("label.class[data-class='dog']");
     browser.wait_for_text("#run", Duration::from_secs(5), |t| t == "Forget dog");
     browser.click("#run");
     browser.wait_for("#results .seed-table tbody tr", 2, Duration::from_secs(180));
     let table = browser.text("#results .seed-table");
     assert!(table.contains("original dog") && table.contains("SSD dog"), "{table}");
-    assert!(table.contains("MIA (% members)") && table.contains("Time (s)"), "{table}");
+    assert!(table.contains("MIA (% members)") && table.contains("Unlearning time (s)"), "{table}");
+    assert!(table.contains("Test images (forget / retain)") && table.contains("95 % CI"), "every figure with what it rests on: {table}");
     let meta = browser.text("#results");
-    assert!(meta.contains("calibrated") && meta.contains("membership attack"), "the default preset calibrates alpha: {meta}");
+    assert!(meta.contains("calibrated") && meta.contains("Membership attack"), "the default preset calibrates alpha: {meta}");
     assert_eq!(browser.all("#results .heatmap g.cell").len(), 200, "two 10x10 heatmaps");
     let history = browser.wait_for_text(".history", Duration::from_secs(10), |t| t.contains("forget dog"));
     assert!(history.contains("succeeded"), "{history}");
+    let row = browser.wait_for_text(".history li.shown[data-run='1']", Duration::from_secs(10), |t| t.contains("retain"));
+    assert!(row.contains("forget") && row.contains("Calibrated α (default)"), "the shown run's row, with its figures and preset: {row}");
+    assert_eq!(browser.script("return location.search").as_str(), Some("?run=1"), "the shown run is in the address");
 
     // A gallery image, classified by both models in the page.
     browser.click("#gallery button.thumb");
@@ -69,11 +74,99 @@ fn a_user_forgets_a_class_and_classifies_an_image_locally() {
     }
     assert!(browser.all(".error").is_empty(), "no error shown: {}", browser.text(".error"));
 
+    // A second run of the same class with the seed's settings, from elsewhere; the two compared.
+    let (_, seed) = server.submit(json!({ "kind": "unlearn", "model": "tiny", "class": "dog", "ssd": { "alpha": 10, "lambda": 1, "layers": "all" } }));
+    browser.wait_for_text(&format!(".history li[data-run='{}'] .status", seed.id), Duration::from_secs(120), |t| t == "succeeded");
+    browser.click(".history li[data-run='1'] input[type=checkbox]");
+    browser.click(&format!(".history li[data-run='{}'] input[type=checkbox]", seed.id));
+    let comparison = browser.wait_for_text("#comparison table.comparison", Duration::from_secs(30), |t| t.contains("dog"));
+    assert!(comparison.contains("change") && comparison.contains("Forget acc"), "{comparison}");
+    assert!(browser.text("#comparison").contains("Seed (α 10, λ 1)"), "each run's settings: {}", browser.text("#comparison"));
+    let layout = "const c = document.querySelector('#comparison').getBoundingClientRect(); \
+                  const m = document.querySelector('main').getBoundingClientRect(); \
+                  return [c.width / m.width, c.top < innerHeight && c.bottom > 0, document.documentElement.scrollWidth <= innerWidth]";
+    let desktop = browser.script(layout);
+    assert!(desktop[0].as_f64().unwrap() > 0.9, "the comparison spans the page: {desktop}");
+    assert_eq!((desktop[1].as_bool(), desktop[2].as_bool()), (Some(true), Some(true)), "in view, and nothing wider than the page: {desktop}");
+    save_screenshot(&browser, "workbench.png");
+
+    // At a phone's width the page fits; the wide tables scroll inside their cards.
+    browser.emulate_width(390, 844);
+    let phone = "return [innerWidth, document.documentElement.scrollWidth, \
+                 [...document.querySelectorAll('.table-scroll')].map(s => [s.scrollWidth > s.clientWidth, s.getBoundingClientRect().right <= innerWidth + 1, \
+                 s.parentElement.className, Math.round(s.getBoundingClientRect().right)])]";
+    let started = std::time::Instant::now();
+    let measured = loop {
+        let measured = browser.script(phone);
+        if measured[0] == 390 || started.elapsed() > Duration::from_secs(10) {
+            break measured;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(measured[0], 390, "{measured}");
+    assert!(measured[1].as_u64().unwrap() <= 390, "the page is no wider than the phone: {measured}");
+    let scrolls = measured[2].as_array().unwrap();
+    assert!(scrolls.len() >= 2 && scrolls.iter().all(|s| s[1] == true), "every table's card fits: {measured}");
+    assert!(scrolls.iter().any(|s| s[0] == true), "the wide tables scroll inside their cards: {measured}");
+    save_screenshot(&browser, "workbench-phone.png");
+
+    // A link to a run opens it.
+    browser.emulate_width(1400, 1800);
+    browser.open(&format!("{}/?run=1", server.url));
+    browser.wait_for("#results .run[data-run='1'] .seed-table tbody tr", 2, Duration::from_secs(30));
+}
+
+/// The page as it is now, in `target/e2e/`.
+fn save_screenshot(browser: &Browser, name: &str) {
     let shots = repository().join("target/e2e");
     std::fs::create_dir_all(&shots).unwrap();
     let png = browser.screenshot();
     assert_eq!(&png[1..4], b"PNG");
-    std::fs::write(shots.join("workbench.png"), png).unwrap();
+    std::fs::write(shots.join(name), png).unwrap();
+}
+
+/// A shared dashboard: a run someone else submits appears and moves on in the history without
+/// a reload; opened, it is followed live; when the server goes away the page says so and
+/// keeps asking, and when it is back it shows how the run ended and offers to run it again;
+/// a cancelled sweep keeps the classes it finished.
+#[test]
+fn a_second_viewer_follows_runs_live_through_a_lost_connection() {
+    let (_scratch, mut server) = workbench();
+    let viewer = Browser::start(WebGpu::Absent);
+    viewer.open(&server.url);
+    viewer.wait_for_text("#health", Duration::from_secs(30), |t| t.contains("cpu"));
+    viewer.wait_for_text("#history", Duration::from_secs(30), |t| t.contains("No runs yet"));
+
+    // Long enough to be caught running: every class on large subsets.
+    let long_sweep = json!({ "kind": "sweep", "model": "tiny", "subsample": { "forget": 1000, "full": 5000, "test": 5000 } });
+    let (_, sweep) = server.submit(long_sweep.clone());
+    let row = format!(".history li[data-run='{}']", sweep.id);
+    viewer.wait_for_text(&format!("{row} .status"), Duration::from_secs(30), |t| t == "running");
+    viewer.click(&format!("{row} button.link"));
+    viewer.wait_for_text("#progress", Duration::from_secs(30), |t| t.contains(&format!("Run {}: running", sweep.id)) && t.contains("class 1/10"));
+
+    server.kill();
+    let lost = viewer.wait_for_text("#progress p.lost", Duration::from_secs(30), |t| !t.is_empty());
+    assert!(lost.contains("Connection lost") && lost.contains("every 3 s"), "{lost}");
+    viewer.wait_for("#health.lost", 1, Duration::from_secs(30));
+
+    server.restart();
+    let ended = viewer.wait_for_text("#results .ended", Duration::from_secs(60), |t| t.contains("interrupted"));
+    assert!(ended.contains("the server stopped"), "with its reason: {ended}");
+    assert!(viewer.all("#progress").is_empty(), "no stale progress once the run has ended");
+    viewer.wait_for_text("#health", Duration::from_secs(30), |t| t.contains("cpu"));
+
+    // Run again: the page submits the same request and follows it; cancelled after its first
+    // class, it keeps that class.
+    viewer.click("#results button.again");
+    let again = viewer.wait_for_text("#progress strong", Duration::from_secs(30), |t| t.starts_with("Run ") && !t.starts_with(&format!("Run {}:", sweep.id)));
+    viewer.wait_for_text("#progress .phase", Duration::from_secs(300), |t| t.contains("class 2/10"));
+    viewer.click("#progress button");
+    let cancelled = viewer.wait_for_text("#results .ended", Duration::from_secs(120), |t| t.contains("cancelled"));
+    assert!(cancelled.contains("classes it finished"), "{again}: {cancelled}");
+    assert!(viewer.all("#results .seed-table tbody tr").len() >= 2, "the finished class's rows");
+    let id = again.trim_start_matches("Run ").split(':').next().unwrap().to_owned();
+    viewer.wait_for_text(&format!(".history li[data-run='{id}'] .status"), Duration::from_secs(30), |t| t == "cancelled");
 }
 
 /// On a public server the page says what a visitor may do, loads its files and thumbnails
@@ -104,7 +197,7 @@ fn a_public_demo_states_its_limits_and_waits_out_its_rate_limit() {
     browser.wait_for("#model option[value='tiny']", 1, Duration::from_secs(90));
     // Thumbnails are assets: they load (not just their tags) while the page has just spent
     // the API's budget again; on the API's limit they would be refused.
-    browser.wait_for(".classes button.class img", 10, Duration::from_secs(60));
+    browser.wait_for(".classes label.class img", 10, Duration::from_secs(60));
     let loaded = "return [...document.querySelectorAll('.classes img')].filter(i => i.complete && i.naturalWidth > 0).length";
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while browser.script(loaded).as_u64() != Some(10) {
@@ -156,4 +249,36 @@ fn guesses(text: &str) -> Vec<(String, f64)> {
             Some((pair[0].to_owned(), percent))
         })
         .collect()
+}
+
+/// The README's screenshots, with the shipped reference ResNet18 on the test server's small
+/// subsets. Run by hand: `cargo test --release --workspace --exclude unlearn-frontend --test ui
+/// -- --ignored readme_screenshots`; it writes `docs/screenshots/`.
+#[test]
+#[ignore = "regenerates the README's screenshots"]
+fn readme_screenshots() {
+    let dist = repository().join("frontend/dist");
+    let scratch = scratch_data_dir();
+    std::fs::create_dir_all(scratch.path().join("models")).unwrap();
+    std::os::unix::fs::symlink(shipped_models().join("reference"), scratch.path().join("models/reference")).unwrap();
+    let server = Server::start(scratch.path(), &["--static-dir", dist.to_str().unwrap()]);
+    let (_, seed) = server.submit(json!({ "kind": "unlearn", "class": "cat", "ssd": { "alpha": 10, "lambda": 1, "layers": "all" } }));
+    let browser = Browser::start(WebGpu::Absent);
+    browser.open(&server.url);
+    browser.click("label.class[data-class='cat']");
+    browser.click("#run");
+    browser.wait_for("#results .seed-table tbody tr", 2, Duration::from_secs(600));
+    browser.wait_for_text(&format!(".history li[data-run='{}'] .status", seed.id), Duration::from_secs(600), |t| t == "succeeded");
+    let shots = repository().join("docs/screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    std::fs::write(shots.join("desktop.png"), browser.screenshot()).unwrap();
+    for id in [seed.id, seed.id + 1] {
+        browser.click(&format!(".history li[data-run='{id}'] input[type=checkbox]"));
+    }
+    browser.wait_for("#comparison table.comparison tbody tr", 1, Duration::from_secs(30));
+    std::fs::write(shots.join("comparison.png"), browser.screenshot()).unwrap();
+    browser.emulate_width(390, 844);
+    browser.script("window.scrollTo(0, 0)");
+    std::thread::sleep(Duration::from_secs(1));
+    std::fs::write(shots.join("phone.png"), browser.screenshot()).unwrap();
 }

@@ -18,20 +18,44 @@ struct Outcome {
 /// Classifies a gallery image or the user's own; the latest image's outcome is shown.
 type Classifier = Action<String, Result<Outcome, String>>;
 
+/// Where a classification is: the image, the engine it runs on, and how the models'
+/// downloads go.
+#[derive(Clone, Copy)]
+struct Classifying {
+    models: ModelCache,
+    engine: Option<Engine>,
+    /// The download under way, in words.
+    download: RwSignal<Option<String>>,
+}
+
+/// How far the download of `what` has come.
+fn download_line(what: &str, received: u64, total: Option<u64>) -> String {
+    let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
+    match total.filter(|&total| total >= received && total > 0) {
+        Some(total) => format!("downloading {what}: {:.1} of {:.1} MB ({:.0} %)", mib(received), mib(total), 100.0 * received as f64 / total as f64),
+        None => format!("downloading {what}: {:.1} MB", mib(received)),
+    }
+}
+
 /// `image` classified by the base model and, where the shown run has one, the unlearned model,
-/// on `engine` or else the best this browser has.
-async fn classify(workbench: Workbench, models: ModelCache, engine: Option<Engine>, image: String) -> Result<Outcome, String> {
-    let engine = match engine {
+/// on the chosen engine or else the best this browser has.
+async fn classify(workbench: Workbench, with: Classifying, image: String) -> Result<Outcome, String> {
+    let engine = match with.engine {
         Some(engine) => engine,
         None => Engine::available().await[0],
     };
     let rgba = pixels::rgba_32(&image).await?;
     let base_model = workbench.model.get_untracked().ok_or("the server offers no base model")?;
-    let base = Models::get(models, engine, &format!("/api/models/{base_model}/weights")).await?;
+    let load = |what: &'static str, url: String| async move {
+        let model = Models::get(with.models, engine, &url, |received, total| with.download.set(Some(download_line(what, received, total)))).await;
+        with.download.set(None);
+        model
+    };
+    let base = load("the base model", format!("/api/models/{base_model}/weights")).await?;
     let base = inference::predict(&base, &rgba).await?;
     let unlearned = match workbench.shown.get_untracked().filter(|r| r.has_weights) {
         Some(run) => {
-            let model = Models::get(models, engine, &format!("/api/runs/{}/weights", run.id)).await?;
+            let model = load("the unlearned model", format!("/api/runs/{}/weights", run.id)).await?;
             Some((run.id, inference::predict(&model, &rgba).await?))
         }
         None => None,
@@ -49,7 +73,9 @@ pub fn Classify() -> impl IntoView {
     let picked = RwSignal::new(None::<Engine>);
     // The user's pick, else the best this browser has.
     let engine = move || picked.get().or_else(|| engines.get().and_then(|e| e.first().copied()));
-    let classifier: Classifier = Action::new_unsync(move |image: &String| classify(workbench, models, picked.get_untracked(), image.clone()));
+    let download = RwSignal::new(None::<String>);
+    let classifier: Classifier =
+        Action::new_unsync(move |image: &String| classify(workbench, Classifying { models, engine: picked.get_untracked(), download }, image.clone()));
     let working = classifier.pending();
     let outcome = classifier.value();
 
@@ -65,7 +91,9 @@ pub fn Classify() -> impl IntoView {
         </p>
         <Gallery classifier />
         <Upload classifier />
-        {move || working.get().then(|| view! { <p class="hint">"classifying…"</p> })}
+        {move || working.get().then(|| view! {
+            <p class="hint" id="classifying" role="status">{move || download.get().unwrap_or_else(|| "classifying…".into())}</p>
+        })}
         <div id="predictions">
             <ErrorBoundary fallback=|errors| view! { <Failed errors /> }>
                 {move || outcome.get().map(|outcome| outcome.map(|outcome| view! { <Predictions outcome /> }))}
@@ -84,7 +112,8 @@ fn Gallery(classifier: Classifier) -> impl IntoView {
             samples.map(|samples| {
                 samples.into_iter().map(|sample| {
                     let url = sample.url.clone();
-                    view! { <button class="thumb" title=sample.class on:click=move |_| { classifier.dispatch(url.clone()); }><img src=sample.url alt="test image" /></button> }
+                    let name = format!("classify test image {} (a {})", sample.index, sample.class);
+                    view! { <button class="thumb" title=sample.class.clone() aria-label=name on:click=move |_| { classifier.dispatch(url.clone()); }><img src=sample.url alt=format!("test image of a {}", sample.class) /></button> }
                 }).collect_view()
             })
         })
@@ -148,7 +177,7 @@ fn EnginePicker(
         picked.set(engines.get_untracked().and_then(|e| e.into_iter().find(|e| e.name() == value)));
     };
     view! {
-        <select id="engine" on:change=on_change>
+        <select id="engine" aria-label="Engine that runs the models in this browser" on:change=on_change>
             {move || engines.get().unwrap_or_default().into_iter().map(|e| view! {
                 <option value=e.name() selected=move || engine() == Some(e)>{e.name()}</option>
             }).collect_view()}
@@ -164,7 +193,7 @@ fn PredictionList(title: String, prediction: Prediction) -> impl IntoView {
             <ol>
                 {prediction.top.into_iter().map(|g| view! {
                     <li><span class="class-name">{g.class}</span>
-                        <meter min="0" max="1" value=g.probability></meter>
+                        <meter min="0" max="1" value=g.probability aria-label=format!("probability of {}", g.class)></meter>
                         <span>{format!("{:.1} %", g.probability * 100.0)}</span></li>
                 }).collect_view()}
             </ol>

@@ -76,7 +76,7 @@ fn ModelOption(model: ModelInfo) -> impl IntoView {
     view! { <option value=model.id title=model.provenance prop:selected=chosen>{label}</option> }
 }
 
-/// A button per class, each with a test image of it.
+/// The classes as a radio group, each with a test image of it.
 #[component]
 fn ClassPicker() -> impl IntoView {
     let workbench = expect_context::<Workbench>();
@@ -89,15 +89,17 @@ fn ClassPicker() -> impl IntoView {
             .map(|s| view! { <img src=s.url alt="" /> })
     };
     view! {
-        <div class="classes" role="radiogroup" aria-label="Class to forget">
+        <fieldset class="classes">
+            <legend>"Class to forget"</legend>
             {ClassId::all().map(|class| view! {
-                <button class="class" class:picked=move || workbench.class.get() == class
-                        data-class=class.name() on:click=move |_| workbench.class.set(class)>
+                <label class="class" class:picked=move || workbench.class.get() == class data-class=class.name()>
+                    <input type="radio" name="forget-class" value=class.name() prop:checked=move || workbench.class.get() == class
+                           on:change=move |_| workbench.class.set(class) />
                     {move || thumbnail(class)}
                     <span>{class.name()}</span>
-                </button>
+                </label>
             }).collect_view()}
-        </div>
+        </fieldset>
     }
 }
 
@@ -122,7 +124,7 @@ fn SettingsFields(form: SettingsForm, settings: Memo<Result<SsdSettings, String>
                     {Layers::ALL.map(|choice| view! { <option value=choice.describe() selected=move || layers.get() == choice>{choice.describe()}</option> }).collect_view()}
                 </select>
             </label>
-            <div class="presets">
+            <div class="presets" role="group" aria-label="Presets">
                 {Preset::ALL.map(|preset| view! {
                     <button class="secondary" on:click=move |_| form.apply(preset)>{preset.describe()}</button>
                 }).collect_view()}
@@ -138,7 +140,7 @@ fn RunButtons(settings: Memo<Result<SsdSettings, String>>) -> impl IntoView {
     let workbench = expect_context::<Workbench>();
     let start = Action::new_unsync(move |request: &RunRequest| workbench.run(request.clone()));
     let running = start.pending();
-    let ready = move || !running.get() && settings.with(Result::is_ok) && workbench.model.with(Option::is_some);
+    let ready = move || !running.get() && !workbench.busy() && settings.with(Result::is_ok) && workbench.model.with(Option::is_some);
     // What the buttons ask for; `None` while they are disabled.
     let request = move |class: Option<ClassId>| {
         Some(UnlearnRequest { model: workbench.model.get_untracked()?, class, ssd: settings.get_untracked().ok()?, subsample: None })

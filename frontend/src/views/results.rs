@@ -1,97 +1,301 @@
-use leptos::prelude::*;
-use unlearn_shared::api::{seed_table_csv, seed_table_markdown, table_rows, Run, RunResult, UnlearnReport, TABLE_HEADER};
+//! A run's results: the seed card's table with what each figure rests on, its exports, the
+//! heatmaps and bars, the membership picture and the forget-class images still recognised.
 
-use super::charts::{ClassBars, Heatmap};
+use leptos::prelude::*;
+use unlearn_shared::api::{run_csv, run_markdown, settings_line, table_rows, Run, RunId, RunResult, RunStatus, UnlearnReport, TABLE_HEADER, UNLEARNING_TIME};
+use unlearn_shared::cifar::CLASSES;
+
+use super::charts::{ClassBars, EntropyChart, Heatmap, Series};
+use super::status::duration;
 use crate::app::Workbench;
 
-/// The seed card's table, with copy as Markdown and download as CSV.
+/// The seed card's table, with copy as Markdown and downloads as CSV and JSON.
 #[component]
-pub fn SeedTable(reports: Vec<UnlearnReport>) -> impl IntoView {
+pub fn SeedTable(run: RunId, reports: Vec<UnlearnReport>) -> impl IntoView {
+    let rows = table_rows(&reports)
+        .map(|row| {
+            let cells = row.cells().into_iter().enumerate().map(|(at, cell)| {
+                let detail = cell.detail.map(|detail| view! { <span class="cell-detail">{detail}</span> });
+                let text = cell.text;
+                if at == 0 {
+                    view! { <th scope="row">{text}{detail}</th> }.into_any()
+                } else {
+                    view! { <td>{text}{detail}</td> }.into_any()
+                }
+            });
+            view! { <tr class=row.label class:collapsed=row.collapsed()>{cells.collect_view()}</tr> }
+        })
+        .collect_view();
+    let header = TABLE_HEADER.map(|name| {
+        let title = (name == "Unlearning time (s)").then_some(UNLEARNING_TIME);
+        view! { <th scope="col" title=title>{name}</th> }
+    });
+    view! {
+        <div class="table-scroll">
+            <table class="seed-table">
+                <caption>{format!("Run {run} on the test set: accuracy in percent (mean loss), with a 95 % Wilson interval")}</caption>
+                <thead><tr>{header.collect_view()}</tr></thead>
+                <tbody>{rows}</tbody>
+            </table>
+        </div>
+        <Exports run reports />
+    }
+}
+
+/// Copy as Markdown, and the CSV and per-class JSON as files named by the run.
+#[component]
+fn Exports(run: RunId, reports: Vec<UnlearnReport>) -> impl IntoView {
     let workbench = expect_context::<Workbench>();
-    let markdown = seed_table_markdown(&reports);
-    let csv = format!("data:text/csv;charset=utf-8,{}", js_sys::encode_uri_component(&seed_table_csv(&reports)));
+    let markdown = run_markdown(run, &reports);
+    let data_url = |kind: &str, text: &str| format!("data:{kind};charset=utf-8,{}", js_sys::encode_uri_component(text));
+    let csv = data_url("text/csv", &run_csv(run, &reports));
+    let json = data_url("application/json", &class_json(run, &reports));
+    let copied = RwSignal::new(false);
     let copy = move |_| {
-        let Some(window) = web_sys::window() else {
-            return;
-        };
+        let Some(window) = web_sys::window() else { return };
         let promise = window.navigator().clipboard().write_text(&markdown);
         leptos::task::spawn_local(async move {
-            if wasm_bindgen_futures::JsFuture::from(promise).await.is_err() {
-                workbench.fail("the browser did not allow copying to the clipboard");
+            match wasm_bindgen_futures::JsFuture::from(promise).await {
+                Ok(_) => {
+                    copied.set(true);
+                    crate::api::sleep_ms(3000).await;
+                    copied.set(false);
+                }
+                Err(_) => workbench.fail("the browser did not allow copying to the clipboard"),
             }
         });
     };
-    let rows = table_rows(&reports)
-        .map(|row| {
-            let cells = row.cells().map(|cell| view! { <td>{cell}</td> });
-            view! { <tr class=row.label>{cells.collect_view()}</tr> }
-        })
-        .collect_view();
     view! {
-        <table class="seed-table">
-            <thead><tr>{TABLE_HEADER.map(|name| view! { <th>{name}</th> }).collect_view()}</tr></thead>
-            <tbody>{rows}</tbody>
-        </table>
         <div class="table-actions">
             <button class="secondary" on:click=copy>"Copy as Markdown"</button>
-            <a class="button secondary" href=csv download="unlearning.csv">"Download CSV"</a>
+            <a class="button secondary" href=csv download=format!("run-{run}.csv")>"Download CSV"</a>
+            <a class="button secondary" href=json download=format!("run-{run}-classes.json")>"Per-class JSON"</a>
+            <span class="copied" role="status">{move || copied.get().then_some("Copied to the clipboard")}</span>
         </div>
     }
 }
 
-/// One unlearning report in full: settings, table, heatmaps, bars, timings.
+/// Per-class accuracy and both confusion matrices of every report, as JSON.
+fn class_json(run: RunId, reports: &[UnlearnReport]) -> String {
+    let reports: Vec<_> = reports
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "model": r.model,
+                "forget_class": CLASSES[r.forget_class],
+                "classes": CLASSES,
+                "test_images": r.before.test.overall.images,
+                "per_class_accuracy": { "before": r.before.test.per_class_accuracy, "after": r.after.test.per_class_accuracy },
+                "confusion_true_by_predicted": { "before": r.before.test.confusion, "after": r.after.test.confusion },
+            })
+        })
+        .collect();
+    serde_json::to_string_pretty(&serde_json::json!({ "run": run, "reports": reports })).unwrap_or_default()
+}
+
+/// A warning for a report that lost more than its class.
+fn collapse_warning(report: &UnlearnReport) -> Option<impl IntoView> {
+    report.collapsed().then(|| {
+        let (before, after) = (report.before.test.split.retain.accuracy, report.after.test.split.retain.accuracy);
+        view! {
+            <p class="warning collapse" role="note">
+                {format!(
+                    "Collapsed: retain accuracy fell from {before:.1} % to {after:.1} % ({:.1} points). The model lost more than {}; \
+                     try a narrower scope (the default preset) or a larger α.",
+                    report.retain_drop(),
+                    CLASSES[report.forget_class]
+                )}
+            </p>
+        }
+    })
+}
+
+/// One unlearning report in full: settings, table, heatmaps, bars, membership, images.
 #[component]
-pub fn ReportView(report: UnlearnReport) -> impl IntoView {
+pub fn ReportView(run: RunId, report: UnlearnReport) -> impl IntoView {
     let forget = report.forget_class;
-    let timing = report.timings.to_string();
-    let alpha = match &report.calibration {
-        Some(c) => format!(
-            "α {:.3} on {} (calibrated: ≤ {} % of {} forget-set images{})",
-            report.alpha,
-            report.layers.describe(),
+    let calibration = report.calibration.as_ref().map(|c| {
+        format!(
+            "α calibrated: the largest α whose model recognises at most {} % of {} forget-class training images{}",
             c.target_forget_accuracy,
             c.images,
-            if c.reached { "" } else { ", not reached" }
-        ),
-        None => format!("α {} on {}", report.alpha, report.layers.describe()),
-    };
-    let membership = format!(
-        "membership attack: {:.1} % of {} forget-set training images called members before, {:.1} % after",
-        report.membership.before, report.membership.images, report.membership.after
+            if c.reached { "" } else { " (not reached; the closest was used)" }
+        )
+    });
+    let timing = format!("Unlearning {:.1} s ({UNLEARNING_TIME}). Phases: {}", report.timings.unlearn_s(), report.timings);
+    let dampened = format!(
+        "Dampened {} of {} parameters ({:.4} %).",
+        report.dampened.selected,
+        report.dampened.total,
+        100.0 * report.dampened.selected as f64 / report.dampened.total.max(1) as f64
     );
-    let settings = format!(
-        "model {} · {alpha} · λ {} · {} of {} parameters dampened · {} · {} test images",
-        report.model, report.settings.lambda, report.dampened.selected, report.dampened.total, report.device, report.before.test.overall.images
-    );
+    let before = &report.before.test;
+    let after = &report.after.test;
+    let bars = [
+        Series { label: "before".into(), values: before.per_class_accuracy.clone() },
+        Series { label: "after".into(), values: after.per_class_accuracy.clone() },
+    ];
     view! {
-        <p class="meta">{settings}</p>
-        <SeedTable reports=vec![report.clone()] />
+        {collapse_warning(&report)}
+        <p class="meta">{settings_line(&report)}</p>
+        {calibration.map(|text| view! { <p class="meta">{text}</p> })}
+        <p class="meta">{dampened}</p>
+        <SeedTable run reports=vec![report.clone()] />
         <div class="charts">
-            <Heatmap title="Test confusion before".into() confusion=report.before.test.confusion.clone() forget=forget />
-            <Heatmap title="Test confusion after".into() confusion=report.after.test.confusion.clone() forget=forget />
-            <ClassBars before=report.before.test.per_class_accuracy.clone() after=report.after.test.per_class_accuracy.clone() forget=forget />
+            <Heatmap title="Test confusion before".into() confusion=before.confusion.clone() forget=Some(forget) />
+            <Heatmap title="Test confusion after".into() confusion=after.confusion.clone() forget=Some(forget) />
+            <ClassBars title="Test accuracy per class".into() series=bars forget=Some(forget) />
         </div>
-        <p class="meta">{membership}</p>
+        <Membership report=report.clone() />
+        <StillRecognised report=report.clone() />
         <p class="meta">{timing}</p>
     }
 }
 
-/// Any finished run's results.
+/// The membership attack's verdicts and the entropies it read.
+#[component]
+fn Membership(report: UnlearnReport) -> impl IntoView {
+    let m = &report.membership;
+    let text = format!(
+        "Membership attack: of {} training images of {}, {:.1} % were called members (seen in training) before and {:.1} % after. \
+         It is a logistic regression on the softmax entropy, fitted on the retained classes' training images (members) against test \
+         images (non-members); a model that truly forgot the class makes its training images look unseen, like a retrained model's.",
+        m.images, CLASSES[report.forget_class], m.before, m.after
+    );
+    view! {
+        <div class="membership">
+            <p class="meta">{text}</p>
+            {m.entropy.clone().map(|histograms| view! { <EntropyChart histograms /> })}
+        </div>
+    }
+}
+
+/// Test images of the forget class the unlearned model still calls by their class.
+#[component]
+fn StillRecognised(report: UnlearnReport) -> impl IntoView {
+    const SHOWN_AT_FIRST: usize = 24;
+    let class = CLASSES[report.forget_class];
+    let all = report.still_recognised.clone();
+    let recognised = (report.after.test.split.forget.accuracy / 100.0 * report.after.test.split.forget.images as f64).round() as u64;
+    let more = RwSignal::new(false);
+    let heading = format!("{class} test images still recognised after unlearning: {recognised} of {}", report.after.test.split.forget.images);
+    let count = all.len();
+    let images = move || {
+        let shown = if more.get() { count } else { count.min(SHOWN_AT_FIRST) };
+        all[..shown]
+            .iter()
+            .map(|&index| view! { <img src=format!("/api/samples/{index}") alt=format!("test image {index}, a {class} still recognised") loading="lazy" /> })
+            .collect_view()
+    };
+    (recognised > 0).then(|| {
+        view! {
+            <details class="still-recognised">
+                <summary>{heading}</summary>
+                <div class="gallery">{images}</div>
+                {(count > SHOWN_AT_FIRST).then(|| view! {
+                    <button class="secondary" on:click=move |_| more.update(|m| *m = !*m)>
+                        {move || if more.get() { "Show fewer".to_owned() } else { format!("Show all {count}") }}
+                    </button>
+                })}
+            </details>
+        }
+    })
+}
+
+/// A sweep's classes at a glance: forget and retain accuracy after unlearning each.
+#[component]
+fn SweepGrid(reports: Vec<UnlearnReport>) -> impl IntoView {
+    let cells = |value: fn(&UnlearnReport) -> String| reports.iter().map(|r| view! { <td class:collapsed=r.collapsed()>{value(r)}</td> }).collect_view();
+    view! {
+        <div class="table-scroll">
+            <table class="sweep-grid">
+                <caption>"Each class forgotten in turn: test accuracy after unlearning (percent)"</caption>
+                <thead><tr><th scope="col">"Forgotten"</th>{reports.iter().map(|r| view! { <th scope="col">{CLASSES[r.forget_class]}</th> }).collect_view()}</tr></thead>
+                <tbody>
+                    <tr><th scope="row">"Forget acc"</th>{cells(|r| format!("{:.1}", r.after.test.split.forget.accuracy))}</tr>
+                    <tr><th scope="row">"Retain acc"</th>{cells(|r| format!("{:.1}", r.after.test.split.retain.accuracy))}</tr>
+                    <tr><th scope="row">"Retain change"</th>{cells(|r| format!("{:+.1}", -r.retain_drop()))}</tr>
+                </tbody>
+            </table>
+        </div>
+    }
+}
+
+/// The local time of a moment in milliseconds since the epoch: "2026-12-02 18:05".
+pub fn clock(ms: i64) -> String {
+    let date = js_sys::Date::new(&(ms as f64).into());
+    format!("{}-{:02}-{:02} {:02}:{:02}", date.get_full_year(), date.get_month() + 1, date.get_date(), date.get_hours(), date.get_minutes())
+}
+
+/// When a run was asked for, how long it waited and how long it ran.
+pub fn run_times(run: &Run) -> String {
+    let seconds = |from: i64, to: i64| (to - from) as f64 / 1000.0;
+    let mut text = format!("submitted {}", clock(run.created_ms));
+    if let Some(started) = run.started_ms {
+        text += &format!(" · waited {}", duration(seconds(run.created_ms, started)));
+        if let Some(finished) = run.finished_ms {
+            text += &format!(" · ran {} in all", duration(seconds(started, finished)));
+        }
+    }
+    text
+}
+
+/// Why a run did not succeed, and a button that submits it again.
+#[component]
+fn Ended(run: Run) -> impl IntoView {
+    let workbench = expect_context::<Workbench>();
+    let reason = run.error.clone().unwrap_or_else(|| "no reason was recorded".into());
+    let kept = match &run.result {
+        Some(RunResult::Sweep { reports }) => format!(" The {} classes it finished are shown below.", reports.len()),
+        _ => String::new(),
+    };
+    let request = run.request.clone();
+    let again = move |_| {
+        leptos::task::spawn_local(workbench.run(request.clone()));
+    };
+    view! {
+        <p class="warning ended" role="note">
+            {format!("{}: {reason}.{kept}", run.status.as_str())}
+            " " <button class="secondary again" disabled=move || workbench.busy() on:click=again>"Run again"</button>
+        </p>
+    }
+}
+
+/// Any run's results, or where it stands.
 pub fn run_view(run: Run) -> AnyView {
-    let title = format!("Run {}", run.id);
-    let body = match run.result {
-        Some(RunResult::Unlearn(report)) => view! { <ReportView report=*report /> }.into_any(),
-        Some(RunResult::Sweep { reports }) => view! { <SeedTable reports=reports /> }.into_any(),
+    let id = run.id;
+    let ended = (run.status.is_finished() && run.status != RunStatus::Succeeded).then(|| view! { <Ended run=run.clone() /> });
+    let under_way =
+        (!run.status.is_finished()).then(|| view! { <p class="meta">{format!("{}: its results appear here when it ends.", run.status.as_str())}</p> });
+    let body = match run.result.clone() {
+        Some(RunResult::Unlearn(report)) => view! { <ReportView run=id report=*report /> }.into_any(),
+        Some(RunResult::Sweep { reports }) => view! {
+            {reports.iter().find(|r| r.collapsed()).is_some().then(|| view! {
+                <p class="warning collapse" role="note">"Collapsed: for the classes marked, retain accuracy fell by more than 10 points."</p>
+            })}
+            {reports.first().map(|r| view! { <p class="meta">{settings_line(r)}</p> })}
+            <SweepGrid reports=reports.clone() />
+            <SeedTable run=id reports=reports />
+        }.into_any(),
         Some(RunResult::Eval(summary)) => view! {
             <p class="meta">{format!("{}: test accuracy {:.2} %, loss {:.4} on {} images", summary.model, summary.overall.accuracy, summary.overall.loss, summary.overall.images)}</p>
-            <Heatmap title="Test confusion".into() confusion=summary.confusion forget=0 />
+            <Heatmap title="Test confusion".into() confusion=summary.confusion forget=None />
         }.into_any(),
         Some(RunResult::Train(summary)) => view! {
             <p class="meta">{format!("trained model '{}' for {} epochs", summary.model, summary.epochs.len())}</p>
         }.into_any(),
-        None => view! { <p class="meta">{format!("{}: {}", run.status.as_str(), run.error.unwrap_or_default())}</p> }.into_any(),
+        None => ().into_any(),
     };
-    view! { <div class="run" data-run=run.id><h3>{title}</h3>{body}</div> }.into_any()
+    view! {
+        <div class="run" data-run=id>
+            <h3>{format!("Run {id}")}</h3>
+            <p class="meta times">{run_times(&run)}</p>
+            {ended}
+            {under_way}
+            {body}
+        </div>
+    }
+    .into_any()
 }
 
 #[component]
@@ -105,5 +309,86 @@ pub fn Results() -> impl IntoView {
                 None => view! { <p class="hint">"Pick a class and press Forget; the results appear here."</p> }.into_any(),
             }}
         </div>
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use unlearn_shared::api::{AccLoss, DampenStats, EvalReport, ForgetRetain, Layers, Membership as Attack, ModelReport, SsdSettings, Subsample, Timings};
+    use wasm_bindgen::JsCast;
+    use wasm_bindgen_test::wasm_bindgen_test;
+
+    fn model(forget: f64, retain: f64) -> ModelReport {
+        let acc_loss = |accuracy, images| AccLoss { accuracy, loss: 1.0, images };
+        let eval = EvalReport {
+            overall: acc_loss(retain, 100),
+            split: ForgetRetain { forget: acc_loss(forget, 20), retain: acc_loss(retain, 80) },
+            per_class_accuracy: vec![50.0; 10],
+            confusion: vec![vec![1; 10]; 10],
+        };
+        ModelReport { test: eval.clone(), train: eval }
+    }
+
+    fn report(retain_after: f64) -> UnlearnReport {
+        UnlearnReport {
+            model: "tiny".into(),
+            device: "cpu".into(),
+            forget_class: 3,
+            settings: SsdSettings::default(),
+            alpha: 10.0,
+            layers: Layers::All,
+            calibration: None,
+            subsample: Subsample { forget: Some(64), full: Some(128), test: Some(100) },
+            dampened: DampenStats { selected: 5, total: 50 },
+            membership: Attack { before: 80.0, after: 20.0, images: 64, entropy: None },
+            before: model(90.0, 80.0),
+            after: model(5.0, retain_after),
+            timings: Timings::default(),
+            still_recognised: vec![7],
+            retrained: None,
+        }
+    }
+
+    fn mounted(report: UnlearnReport) -> (web_sys::Element, impl Drop) {
+        let document = leptos::prelude::document();
+        let host = document.create_element("div").unwrap();
+        document.body().unwrap().append_child(&host).unwrap();
+        let handle = leptos::mount::mount_to(host.clone().unchecked_into(), move || {
+            Workbench::provide_for_tests();
+            view! { <ReportView run=4 report=report.clone() /> }
+        });
+        (host, handle)
+    }
+
+    #[wasm_bindgen_test]
+    fn a_collapsed_run_is_flagged_and_a_sound_one_is_not() {
+        let (host, _mounted) = mounted(report(60.0));
+        let warning = host.query_selector(".warning.collapse").unwrap().expect("a collapse warning").text_content().unwrap();
+        assert!(warning.contains("from 80.0 % to 60.0 % (20.0 points)") && warning.contains("cat"), "{warning}");
+        let row = host.query_selector("tr.SSD.collapsed").unwrap().expect("the SSD row is marked").text_content().unwrap();
+        assert!(row.contains("collapsed: retain −20.0 points"), "{row}");
+        assert!(host.query_selector("tr.original.collapsed").unwrap().is_none());
+
+        let (sound, _mounted) = mounted(report(79.0));
+        assert!(sound.query_selector(".warning.collapse").unwrap().is_none() && sound.query_selector("tr.collapsed").unwrap().is_none());
+    }
+
+    #[wasm_bindgen_test]
+    fn every_figure_shows_what_it_rests_on() {
+        let (host, _mounted) = mounted(report(79.0));
+        let table = host.query_selector(".seed-table").unwrap().unwrap().text_content().unwrap();
+        // 5 % of 20 images: one image, with its interval.
+        assert!(table.contains("5.00 (1.0000)95 % CI 0.9–23.6") && table.contains("20 / 80"), "{table}");
+        assert!(host.query_selector(".seed-table caption").unwrap().is_some() && host.query_selector("th[scope=col]").unwrap().is_some());
+        let meta = host.text_content().unwrap();
+        assert!(meta.contains("forget-class training images 64, full-set images 128, test images 100"), "the subsample sizes: {meta}");
+        let json = class_json(4, &[report(79.0)]);
+        let parsed: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(parsed["run"], 4);
+        assert_eq!(parsed["reports"][0]["confusion_true_by_predicted"]["after"][9][9], 1);
+        assert_eq!(parsed["reports"][0]["per_class_accuracy"]["before"].as_array().unwrap().len(), 10);
+        let csv = host.query_selector("a[download='run-4.csv']").unwrap().expect("a file name per run").get_attribute("href").unwrap();
+        assert!(csv.starts_with("data:text/csv"), "{csv}");
     }
 }

@@ -1,18 +1,76 @@
-//! The seed card's results table, for the page, the Markdown export and the CSV download.
+//! The seed card's results table, for the page, the Markdown export and the CSV download:
+//! every percentage with the images it rests on and a 95 % Wilson interval.
 
 use super::report::{AccLoss, EvalReport, UnlearnReport};
+use super::run::RunId;
 use crate::cifar::CLASSES;
 
 /// The seed card's columns (`Model | Forget class | Forget class acc (loss) | Retain class
-/// acc (loss)`), then the alpha used, the membership attack's verdict on the forget set's
-/// training images, and the seconds unlearning took.
-pub const TABLE_HEADER: [&str; 7] = ["Model", "Forget class", "Forget class acc (loss)", "Retain class acc (loss)", "α", "MIA (% members)", "Time (s)"];
+/// acc (loss)`), then the test images each split rests on, the alpha used, the membership
+/// attack's verdict on the forget set's training images, and the seconds unlearning took.
+pub const TABLE_HEADER: [&str; 8] = [
+    "Model",
+    "Forget class",
+    "Forget class acc (loss)",
+    "Retain class acc (loss)",
+    "Test images (forget / retain)",
+    "α",
+    "MIA (% members)",
+    "Unlearning time (s)",
+];
+
+/// What the "Unlearning time" column counts, for its tooltip and the exports.
+pub const UNLEARNING_TIME: &str =
+    "forget-set importance, choosing α and dampening; the full-set importance (computed once per model, then cached) and evaluation are not included";
+
+impl AccLoss {
+    /// The 95 % Wilson score interval of the accuracy, in percent; `None` without images.
+    pub fn interval95(&self) -> Option<(f64, f64)> {
+        if self.images == 0 {
+            return None;
+        }
+        const Z: f64 = 1.959_964;
+        let n = self.images as f64;
+        let p = (self.accuracy / 100.0).clamp(0.0, 1.0);
+        let centre = (p + Z * Z / (2.0 * n)) / (1.0 + Z * Z / n);
+        let half = Z * (p * (1.0 - p) / n + Z * Z / (4.0 * n * n)).sqrt() / (1.0 + Z * Z / n);
+        Some((100.0 * (centre - half).max(0.0), 100.0 * (centre + half).min(1.0)))
+    }
+}
+
+/// A table cell: its figure, and what the figure rests on where that is worth a second line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cell {
+    pub text: String,
+    pub detail: Option<String>,
+}
+
+impl Cell {
+    fn plain(text: impl Into<String>) -> Self {
+        Self { text: text.into(), detail: None }
+    }
+
+    /// `accuracy (loss)`, with the interval as its detail.
+    fn acc_loss(m: &AccLoss) -> Self {
+        let detail = m.interval95().map(|(low, high)| format!("95 % CI {low:.1}–{high:.1}"));
+        Self { text: format!("{:.2} ({:.4})", m.accuracy, m.loss), detail }
+    }
+
+    /// One line, as Markdown shows it.
+    pub fn joined(&self) -> String {
+        match &self.detail {
+            Some(detail) => format!("{} {detail}", self.text),
+            None => self.text.clone(),
+        }
+    }
+}
 
 /// One row of the seed card's table, with the columns this project adds.
 pub struct TableRow<'a> {
     /// `original`, `SSD` or `retrained`.
     pub label: &'static str,
     pub class: &'static str,
+    pub report: &'a UnlearnReport,
     pub eval: &'a EvalReport,
     pub alpha: Option<f64>,
     pub member_percent: f64,
@@ -20,17 +78,24 @@ pub struct TableRow<'a> {
 }
 
 impl TableRow<'_> {
+    /// An SSD row whose retained classes lost more than the collapse threshold.
+    pub fn collapsed(&self) -> bool {
+        self.label == "SSD" && self.report.collapsed()
+    }
+
     /// The row as the table shows it, under [`TABLE_HEADER`].
-    pub fn cells(&self) -> [String; 7] {
-        let acc_loss = |m: &AccLoss| format!("{:.2} ({:.4})", m.accuracy, m.loss);
-        let or_dash = |value: Option<String>| value.unwrap_or_else(|| "–".into());
+    pub fn cells(&self) -> [Cell; 8] {
+        let or_dash = |value: Option<String>| Cell::plain(value.unwrap_or_else(|| "–".into()));
+        let split = &self.eval.split;
+        let collapse = self.collapsed().then(|| format!("collapsed: retain −{:.1} points", self.report.retain_drop()));
         [
-            self.label.to_owned(),
-            self.class.to_owned(),
-            acc_loss(&self.eval.split.forget),
-            acc_loss(&self.eval.split.retain),
+            Cell { text: self.label.to_owned(), detail: collapse },
+            Cell::plain(self.class),
+            Cell::acc_loss(&split.forget),
+            Cell::acc_loss(&split.retain),
+            Cell::plain(format!("{} / {}", split.forget.images, split.retain.images)),
             or_dash(self.alpha.map(|a| format!("{a:.3}"))),
-            format!("{:.1}", self.member_percent),
+            Cell::plain(format!("{:.1}", self.member_percent)),
             or_dash(self.seconds.map(|s| format!("{s:.1}"))),
         ]
     }
@@ -40,28 +105,40 @@ impl TableRow<'_> {
 pub fn table_rows(reports: &[UnlearnReport]) -> impl Iterator<Item = TableRow<'_>> {
     reports.iter().flat_map(|report| {
         let class = CLASSES[report.forget_class];
-        let retrained = report.retrained.as_ref().map(|r| TableRow {
-            label: "retrained",
-            class,
-            eval: &r.report.test,
-            alpha: None,
-            member_percent: r.membership,
-            seconds: None,
-        });
+        let row = |label, eval, alpha, member_percent, seconds| TableRow { label, class, report, eval, alpha, member_percent, seconds };
+        let retrained = report.retrained.as_ref().map(|r| row("retrained", &r.report.test, None, r.membership, None));
         [
-            TableRow { label: "original", class, eval: &report.before.test, alpha: None, member_percent: report.membership.before, seconds: None },
-            TableRow {
-                label: "SSD",
-                class,
-                eval: &report.after.test,
-                alpha: Some(report.alpha),
-                member_percent: report.membership.after,
-                seconds: Some(report.timings.unlearn_s()),
-            },
+            row("original", &report.before.test, None, report.membership.before, None),
+            row("SSD", &report.after.test, Some(report.alpha), report.membership.after, Some(report.timings.unlearn_s())),
         ]
         .into_iter()
         .chain(retrained)
     })
+}
+
+/// What a report was run with and on, in one line: the model, the device, every SSD setting
+/// and the sizes of the sets. The alpha chosen is in the table, so a sweep's classes share it.
+pub fn settings_line(report: &UnlearnReport) -> String {
+    let s = &report.settings;
+    let alpha = match s.alpha {
+        super::ssd::Alpha::Auto => "α auto (chosen per class)".to_owned(),
+        super::ssd::Alpha::Fixed(alpha) => format!("α {alpha}"),
+    };
+    let or_all = |limit: Option<usize>| limit.map_or("all".to_owned(), |n| n.to_string());
+    format!(
+        "model {} on {} · SSD {alpha}, λ {}, layers: {}, importance batch {}, full set {} · \
+         subsample: forget-class training images {}, full-set images {}, test images {} · training subset {} images",
+        report.model,
+        report.device,
+        s.lambda,
+        report.layers.describe(),
+        s.importance_batch,
+        s.full_order,
+        or_all(report.subsample.forget),
+        or_all(report.subsample.full),
+        or_all(report.subsample.test),
+        report.before.train.overall.images,
+    )
 }
 
 /// The seed card's table on the test set, as Markdown.
@@ -70,31 +147,80 @@ pub fn seed_table_markdown(reports: &[UnlearnReport]) -> String {
     let mut table = line(&TABLE_HEADER.map(String::from));
     table.push_str(&format!("|{}\n", "---|".repeat(TABLE_HEADER.len())));
     for row in table_rows(reports) {
-        table.push_str(&line(&row.cells()));
+        table.push_str(&line(&row.cells().map(|cell| cell.joined())));
     }
     table
 }
 
-/// The same table as CSV, with accuracy and loss in columns of their own.
-pub fn seed_table_csv(reports: &[UnlearnReport]) -> String {
+/// A run's table with what it was run with, as the page copies it.
+pub fn run_markdown(run: RunId, reports: &[UnlearnReport]) -> String {
+    let mut text = format!("### Run {run}\n\n");
+    let mut lines: Vec<String> = reports.iter().map(settings_line).collect();
+    lines.dedup();
+    for line in lines {
+        text.push_str(&format!("- {line}\n"));
+    }
+    text.push_str(&format!("- Unlearning time: {UNLEARNING_TIME}.\n\n"));
+    text + &seed_table_markdown(reports)
+}
+
+/// A run's table as CSV: accuracy, interval, loss and images in columns of their own, and
+/// every setting on every row.
+pub fn run_csv(run: RunId, reports: &[UnlearnReport]) -> String {
     let or_empty = |value: Option<f64>| value.map(|v| v.to_string()).unwrap_or_default();
-    let mut table = String::from("model,forget_class,forget_accuracy,forget_loss,retain_accuracy,retain_loss,alpha,mia_member_percent,seconds\n");
+    let or_all = |limit: Option<usize>| limit.map(|n| n.to_string()).unwrap_or_default();
+    let mut table = String::from(
+        "run,model,device,row,forget_class,forget_accuracy,forget_ci_low,forget_ci_high,forget_loss,forget_images,\
+         retain_accuracy,retain_ci_low,retain_ci_high,retain_loss,retain_images,collapsed,alpha_setting,alpha,lambda,layers,\
+         importance_batch,full_order,dampened,parameters,mia_member_percent,mia_images,unlearning_seconds,\
+         subsample_forget,subsample_full,subsample_test\n",
+    );
     for row in table_rows(reports) {
         let (forget, retain) = (&row.eval.split.forget, &row.eval.split.retain);
+        let interval = |m: &AccLoss| m.interval95().map_or(",".to_owned(), |(low, high)| format!("{low:.2},{high:.2}"));
+        let report = row.report;
+        let s = &report.settings;
         table.push_str(&format!(
-            "{},{},{:.2},{:.4},{:.2},{:.4},{},{:.1},{}\n",
+            "{run},{},{},{},{},{:.2},{},{:.4},{},{:.2},{},{:.4},{},{},{},{},{},{},{},{},{},{},{:.1},{},{},{},{},{}\n",
+            csv_field(&report.model),
+            csv_field(&report.device),
             row.label,
             row.class,
             forget.accuracy,
+            interval(forget),
             forget.loss,
+            forget.images,
             retain.accuracy,
+            interval(retain),
             retain.loss,
+            retain.images,
+            row.collapsed(),
+            s.alpha,
             or_empty(row.alpha),
+            s.lambda,
+            csv_field(report.layers.describe()),
+            s.importance_batch,
+            s.full_order,
+            report.dampened.selected,
+            report.dampened.total,
             row.member_percent,
+            report.membership.images,
             or_empty(row.seconds.map(|s| (s * 10.0).round() / 10.0)),
+            or_all(report.subsample.forget),
+            or_all(report.subsample.full),
+            or_all(report.subsample.test),
         ));
     }
     table
+}
+
+/// A CSV field, quoted where it holds a comma, a quote or a line break.
+fn csv_field(text: &str) -> String {
+    if text.contains([',', '"', '\n']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text.to_owned()
+    }
 }
 
 #[cfg(test)]
@@ -133,15 +259,74 @@ mod tests {
             retrained: None,
         };
         let table = seed_table_markdown(std::slice::from_ref(&report));
-        assert!(table.contains("| original | dog | 100.00 (0.5000) | 100.00 (0.2500) | – | 90.0 | – |"), "{table}");
-        assert!(table.contains("| SSD | dog | 100.00 (0.5000) | 100.00 (0.2500) | 10.000 | 10.0 | 2.5 |"), "{table}");
+        let one_image = "100.00 (0.5000) 95 % CI 20.7–100.0";
+        assert!(table.contains(&format!("| original | dog | {one_image} | 100.00 (0.2500) 95 % CI 20.7–100.0 | 1 / 1 | – | 90.0 | – |")), "{table}");
+        assert!(table.contains("| SSD | dog | 100.00 (0.5000) 95 % CI 20.7–100.0 |") && table.contains("| 10.000 | 10.0 | 2.5 |"), "{table}");
         assert_eq!(table.lines().count(), 4);
-        let csv = seed_table_csv(std::slice::from_ref(&report));
-        assert_eq!(csv.lines().nth(2), Some("SSD,dog,100.00,0.5000,100.00,0.2500,10,10.0,2.5"), "{csv}");
+        let csv = run_csv(7, std::slice::from_ref(&report));
+        let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+        let ssd: Vec<&str> = csv.lines().nth(2).unwrap().split(',').collect();
+        assert_eq!(header.len(), ssd.len(), "{csv}");
+        let field = |name: &str| ssd[header.iter().position(|h| *h == name).unwrap_or_else(|| panic!("no column {name}"))];
+        assert_eq!((field("run"), field("row"), field("forget_class"), field("forget_accuracy")), ("7", "SSD", "dog", "100.00"));
+        assert_eq!((field("forget_ci_low"), field("forget_ci_high"), field("forget_images")), ("20.65", "100.00", "1"));
+        assert_eq!((field("alpha"), field("lambda"), field("unlearning_seconds"), field("collapsed")), ("10", "0.1", "2.5", "false"));
+        assert_eq!((field("layers"), field("subsample_test"), field("mia_images")), ("all layers", "", "1"));
+        let markdown = run_markdown(7, std::slice::from_ref(&report));
+        assert!(markdown.starts_with("### Run 7\n") && markdown.contains("model m on cpu") && markdown.contains("λ 0.1"), "{markdown}");
+        assert!(markdown.contains("test images all") && markdown.contains("Unlearning time: forget-set importance"), "{markdown}");
 
         let retrained = UnlearnReport { retrained: Some(RetrainedReport { model: "without-dog".into(), report: model, membership: 12.5 }), ..report };
         let table = seed_table_markdown(&[retrained]);
         assert_eq!(table.lines().count(), 5);
-        assert!(table.lines().last().unwrap().starts_with("| retrained | dog | 100.00 (0.5000) |"), "{table}");
+        assert!(table.lines().last().unwrap().starts_with("| retrained | dog | 100.00 (0.5000) 95 % CI"), "{table}");
+    }
+
+    #[test]
+    fn intervals_are_wilsons() {
+        let one_of_twenty = AccLoss { accuracy: 5.0, loss: 0.0, images: 20 };
+        let (low, high) = one_of_twenty.interval95().unwrap();
+        assert!((low - 0.89).abs() < 0.01 && (high - 23.61).abs() < 0.01, "{low} {high}");
+        let (low, high) = AccLoss { accuracy: 0.0, loss: 0.0, images: 1000 }.interval95().unwrap();
+        assert!(low.abs() < 1e-9 && (high - 0.38).abs() < 0.01, "{low} {high}");
+        assert_eq!(AccLoss { accuracy: f64::NAN, loss: 0.0, images: 0 }.interval95(), None);
+    }
+
+    #[test]
+    fn a_collapse_is_flagged_on_the_ssd_row_only() {
+        let model = ModelReport { test: eval_report(), train: eval_report() };
+        let mut after = model.clone();
+        after.test.split.retain.accuracy = 68.0;
+        let report = UnlearnReport {
+            model: "m".into(),
+            device: "cpu".into(),
+            forget_class: 3,
+            settings: SsdSettings::default(),
+            alpha: 10.0,
+            layers: Layers::All,
+            calibration: None,
+            subsample: Subsample::default(),
+            dampened: DampenStats { selected: 1, total: 2 },
+            membership: Membership { before: 90.0, after: 10.0, images: 1, entropy: None },
+            before: model,
+            after,
+            timings: Timings::default(),
+            still_recognised: Vec::new(),
+            retrained: None,
+        };
+        let flags: Vec<_> = table_rows(std::slice::from_ref(&report)).map(|row| (row.label, row.collapsed())).collect();
+        assert_eq!(flags, [("original", false), ("SSD", true)]);
+        let label = table_rows(std::slice::from_ref(&report)).nth(1).unwrap().cells()[0].clone();
+        assert_eq!(label.detail.as_deref(), Some("collapsed: retain −32.0 points"));
+        let mut fine = report.clone();
+        fine.after.test.split.retain.accuracy = 91.0;
+        assert!(!fine.collapsed(), "a 9-point fall is within the threshold");
+    }
+
+    #[test]
+    fn csv_fields_with_commas_are_quoted() {
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"x\""), "\"say \"\"x\"\"\"");
+        assert_eq!(csv_field("plain"), "plain");
     }
 }

@@ -14,7 +14,8 @@ use burn::tensor::backend::AutodiffBackend;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use unlearn_shared::api::{
-    seed_table_markdown, ClassId, EvalRequest, Preset, RunRequest, RunResult, SsdSettings, Subsample, TrainRecipe, TrainRequest, UnlearnRequest, DEFAULT_MODEL,
+    seed_table_markdown, settings_line, ClassId, EvalRequest, Preset, RunRequest, RunResult, SsdSettings, Subsample, TrainRecipe, TrainRequest, UnlearnRequest,
+    DEFAULT_MODEL,
 };
 use unlearn_shared::model::weights::Precision;
 
@@ -291,7 +292,7 @@ pub(crate) fn main() -> Result<()> {
             let workspace = workspace(&cli)?;
             let request = RunRequest::Sweep(unlearn.request(None, &workspace.models, command_matches)?);
             let RunResult::Sweep { reports } = execute(&cli, workspace, request, unlearn.options())?.result else { unreachable!("a sweep") };
-            println!("{}", render::run_header(&reports[0]));
+            println!("{}", settings_line(&reports[0]));
             print!("{}", seed_table_markdown(&reports));
             write_json(unlearn.json.as_deref(), &reports)
         }

@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use unlearn_shared::api::{EvalReport, EvalSummary, UnlearnReport};
+use unlearn_shared::api::{settings_line, EvalReport, EvalSummary, UnlearnReport};
 use unlearn_shared::cifar::CLASSES;
 
 /// Rows are true classes, columns predicted ones.
@@ -34,11 +34,6 @@ pub(crate) fn evaluation(summary: &EvalSummary) -> String {
     out
 }
 
-pub(crate) fn run_header(report: &UnlearnReport) -> String {
-    let subsample = if report.subsample.is_full() { "full sets".to_owned() } else { format!("subsampled {:?}", report.subsample) };
-    format!("model {} on {}; SSD {:?}; {subsample}", report.model, report.device, report.settings)
-}
-
 fn split_line(label: &str, eval: &EvalReport) -> String {
     let s = &eval.split;
     format!(
@@ -48,7 +43,7 @@ fn split_line(label: &str, eval: &EvalReport) -> String {
 }
 
 pub(crate) fn unlearn_report(report: &UnlearnReport) -> String {
-    let mut out = run_header(report);
+    let mut out = settings_line(report);
     let _ = writeln!(out, "\nforgetting class {} ({})", report.forget_class, CLASSES[report.forget_class]);
     out.push_str("test set:\n");
     out.push_str(&split_line("before", &report.before.test));
