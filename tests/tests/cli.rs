@@ -267,6 +267,64 @@ fn ctrl_c_leaves_a_usable_checkpoint() {
     assert!(eval.contains("test accuracy"), "{eval}");
 }
 
+/// Ctrl-C during a sweep stops it, and the classes it finished are still printed and saved.
+#[test]
+fn ctrl_c_keeps_a_sweeps_finished_classes() {
+    use std::io::{BufRead, Read};
+    let scratch = scratch_data_dir();
+    let dir = scratch.path();
+    let model = dir.join("tiny.safetensors");
+    tiny_checkpoint(&model);
+    let json = dir.join("sweep.json");
+    let mut child = std::process::Command::new(backend_binary())
+        .arg("--data-dir")
+        .arg(dir)
+        .args([
+            "--device",
+            "cpu",
+            "sweep",
+            "--model",
+            model.to_str().unwrap(),
+            "--forget-limit",
+            "1000",
+            "--full-limit",
+            "2000",
+            "--test-limit",
+            "2000",
+            "--json",
+        ])
+        .arg(&json)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Off a terminal, each phase is a line of its own.
+    let mut log = std::io::BufReader::new(child.stderr.take().unwrap()).lines().map(Result::unwrap);
+    let mut seen = Vec::new();
+    for line in log.by_ref() {
+        let second_class = line.starts_with("class 2/10: ");
+        seen.push(line);
+        if second_class {
+            break;
+        }
+    }
+    assert!(seen.last().is_some_and(|l| l.starts_with("class 2/10: ")), "{seen:?}");
+    let status = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let rest: Vec<String> = log.collect();
+    let mut stdout = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
+    assert!(!child.wait().unwrap().success(), "a stopped sweep is not a success");
+
+    let reports: Vec<UnlearnReport> = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let finished = reports.len();
+    assert!((1..10).contains(&finished), "{finished} classes: {rest:?}");
+    assert_eq!(reports.iter().map(|r| r.forget_class).collect::<Vec<_>>(), (0..finished).collect::<Vec<_>>());
+    assert!(rest.iter().any(|l| l.contains(&format!("stopped by request, after {finished} of 10 classes"))), "{rest:?}");
+    assert!(stdout.contains("| SSD | airplane |") && !stdout.contains("| SSD | truck |"), "{stdout}");
+    assert_eq!(stdout.matches("| SSD |").count(), finished, "{stdout}");
+}
+
 #[test]
 fn bench_prints_the_three_throughputs() {
     let scratch = tempfile::tempdir().unwrap();

@@ -14,12 +14,12 @@ use burn::tensor::backend::AutodiffBackend;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use unlearn_shared::api::{
-    seed_table_markdown, settings_line, ClassId, EvalRequest, Preset, RunRequest, RunResult, SsdSettings, Subsample, TrainRecipe, TrainRequest, UnlearnRequest,
-    DEFAULT_MODEL,
+    seed_table_markdown, settings_line, ClassId, EvalRequest, Preset, RunRequest, RunResult, SsdSettings, Subsample, TrainRecipe, TrainRequest, UnlearnReport,
+    UnlearnRequest, DEFAULT_MODEL,
 };
 use unlearn_shared::model::weights::Precision;
 
-use super::executor::{Executed, Executor, RunOptions, TrainStart, Workspace};
+use super::executor::{Executed, Executor, RunError, RunOptions, Stopped, TrainStart, Workspace};
 use super::server::{self, ConnectionLimits, Network, ServerConfig, TrustedProxies};
 use crate::engine::device::{self, Device, DeviceChoice, Workload};
 use crate::storage::dataset::{self, Source};
@@ -291,14 +291,30 @@ pub(crate) fn main() -> Result<()> {
         Command::Sweep { unlearn } => {
             let workspace = workspace(&cli)?;
             let request = RunRequest::Sweep(unlearn.request(None, &workspace.models, command_matches)?);
-            let RunResult::Sweep { reports } = execute(&cli, workspace, request, unlearn.options())?.result else { unreachable!("a sweep") };
-            println!("{}", settings_line(&reports[0]));
-            print!("{}", seed_table_markdown(&reports));
-            write_json(unlearn.json.as_deref(), &reports)
+            match execute(&cli, workspace, request, unlearn.options()) {
+                Ok(Executed { result: RunResult::Sweep { reports }, .. }) => print_sweep(&reports, unlearn.json.as_deref()),
+                Ok(_) => unreachable!("a sweep"),
+                Err(error) => {
+                    // Stopped by Ctrl-C, it still shows and saves the classes it finished.
+                    if let Some(RunError::Cancelled(Stopped::Sweep { reports })) = error.downcast_ref::<RunError>() {
+                        if !reports.is_empty() {
+                            print_sweep(reports, unlearn.json.as_deref())?;
+                        }
+                    }
+                    Err(error)
+                }
+            }
         }
         Command::Bench(args) => device::run(cli.device, args.clone())?,
         Command::Serve(args) => serve(&cli, args, workspace(&cli)?),
     }
+}
+
+/// A sweep's settings and seed table on stdout, its reports in `json` where asked.
+fn print_sweep(reports: &[UnlearnReport], json: Option<&Path>) -> Result<()> {
+    println!("{}", settings_line(&reports[0]));
+    print!("{}", seed_table_markdown(reports));
+    write_json(json, &reports)
 }
 
 /// Options for runs that neither train nor compare with retrained models.

@@ -1,5 +1,6 @@
 //! Progress on the terminal, and Ctrl-C as a request to stop at the next safe point.
 
+use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +34,10 @@ impl TerminalProgress {
         if stale {
             if let Some((_, old)) = self.bar.take() {
                 old.finish();
+            }
+            // Bars are hidden off a terminal; a log still says where the run is.
+            if !std::io::stderr().is_terminal() {
+                eprintln!("{}", event.phase);
             }
             let bar = ProgressBar::new(event.total);
             bar.set_style(ProgressStyle::with_template("{prefix:>28} [{bar:30}] {pos}/{len} {msg}").expect("valid template").progress_chars("=> "));
