@@ -276,6 +276,8 @@ fn readme_screenshots() {
         browser.click(&format!(".history li[data-run='{id}'] input[type=checkbox]"));
     }
     browser.wait_for("#comparison table.comparison tbody tr", 1, Duration::from_secs(30));
+    browser.script("document.querySelector('#comparison').scrollIntoView()");
+    std::thread::sleep(Duration::from_secs(1));
     std::fs::write(shots.join("comparison.png"), browser.screenshot()).unwrap();
     browser.emulate_width(390, 844);
     browser.script("window.scrollTo(0, 0)");
