@@ -148,20 +148,34 @@ pub async fn follow(id: RunId, wanted: impl Fn() -> bool, mut on_event: impl FnM
     let mut source = EventSource::new(&format!("/api/runs/{id}/events")).map_err(|e| e.to_string())?;
     let streams = RUN_EVENTS.map(|name| source.subscribe(name).map_err(|e| e.to_string())).into_iter().collect::<ApiResult<Vec<_>>>()?;
     let mut events = futures_util::stream::select_all(streams);
+    // The browser reconnects a broken stream by itself and reports nothing while it tries
+    // (neither does gloo), so a stream found still connecting at two looks in a row is taken
+    // as broken; one look would mistake a slow first connection for a lost one.
+    let mut unopened_looks = 0;
     loop {
-        // The browser reconnects a broken stream by itself and reports nothing while it tries
-        // (neither does gloo), so a stream still connecting at a look is taken as broken.
         let next = match select(events.next(), Box::pin(sleep_ms(STREAM_LOOK_MS))).await {
             Either::Left((next, _)) => next,
-            Either::Right(((), _)) if source.state() == State::Open => continue,
-            Either::Right(((), _)) => return Err("the event stream broke: the server cannot be reached".to_owned()),
+            Either::Right(((), _)) => {
+                unopened_looks = if source.state() == State::Open { 0 } else { unopened_looks + 1 };
+                if unopened_looks >= 2 {
+                    return Err("the event stream broke: the server cannot be reached".to_owned());
+                }
+                // A quiet stream the page no longer follows is closed now, not at its next event.
+                if !wanted() {
+                    break;
+                }
+                continue;
+            }
         };
         let Some(event) = next else { break };
         let (name, message) = event.map_err(|e| format!("the event stream broke: {e}"))?;
+        if !wanted() {
+            break;
+        }
         let event = run_event(&name, &message.data().as_string().unwrap_or_default())?;
         let done = matches!(event, RunEvent::Done(_));
         on_event(event);
-        if done || !wanted() {
+        if done {
             break;
         }
     }

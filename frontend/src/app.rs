@@ -129,7 +129,8 @@ impl Workbench {
     pub fn show(self, run: Run) {
         let (id, status) = (run.id, run.status);
         self.shown.set(Some(run));
-        if !status.is_finished() && !self.busy() {
+        let followed = self.active.with_untracked(|a| a.as_ref().is_some_and(|a| a.id == id));
+        if !status.is_finished() && !self.busy() && !followed {
             leptos::task::spawn_local(self.follow(id, status, Origin::Opened));
         }
     }
@@ -152,7 +153,11 @@ impl Workbench {
                 if !following() {
                     return;
                 }
-                match api::run(id).await {
+                let answer = api::run(id).await;
+                if !following() {
+                    return;
+                }
+                match answer {
                     Ok(run) => break run,
                     Err(error) => self.set_connection(id, Connection::Lost(error)),
                 }
@@ -176,8 +181,9 @@ impl Workbench {
         });
     }
 
-    /// One event of the followed run `id`.
+    /// One event of the followed run `id`; nothing once the page follows another.
     fn record(self, id: RunId, event: RunEvent) {
+        let Some(origin) = self.active.with_untracked(|a| a.as_ref().filter(|a| a.id == id).map(|a| a.origin)) else { return };
         let update = |change: &dyn Fn(&mut Active)| {
             self.active.update(|active| {
                 if let Some(active) = active.as_mut().filter(|a| a.id == id) {
@@ -196,7 +202,12 @@ impl Workbench {
                     self.fail(format!("run {} failed: {error}", run.id));
                 }
                 self.announcement.set(format!("Run {id} {}", run.status.as_str()));
-                self.shown.set(Some(*run));
+                // A run this page submitted is shown when it ends; one opened from the history
+                // only while it is still the one shown.
+                let still_shown = self.shown.with_untracked(|shown| shown.as_ref().is_some_and(|s| s.id == id));
+                if origin == Origin::Submitted || still_shown {
+                    self.shown.set(Some(*run));
+                }
             }
         }
     }

@@ -112,7 +112,7 @@ pub fn Heatmap(title: String, confusion: Vec<Vec<u64>>, forget: Option<usize>) -
             <figcaption>{title}</figcaption>
             <svg viewBox=format!("0 0 {width} {height}") role="img" aria-label=summary>
                 <text x=LEFT + band / 2.0 y="12" text-anchor="middle" font-size="12" font-weight="600">"predicted class →"</text>
-                <text x="12" y=TOP + band / 2.0 text-anchor="middle" font-size="12" font-weight="600" transform=format!("rotate(-90 12 {})", TOP + band / 2.0)>"true class →"</text>
+                <text x="12" y=TOP + band / 2.0 text-anchor="middle" font-size="12" font-weight="600" transform=format!("rotate(-90 12 {})", TOP + band / 2.0)>"← true class"</text>
                 {labels}
                 {cells}
                 {outline}

@@ -178,7 +178,8 @@ fn StillRecognised(report: UnlearnReport) -> impl IntoView {
     let all = report.still_recognised.clone();
     let recognised = (report.after.test.split.forget.accuracy / 100.0 * report.after.test.split.forget.images as f64).round() as u64;
     let more = RwSignal::new(false);
-    let heading = format!("{class} test images still recognised after unlearning: {recognised} of {}", report.after.test.split.forget.images);
+    let capped = if (all.len() as u64) < recognised { format!(" (the first {} listed)", all.len()) } else { String::new() };
+    let heading = format!("{class} test images still recognised after unlearning: {recognised} of {}{capped}", report.after.test.split.forget.images);
     let count = all.len();
     let images = move || {
         let shown = if more.get() { count } else { count.min(SHOWN_AT_FIRST) };
@@ -187,7 +188,7 @@ fn StillRecognised(report: UnlearnReport) -> impl IntoView {
             .map(|&index| view! { <img src=format!("/api/samples/{index}") alt=format!("test image {index}, a {class} still recognised") loading="lazy" /> })
             .collect_view()
     };
-    (recognised > 0).then(|| {
+    (count > 0).then(|| {
         view! {
             <details class="still-recognised">
                 <summary>{heading}</summary>
