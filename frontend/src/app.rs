@@ -258,8 +258,18 @@ fn demo_notice(limits: &PublicLimits) -> String {
         "A public demo: each visitor may make {} requests a minute and have {} runs queued or running at once",
         limits.api_requests_per_minute, limits.runs_at_once
     );
-    if let Some(Subsample { forget: Some(forget), full: Some(full), test: Some(test) }) = limits.subsample {
-        notice += &format!(", each on at most {forget} images of the forget class, {full} of the training set and {test} test images");
+    let images = |subsample: Option<Subsample>| match subsample {
+        Some(Subsample { forget: Some(forget), full: Some(full), test: Some(test) }) => {
+            Some(format!("at most {forget} images of the forget class, {full} of the training set and {test} test images"))
+        }
+        Some(whole) if whole.is_full() => Some("the whole sets".to_owned()),
+        _ => None,
+    };
+    if let Some(classifier) = images(limits.classifier_subsample) {
+        notice += &format!("; unlearning on the classifier (the default) reads {classifier} once the model's features are cached");
+    }
+    if let Some(whole_model) = images(limits.subsample) {
+        notice += &format!("; runs of the whole model read {whole_model}");
     }
     notice + ". Training and importing models need the server's token."
 }
@@ -349,7 +359,7 @@ mod tests {
     #[wasm_bindgen_test]
     fn polling_takes_at_most_a_third_of_a_public_budget() {
         assert_eq!(poll_period(None), 5);
-        let limits = |api_requests_per_minute| PublicLimits { api_requests_per_minute, runs_at_once: 2, subsample: None };
+        let limits = |api_requests_per_minute| PublicLimits { api_requests_per_minute, runs_at_once: 2, subsample: None, classifier_subsample: None };
         assert_eq!(poll_period(Some(&limits(120))), 5);
         assert_eq!(poll_period(Some(&limits(12))), 30);
         assert_eq!(poll_period(Some(&limits(0))), 360);
@@ -357,11 +367,13 @@ mod tests {
 
     #[wasm_bindgen_test]
     fn the_demo_notice_states_the_limits() {
-        let mut limits = PublicLimits { api_requests_per_minute: 120, runs_at_once: 2, subsample: None };
+        let mut limits = PublicLimits { api_requests_per_minute: 120, runs_at_once: 2, subsample: None, classifier_subsample: None };
         let notice = demo_notice(&limits);
         assert!(notice.contains("120 requests a minute") && notice.contains("2 runs") && !notice.contains("images"), "{notice}");
         limits.subsample = Some(Subsample { forget: Some(256), full: Some(1024), test: Some(500) });
+        limits.classifier_subsample = Some(Subsample::default());
         let notice = demo_notice(&limits);
-        assert!(notice.contains("256 images of the forget class, 1024 of the training set and 500 test images"), "{notice}");
+        assert!(notice.contains("the classifier (the default) reads the whole sets"), "{notice}");
+        assert!(notice.contains("whole model read at most 256 images of the forget class, 1024 of the training set and 500 test images"), "{notice}");
     }
 }

@@ -34,11 +34,13 @@ pub(crate) fn augmented_batch<B: Backend>(split: &Split, indices: &[usize], rng:
 }
 
 fn to_tensors<B: Backend>(split: &Split, indices: &[usize], pixels: Vec<f32>, device: &B::Device) -> Batch<B> {
+    Batch { images: Tensor::from_data(TensorData::new(pixels, [indices.len(), 3, IMAGE_SIDE, IMAGE_SIDE]), device), labels: labels(split, indices, device) }
+}
+
+/// The labels of the images at `indices`.
+pub(crate) fn labels<B: Backend>(split: &Split, indices: &[usize], device: &B::Device) -> Tensor<B, 1, Int> {
     let labels: Vec<i64> = indices.iter().map(|&i| split.label(i) as i64).collect();
-    Batch {
-        images: Tensor::from_data(TensorData::new(pixels, [indices.len(), 3, IMAGE_SIDE, IMAGE_SIDE]), device),
-        labels: Tensor::from_data(TensorData::new(labels, [indices.len()]), device),
-    }
+    Tensor::from_data(TensorData::new(labels, [indices.len()]), device)
 }
 
 /// torchvision's `RandomCrop(32, padding=4)` then `RandomHorizontalFlip()` on a CHW image.

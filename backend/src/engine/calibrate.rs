@@ -6,13 +6,13 @@
 //! first bracket where the target is met.
 
 use burn::prelude::*;
-use unlearn_shared::api::{Calibration, CalibrationStep, DampenStats, Layers, SsdSettings};
-use unlearn_shared::model::{NormStats, ResNet};
+use unlearn_shared::api::{Calibration, CalibrationStep, DampenStats, SsdSettings};
+use unlearn_shared::model::ResNet;
 
-use super::batch::batch;
-use super::progress::{Cancelled, PhaseTimer, Progress, Step, FORWARD};
+use super::batch::labels;
+use super::progress::{Cancelled, PhaseTimer, Progress, Step};
 use super::ssd::{dampen, Importances};
-use super::Images;
+use super::Inputs;
 
 /// What the search aims for and where it looks.
 #[derive(Debug, Clone, Copy)]
@@ -44,73 +44,53 @@ pub(crate) const PHASE: &str = "calibrate alpha";
 const EXPECTED_STEPS: usize = 11;
 const EXPECTED_REACHING_STEPS: usize = 3;
 
-/// What a calibration on a forget sample of `sample` images is expected to classify.
-pub(crate) fn plan(sample: usize) -> Step {
+/// What a calibration on a forget sample of `sample` images is expected to classify, at
+/// `cost_per_image` forward-pass images each.
+pub(crate) fn plan(sample: usize, cost_per_image: f64) -> Step {
     let images = EXPECTED_STEPS * sample.min(COUNT_BATCH) + EXPECTED_REACHING_STEPS * sample.saturating_sub(COUNT_BATCH);
-    Step::new(PHASE, images, FORWARD)
+    Step::new(PHASE, images, cost_per_image)
 }
 
 /// The dampened model at the calibrated alpha, with what the search saw.
 pub(crate) struct Calibrated<B: Backend> {
     pub(crate) model: ResNet<B>,
     pub(crate) alpha: f64,
-    pub(crate) layers: Layers,
     pub(crate) dampened: DampenStats,
     pub(crate) calibration: Calibration,
 }
 
-/// The scopes tried in turn, narrowest first, starting from the requested one. Widening stops
-/// at the last stage: with every layer in scope the first alpha that forgets already costs
-/// other classes most of their accuracy (docs/unlearning.md).
-fn scopes(start: Layers) -> &'static [Layers] {
-    match start {
-        Layers::Classifier => &[Layers::Classifier, Layers::LastStage],
-        Layers::LastStage => &[Layers::LastStage],
-        Layers::All => &[Layers::All],
-    }
-}
-
-/// Searches alpha (and, from the classifier, the scope) for `model` forgetting the class of
-/// `importances`, judged on `forget_sample` (images of that class); `settings.alpha` is ignored.
+/// Searches alpha for `model` forgetting the class of `importances` within `settings.layers`,
+/// judged on `forget_sample` (images of that class); `settings.alpha` is ignored.
 pub(crate) fn calibrate<B: Backend>(
     model: &ResNet<B>,
     importances: &Importances<B>,
     settings: &SsdSettings,
     config: &CalibrationConfig,
-    forget_sample: Images,
+    forget_sample: impl Inputs,
     device: &B::Device,
     progress: &mut dyn Progress,
 ) -> Result<Calibrated<B>, Cancelled> {
-    let allowed = (config.target_forget_accuracy / 100.0 * forget_sample.indices.len() as f64).floor() as usize;
+    let images = forget_sample.images().indices.len();
+    let allowed = (config.target_forget_accuracy / 100.0 * images as f64).floor() as usize;
+    let layers = settings.layers;
     let mut steps: Vec<CalibrationStep> = Vec::new();
-    let mut try_alpha = |alpha: f64, layers: Layers, progress: &mut dyn Progress| -> Result<bool, Cancelled> {
+    let found = search(config, |alpha| {
         let phase = format!("{PHASE}: step {}, α {alpha:.3} on {}", steps.len() + 1, layers.describe());
-        let timer = PhaseTimer::start(phase, forget_sample.indices.len() as u64, progress);
-        let (candidate, dampened) = dampen(model.clone(), importances, alpha, &SsdSettings { layers, ..*settings });
+        let timer = PhaseTimer::start(phase, images as u64, progress);
+        let (candidate, dampened) = dampen(model.clone(), importances, alpha, settings);
         let (recognised, counted) = count_recognised(&candidate, forget_sample, allowed, device, &timer, progress)?;
         let reached = recognised <= allowed;
         let forget_accuracy = 100.0 * recognised as f64 / counted.max(1) as f64;
         steps.push(CalibrationStep { alpha, layers, selected: dampened.selected, forget_accuracy, reached });
         Ok(reached)
-    };
-
-    let mut found = None;
-    for &layers in scopes(settings.layers) {
-        if let Some(alpha) = search(config, |alpha| try_alpha(alpha, layers, progress))? {
-            found = Some((alpha, layers));
-            break;
-        }
-    }
+    })?;
     let reached = found.is_some();
-    // Missed everywhere: the step that recognised the fewest, narrowest scope and largest
-    // alpha first among equals (steps are in that order).
-    let (alpha, layers) = found.unwrap_or_else(|| {
-        let best = steps.iter().fold(&steps[0], |best, step| if step.forget_accuracy < best.forget_accuracy { step } else { best });
-        (best.alpha, best.layers)
-    });
-    let (model, dampened) = dampen(model.clone(), importances, alpha, &SsdSettings { layers, ..*settings });
-    let calibration = Calibration { target_forget_accuracy: config.target_forget_accuracy, images: forget_sample.indices.len(), steps, reached };
-    Ok(Calibrated { model, alpha, layers, dampened, calibration })
+    // Missed: the step that recognised the fewest, the largest alpha among equals (steps
+    // are in that order).
+    let alpha = found.unwrap_or_else(|| steps.iter().fold(&steps[0], |best, step| if step.forget_accuracy < best.forget_accuracy { step } else { best }).alpha);
+    let (model, dampened) = dampen(model.clone(), importances, alpha, settings);
+    let calibration = Calibration { target_forget_accuracy: config.target_forget_accuracy, images, steps, reached };
+    Ok(Calibrated { model, alpha, dampened, calibration })
 }
 
 /// The largest alpha for which `forgets` holds, to `config.resolution`: a walk down from the
@@ -147,20 +127,20 @@ fn search(config: &CalibrationConfig, mut forgets: impl FnMut(f64) -> Result<boo
 /// counting stops once more than `limit` are recognised. Each batch is reported by `timer`.
 fn count_recognised<B: Backend>(
     model: &ResNet<B>,
-    images: Images,
+    inputs: impl Inputs,
     limit: usize,
     device: &B::Device,
     timer: &PhaseTimer,
     progress: &mut dyn Progress,
 ) -> Result<(usize, usize), Cancelled> {
+    let images = inputs.images();
     let (mut recognised, mut counted) = (0, 0);
     for chunk in images.indices.chunks(COUNT_BATCH) {
         if progress.cancelled() {
             return Err(Cancelled);
         }
-        let batch = batch::<B>(images.split, chunk, device);
-        let predicted = model.forward(batch.images, NormStats::Running).argmax(1).squeeze_dim::<1>(1);
-        recognised += predicted.equal(batch.labels).int().sum().into_scalar().elem::<i64>() as usize;
+        let predicted = inputs.logits(model, chunk, device).argmax(1).squeeze_dim::<1>(1);
+        recognised += predicted.equal(labels::<B>(images.split, chunk, device)).int().sum().into_scalar().elem::<i64>() as usize;
         counted += chunk.len();
         progress.report(&timer.event(counted as u64));
         if recognised > limit {

@@ -2,35 +2,41 @@
 
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
-use unlearn_shared::model::{NormStats, ResNet};
+use unlearn_shared::model::ResNet;
 
-use super::batch::batch;
+use super::batch::labels;
 use super::evaluation::Evaluation;
 use super::progress::{Cancelled, PhaseTimer, Progress};
-use super::Images;
+use super::Inputs;
 
 /// Images per forward pass when evaluating.
 const EVAL_BATCH: usize = 500;
 
-/// Runs the model in inference mode over `images`, reporting progress as `phase`.
+/// Runs the model in inference mode over `inputs`, reporting progress as `phase`.
 pub(crate) fn evaluate<B: Backend>(
     model: &ResNet<B>,
-    images: Images,
+    inputs: impl Inputs,
     phase: &str,
     device: &B::Device,
     progress: &mut dyn Progress,
 ) -> Result<Evaluation, Cancelled> {
+    let images = inputs.images();
     let mut evaluation = Evaluation::default();
     let timer = PhaseTimer::start(phase, images.indices.len() as u64, progress);
     for (n, chunk) in images.indices.chunks(EVAL_BATCH).enumerate() {
         if progress.cancelled() {
             return Err(Cancelled);
         }
-        let batch = batch::<B>(images.split, chunk, device);
-        let log_probs = log_softmax(model.forward(batch.images, NormStats::Running), 1);
+        let log_probs = log_softmax(inputs.logits(model, chunk, device), 1);
         let predicted = log_probs.clone().argmax(1).into_data().convert::<i64>().to_vec::<i64>().expect("int data");
         let entropy = (log_probs.clone().exp() * log_probs.clone()).sum_dim(1).neg().into_data().convert::<f32>().to_vec::<f32>().expect("float data");
-        let nll = log_probs.gather(1, batch.labels.unsqueeze_dim(1)).neg().into_data().convert::<f32>().to_vec::<f32>().expect("float data");
+        let nll = log_probs
+            .gather(1, labels::<B>(images.split, chunk, device).unsqueeze_dim(1))
+            .neg()
+            .into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .expect("float data");
         for (((&index, predicted), loss), entropy) in chunk.iter().zip(predicted).zip(nll).zip(entropy) {
             evaluation.record(index, images.split.label(index), predicted as usize, loss as f64, entropy as f64);
         }

@@ -7,6 +7,7 @@ pub(crate) mod calibrate;
 pub(crate) mod device;
 pub(crate) mod evaluate;
 pub(crate) mod evaluation;
+pub(crate) mod features;
 mod flat;
 pub(crate) mod membership;
 pub(crate) mod optim;
@@ -18,8 +19,10 @@ pub(crate) mod unlearn;
 #[cfg(all(test, feature = "wgpu"))]
 mod wgpu_agreement;
 
+use burn::prelude::*;
 use rand::seq::index;
 use rand::SeedableRng;
+use unlearn_shared::model::{NormStats, ResNet};
 
 use crate::storage::dataset::Split;
 
@@ -28,6 +31,26 @@ use crate::storage::dataset::Split;
 pub(crate) struct Images<'a> {
     pub(crate) split: &'a Split,
     pub(crate) indices: &'a [usize],
+}
+
+/// What a model is run on: images, or their penultimate features where only `fc` can differ
+/// from the model that computed them ([`features::Featured`]).
+pub(crate) trait Inputs: Copy {
+    fn images(&self) -> Images<'_>;
+
+    /// `model`'s logits, BatchNorm in inference mode, for the images at `chunk` (split
+    /// indices, all among [`images`](Self::images)).
+    fn logits<B: Backend>(&self, model: &ResNet<B>, chunk: &[usize], device: &B::Device) -> Tensor<B, 2>;
+}
+
+impl Inputs for Images<'_> {
+    fn images(&self) -> Images<'_> {
+        *self
+    }
+
+    fn logits<B: Backend>(&self, model: &ResNet<B>, chunk: &[usize], device: &B::Device) -> Tensor<B, 2> {
+        model.forward(batch::batch::<B>(self.split, chunk, device).images, NormStats::Running)
+    }
 }
 
 /// A seeded random subset of at most `limit` of `indices`, kept in their original order.

@@ -8,14 +8,14 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use unlearn_shared::api::{DampenStats, SsdSettings};
-use unlearn_shared::model::weights::{self, is_statistic, map_keyed, visit_keyed, KeyedMapper, KeyedVisitor, StateDict};
-use unlearn_shared::model::{NormStats, ResNet};
+use unlearn_shared::model::weights::{is_statistic, map_keyed, visit_keyed, KeyedMapper, KeyedVisitor, StateDict};
+use unlearn_shared::model::ResNet;
 
-use super::batch::batch;
+use super::batch::labels;
 use super::flat::{self, FlatTensors};
 use super::progress::{Cancelled, PhaseTimer, Progress};
 use super::scope::{reach, Reach};
-use super::Images;
+use super::Inputs;
 
 /// How often an importance pass reports at most.
 const REPORT_EVERY: Duration = Duration::from_secs(1);
@@ -46,16 +46,18 @@ impl<B: AutodiffBackend> KeyedVisitor<B> for AccumulateSquares<'_, B> {
     }
 }
 
-/// Computes the importance over `images`, in their order, in mini-batches of `batch_size`,
-/// BatchNorm in inference mode; progress is reported as `phase`.
+/// Computes the importance over `inputs`, in their order, in mini-batches of `batch_size`,
+/// BatchNorm in inference mode; progress is reported as `phase`. It covers the parameters
+/// the inputs reach: all of them from images, `fc` alone from features.
 pub(crate) fn importance<B: AutodiffBackend>(
     model: &ResNet<B>,
-    images: Images,
+    inputs: impl Inputs,
     batch_size: usize,
     phase: &str,
     device: &B::Device,
     progress: &mut dyn Progress,
 ) -> Result<Importance<B::InnerBackend>, Cancelled> {
+    let images = inputs.images();
     let loss_fn = CrossEntropyLossConfig::new().init(device);
     let mut sums = FlatTensors::new();
     let mut timer = PhaseTimer::start(phase, images.indices.len() as u64, progress);
@@ -65,8 +67,7 @@ pub(crate) fn importance<B: AutodiffBackend>(
         if progress.cancelled() {
             return Err(Cancelled);
         }
-        let batch = batch::<B>(images.split, chunk, device);
-        let loss = loss_fn.forward(model.forward(batch.images, NormStats::Running), batch.labels);
+        let loss = loss_fn.forward(inputs.logits(model, chunk, device), labels::<B>(images.split, chunk, device));
         let grads = loss.backward();
         visit_keyed(model, &mut AccumulateSquares::<B> { grads: &grads, sums: &mut sums });
         // Reading the loss waits for the device: only as often as a display needs it.
@@ -77,7 +78,7 @@ pub(crate) fn importance<B: AutodiffBackend>(
         }
     }
     let tensors: FlatTensors<_> = sums.into_iter().map(|(key, sum)| (key, sum / batches as f64)).collect();
-    assert_eq!(tensors.len(), weights::parameter_sizes(model).len(), "every trainable parameter has a gradient");
+    assert!(!tensors.is_empty() || images.indices.is_empty(), "the inputs reach some parameter");
     Ok(Importance { tensors })
 }
 
@@ -117,15 +118,18 @@ impl<B: Backend> Dampen<'_, B> {
 
 impl<B: Backend> KeyedMapper<B> for Dampen<'_, B> {
     fn map<const D: usize>(&mut self, key: &str, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-        let (Some(forget), Some(full)) = (self.importances.forget.tensors.get(key), self.importances.full.tensors.get(key)) else {
+        if is_statistic(key) {
             return param;
-        };
-        let len = forget.shape().num_elements();
+        }
+        let len = param.shape().num_elements();
         self.stats.total += len as u64;
         let reach = reach(self.settings.layers, key);
         if reach == Reach::Nothing {
             return param;
         }
+        let (Some(forget), Some(full)) = (self.importances.forget.tensors.get(key), self.importances.full.tensors.get(key)) else {
+            panic!("no importance of {key}, which {:?} reaches", self.settings.layers);
+        };
         let (id, tensor, mapper) = param.consume();
         let shape = tensor.shape();
         let mut selected = forget.clone().greater(full.clone() * self.alpha);
@@ -154,11 +158,13 @@ mod tests {
     use unlearn_shared::api::{Alpha, Layers, SetOrder};
     use unlearn_shared::cifar::IMAGE_BYTES;
     use unlearn_shared::model::weights::export;
-    use unlearn_shared::model::ResNetConfig;
+    use unlearn_shared::model::{NormStats, ResNetConfig};
 
     use super::*;
+    use crate::engine::batch::batch;
     use crate::engine::device::CpuBackend as Cpu;
     use crate::engine::progress::Silent;
+    use crate::engine::Images;
     use crate::storage::dataset::Split;
 
     const FORGET_PATTERN: [f32; 5] = [0.5, 10.0, 11.0, 20.0, 100.0];

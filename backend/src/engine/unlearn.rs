@@ -1,15 +1,16 @@
 //! Forgetting one class of a trained model with SSD, and measuring what changed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
+use burn::prelude::{Backend, Tensor};
 use burn::tensor::backend::AutodiffBackend;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use unlearn_shared::api::{
-    Alpha, ClassId, EntropyCounts, EntropyHistograms, Membership, ModelReport, RetrainedReport, SetOrder, SsdSettings, Subsample, Timings, UnlearnReport,
-    MAX_STILL_RECOGNISED,
+    Alpha, ClassId, EntropyCounts, EntropyHistograms, Layers, Membership, ModelReport, RetrainedReport, SetOrder, SsdSettings, Subsample, Timings,
+    UnlearnReport, MAX_STILL_RECOGNISED,
 };
 use unlearn_shared::model::weights::{self, StateDict, WeightsError};
 use unlearn_shared::model::ResNet;
@@ -18,10 +19,11 @@ use super::calibrate::{self, calibrate, CalibrationConfig};
 use super::device::Device;
 use super::evaluate::evaluate;
 use super::evaluation::{model_report, Evaluation};
+use super::features::{Featured, Features, CLASSIFIER_ONLY};
 use super::membership::{entropy_edges, entropy_histogram, MembershipAttack, ENTROPY_BINS};
 use super::progress::{one_unit, Cancelled, Progress, Step, FORWARD, FORWARD_AND_BACKWARD};
 use super::ssd::{dampen, importance, Importance, Importances};
-use super::{sample, Images};
+use super::{sample, Images, Inputs};
 use crate::storage::dataset::Cifar10;
 use crate::storage::tensor_cache::{CacheError, TensorCache};
 
@@ -29,6 +31,8 @@ use crate::storage::tensor_cache::{CacheError, TensorCache};
 const SUBSAMPLE_SEED: u64 = 0;
 /// Part of every importance cache name; bump it when the importance computation changes.
 const IMPORTANCE_CACHE_VERSION: u32 = 1;
+/// Part of every features cache name; bump it when the model's `features` change.
+const FEATURES_CACHE_VERSION: u32 = 1;
 /// Forget-set images that calibration and the membership attack classify.
 const FORGET_SAMPLE_IMAGES: usize = 500;
 
@@ -40,6 +44,95 @@ const FORGET_IMPORTANCE: &str = "importance (forget set)";
 /// storing it took 12 s after 185 s for the importance of 1,024 images (3,072 forward-pass
 /// images) on the CPU.
 const IMPORTANCE_FILE_COST: f64 = 200.0;
+/// Storing or loading one split's features (100 MB for ResNet18's training set), in
+/// forward-pass images.
+const FEATURES_FILE_COST: f64 = 50.0;
+
+/// The phases of getting one split's penultimate features, and its cache entry's name.
+struct FeaturePhases {
+    split: &'static str,
+    extract: &'static str,
+    load: &'static str,
+    store: &'static str,
+}
+
+const TRAIN_FEATURES: FeaturePhases = FeaturePhases {
+    split: "train",
+    extract: "penultimate features: training images",
+    load: "load the cached features: training set",
+    store: "store the features: training set",
+};
+const TEST_FEATURES: FeaturePhases = FeaturePhases {
+    split: "test",
+    extract: "penultimate features: test images",
+    load: "load the cached features: test set",
+    store: "store the features: test set",
+};
+
+/// How a run reaches the model's outputs. A run whose scope is the classifier changes `fc`
+/// alone, so every model it compares (but a retrained one) shares the base model's
+/// penultimate features: each image's are computed once, and the run reads those.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Route {
+    Pixels,
+    Features,
+}
+
+impl Route {
+    fn of(settings: &SsdSettings) -> Self {
+        match settings.layers {
+            Layers::Classifier => Self::Features,
+            Layers::LastStage | Layers::All => Self::Pixels,
+        }
+    }
+
+    /// `images` on this route, read from `features` on the features route.
+    fn inputs<'a>(self, images: Images<'a>, features: &'a Features) -> Routed<'a> {
+        match self {
+            Self::Pixels => Routed::Pixels(images),
+            Self::Features => Routed::Features(Featured { images, features }),
+        }
+    }
+
+    /// Work per image of a forward pass on this route, in forward-pass images.
+    fn forward_cost(self) -> f64 {
+        match self {
+            Self::Pixels => FORWARD,
+            Self::Features => CLASSIFIER_ONLY,
+        }
+    }
+
+    /// Work per image of an importance pass on this route.
+    fn importance_cost(self) -> f64 {
+        match self {
+            Self::Pixels => FORWARD_AND_BACKWARD,
+            Self::Features => FORWARD_AND_BACKWARD * CLASSIFIER_ONLY,
+        }
+    }
+}
+
+/// Images of one split on a route: their pixels, or their features.
+#[derive(Clone, Copy)]
+enum Routed<'a> {
+    Pixels(Images<'a>),
+    Features(Featured<'a>),
+}
+
+impl Inputs for Routed<'_> {
+    fn images(&self) -> Images<'_> {
+        match self {
+            Self::Pixels(images) => *images,
+            Self::Features(featured) => featured.images,
+        }
+    }
+
+    fn logits<B: Backend>(&self, model: &ResNet<B>, chunk: &[usize], device: &B::Device) -> Tensor<B, 2> {
+        match self {
+            Self::Pixels(images) => images.logits(model, chunk, device),
+            Self::Features(featured) => featured.logits(model, chunk, device),
+        }
+    }
+}
 
 /// The models a run evaluates, as its phases name them.
 const BASE: &str = "base model";
@@ -69,7 +162,7 @@ pub(crate) enum UnlearnError {
     Settings(String),
     #[error(transparent)]
     Cancelled(#[from] Cancelled),
-    #[error("storing the full-set importance")]
+    #[error("storing a cache entry (the full-set importance or the features)")]
     Cache(#[from] CacheError),
 }
 
@@ -109,14 +202,14 @@ impl Measured {
 /// The model to unlearn from: its weights, and what reports and caches call it.
 pub(crate) struct BaseModel {
     pub(crate) name: String,
-    /// sha256 of the weights: keys the importance cache.
+    /// sha256 of the weights: keys the importance and features caches.
     pub(crate) digest: String,
     pub(crate) weights: StateDict,
 }
 
 /// One base model on one device, ready to forget any class. Keeps what does not depend on
-/// the class: the full-set importances (also in the cache it is given) and the base model's
-/// evaluation.
+/// the class: the full-set importances (also in the cache it is given), the base model's
+/// penultimate features (whole splits also in the cache) and its evaluation.
 pub(crate) struct Unlearner<'a, B: AutodiffBackend> {
     data: &'a Cifar10,
     cache: &'a TensorCache,
@@ -133,7 +226,10 @@ pub(crate) struct Unlearner<'a, B: AutodiffBackend> {
     base_forget_sample: HashMap<usize, Evaluation>,
     /// Models of the same recipe trained without a class, by that class, with their names.
     retrained: HashMap<usize, (String, ResNet<B::InnerBackend>)>,
-    full_importance: HashMap<(SetOrder, usize), Importance<B::InnerBackend>>,
+    full_importance: HashMap<(Route, SetOrder, usize), Importance<B::InnerBackend>>,
+    /// The base model's penultimate features, by split, of the images runs have read.
+    train_features: Features,
+    test_features: Features,
 }
 
 impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
@@ -153,6 +249,8 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
             base_forget_sample: HashMap::new(),
             retrained: HashMap::new(),
             full_importance: HashMap::new(),
+            train_features: Features::default(),
+            test_features: Features::default(),
         })
     }
 
@@ -172,12 +270,22 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
     ) -> Result<(UnlearnReport, ResNet<B::InnerBackend>), UnlearnError> {
         settings.validate().map_err(UnlearnError::Settings)?;
         let class = class.index();
+        let route = Route::of(settings);
         let mut timings = Timings::default();
+        let forget_indices = self.forget_indices(class);
+        let forget_sample = sample(forget_indices.clone(), Some(FORGET_SAMPLE_IMAGES), SUBSAMPLE_SEED);
+
+        if route == Route::Features {
+            let started = Instant::now();
+            let needed = [self.full_indices(settings.full_order), forget_indices.clone(), self.train_indices.clone()].concat();
+            self.prepare_features(&needed, progress)?;
+            timings.features_s = started.elapsed().as_secs_f64();
+        }
 
         let started = Instant::now();
-        let key = (settings.full_order, settings.importance_batch);
+        let key = (route, settings.full_order, settings.importance_batch);
         if !self.full_importance.contains_key(&key) {
-            let (full, cached) = self.load_or_compute_full_importance(settings, progress)?;
+            let (full, cached) = self.load_or_compute_full_importance(settings, route, progress)?;
             timings.full_importance_cached = cached;
             self.full_importance.insert(key, full);
         } else {
@@ -186,39 +294,38 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
         timings.full_importance_s = started.elapsed().as_secs_f64();
 
         let started = Instant::now();
-        let forget_indices = self.forget_indices(class);
-        let forget_set = Images { split: &self.data.train, indices: &forget_indices };
-        let forget = importance(&self.model, forget_set, settings.importance_batch, FORGET_IMPORTANCE, &self.device.handle, progress)?;
+        let forget =
+            importance(&self.model, self.train_inputs(route, &forget_indices), settings.importance_batch, FORGET_IMPORTANCE, &self.device.handle, progress)?;
         timings.forget_importance_s = started.elapsed().as_secs_f64();
 
-        let forget_sample = sample(forget_indices.clone(), Some(FORGET_SAMPLE_IMAGES), SUBSAMPLE_SEED);
         let importances = Importances { class, forget: &forget, full: &self.full_importance[&key] };
-        let (unlearned, alpha, layers, calibration, dampened) = match settings.alpha {
+        let (unlearned, alpha, calibration, dampened) = match settings.alpha {
             Alpha::Fixed(alpha) => {
                 let started = Instant::now();
                 let (unlearned, dampened) = dampen(self.model.valid(), &importances, alpha, settings);
                 timings.dampen_s = started.elapsed().as_secs_f64();
-                (unlearned, alpha, settings.layers, None, dampened)
+                (unlearned, alpha, None, dampened)
             }
             Alpha::Auto => {
                 let started = Instant::now();
                 let config = CalibrationConfig::default();
-                let sample = Images { split: &self.data.train, indices: &forget_sample };
+                let sample = self.train_inputs(route, &forget_sample);
                 let found = calibrate(&self.model.valid(), &importances, settings, &config, sample, &self.device.handle, progress)?;
                 timings.calibrate_s = started.elapsed().as_secs_f64();
-                (found.model, found.alpha, found.layers, Some(found.calibration), found.dampened)
+                (found.model, found.alpha, Some(found.calibration), found.dampened)
             }
         };
+        let layers = settings.layers;
 
         let started = Instant::now();
-        let (test, train) = self.base_evaluation(progress)?.clone();
-        let before = Measured { test, train, forget_sample: self.base_forget_sample(class, &forget_sample, progress)? };
-        let after = self.measure(&unlearned, &forget_sample, &EvaluationPhases::of(UNLEARNED), progress)?;
+        let (test, train) = self.base_evaluation(route, progress)?.clone();
+        let before = Measured { test, train, forget_sample: self.base_forget_sample(class, &forget_sample, route, progress)? };
+        let after = self.measure(&unlearned, &forget_sample, &EvaluationPhases::of(UNLEARNED), route, progress)?;
         timings.evaluate_s = started.elapsed().as_secs_f64();
 
         let retrained = match self.retrained.get(&class) {
             Some((name, model)) => {
-                let measured = self.measure(model, &forget_sample, &EvaluationPhases::of(RETRAINED), progress)?;
+                let measured = self.measure(model, &forget_sample, &EvaluationPhases::of(RETRAINED), Route::Pixels, progress)?;
                 Some(RetrainedReport { model: name.clone(), report: measured.report(class), membership: measured.member_percent(class) })
             }
             None => None,
@@ -247,12 +354,12 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
     }
 
     /// The base model on the forget sample of `class`, evaluated once per class.
-    fn base_forget_sample(&mut self, class: usize, forget_sample: &[usize], progress: &mut dyn Progress) -> Result<Evaluation, Cancelled> {
+    fn base_forget_sample(&mut self, class: usize, forget_sample: &[usize], route: Route, progress: &mut dyn Progress) -> Result<Evaluation, Cancelled> {
         if let Some(evaluation) = self.base_forget_sample.get(&class) {
             return Ok(evaluation.clone());
         }
-        let images = Images { split: &self.data.train, indices: forget_sample };
-        let evaluation = evaluate(&self.model.valid(), images, &EvaluationPhases::of(BASE).forget_sample, &self.device.handle, progress)?;
+        let inputs = self.train_inputs(route, forget_sample);
+        let evaluation = evaluate(&self.model.valid(), inputs, &EvaluationPhases::of(BASE).forget_sample, &self.device.handle, progress)?;
         self.base_forget_sample.insert(class, evaluation.clone());
         Ok(evaluation)
     }
@@ -263,11 +370,11 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
         model: &ResNet<B::InnerBackend>,
         forget_sample: &[usize],
         phases: &EvaluationPhases,
+        route: Route,
         progress: &mut dyn Progress,
     ) -> Result<Measured, Cancelled> {
-        let (test, train) = self.evaluate_both(model, phases, progress)?;
-        let images = Images { split: &self.data.train, indices: forget_sample };
-        let forget_sample = evaluate(model, images, &phases.forget_sample, &self.device.handle, progress)?;
+        let (test, train) = self.evaluate_both(model, phases, route, progress)?;
+        let forget_sample = evaluate(model, self.train_inputs(route, forget_sample), &phases.forget_sample, &self.device.handle, progress)?;
         Ok(Measured { test, train, forget_sample })
     }
 
@@ -276,20 +383,63 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
         &self,
         model: &ResNet<B::InnerBackend>,
         phases: &EvaluationPhases,
+        route: Route,
         progress: &mut dyn Progress,
     ) -> Result<(Evaluation, Evaluation), Cancelled> {
         let device = &self.device.handle;
         Ok((
-            evaluate(model, Images { split: &self.data.test, indices: &self.test_indices }, &phases.test, device, progress)?,
-            evaluate(model, Images { split: &self.data.train, indices: &self.train_indices }, &phases.train, device, progress)?,
+            evaluate(model, self.test_inputs(route), &phases.test, device, progress)?,
+            evaluate(model, self.train_inputs(route, &self.train_indices), &phases.train, device, progress)?,
         ))
     }
 
-    fn base_evaluation(&mut self, progress: &mut dyn Progress) -> Result<&(Evaluation, Evaluation), Cancelled> {
+    /// The base model on the test and training subsets, evaluated once (on either route:
+    /// they differ by rounding).
+    fn base_evaluation(&mut self, route: Route, progress: &mut dyn Progress) -> Result<&(Evaluation, Evaluation), Cancelled> {
         if self.base_evaluation.is_none() {
-            self.base_evaluation = Some(self.evaluate_both(&self.model.valid(), &EvaluationPhases::of(BASE), progress)?);
+            self.base_evaluation = Some(self.evaluate_both(&self.model.valid(), &EvaluationPhases::of(BASE), route, progress)?);
         }
         Ok(self.base_evaluation.as_ref().expect("just computed"))
+    }
+
+    /// Training images at `indices` on `route`; on the features route they must have them.
+    fn train_inputs<'s>(&'s self, route: Route, indices: &'s [usize]) -> Routed<'s> {
+        route.inputs(Images { split: &self.data.train, indices }, &self.train_features)
+    }
+
+    /// The test subset on `route`.
+    fn test_inputs(&self, route: Route) -> Routed<'_> {
+        route.inputs(Images { split: &self.data.test, indices: &self.test_indices }, &self.test_features)
+    }
+
+    /// Makes sure the training images `train` and the test subset have their features: from
+    /// the cache for a whole split, else computed, and a split whose every image now has them
+    /// is cached.
+    fn prepare_features(&mut self, train: &[usize], progress: &mut dyn Progress) -> Result<(), UnlearnError> {
+        let model = self.model.valid();
+        let [width, _] = model.fc.weight.dims();
+        let test = self.test_indices.clone();
+        for (phases, split, features, needed) in
+            [(&TRAIN_FEATURES, &self.data.train, &mut self.train_features, train), (&TEST_FEATURES, &self.data.test, &mut self.test_features, &test[..])]
+        {
+            let name = features_cache_name(&self.digest, phases);
+            if features.is_empty() && self.cache.contains(&name) {
+                let loaded =
+                    one_unit(phases.load, progress, || self.cache.get(&name).and_then(|tensors| Features::from_state_dict(tensors, split.len(), width)));
+                if let Some(loaded) = loaded {
+                    *features = loaded;
+                    continue;
+                }
+            }
+            if features.missing(needed).is_empty() {
+                continue;
+            }
+            features.extract(&model, Images { split, indices: needed }, phases.extract, &self.device.handle, progress)?;
+            if features.covers(split.len()) {
+                one_unit(phases.store, progress, || self.cache.put(&name, &features.to_state_dict(split.len())))?;
+            }
+        }
+        Ok(())
     }
 
     /// The training images of `class` that the forget-set importance is taken over.
@@ -301,41 +451,51 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
     /// (which may add the class): work that is cached now, or will be by an earlier class
     /// of the list, is left out.
     pub(crate) fn plan(&self, classes: &[ClassId], settings: &SsdSettings, name: impl Fn(ClassId, &str) -> String) -> Vec<Step> {
-        let full_images = self.full_indices(settings.full_order).len();
-        let key = (settings.full_order, settings.importance_batch);
+        let route = Route::of(settings);
+        let full_indices = self.full_indices(settings.full_order);
+        let key = (route, settings.full_order, settings.importance_batch);
         let mut full_ready = self.full_importance.contains_key(&key);
-        let on_disk = self.cache.contains(&self.cache_name(settings, full_images));
+        let on_disk = route == Route::Pixels && self.cache.contains(&self.cache_name(settings, full_indices.len()));
         let mut base_ready = self.base_evaluation.is_some();
+        let mut features = [(&TRAIN_FEATURES, &self.data.train, &self.train_features), (&TEST_FEATURES, &self.data.test, &self.test_features)]
+            .map(|(phases, split, features)| FeaturePlan::new(phases, split.len(), features, self.cache, &self.digest));
         let mut steps = Vec::new();
         for &class in classes {
-            let forget_images = self.forget_indices(class.index()).len();
-            let sample_images = forget_images.min(FORGET_SAMPLE_IMAGES);
-            let evaluation = |model: &str| {
+            let forget_indices = self.forget_indices(class.index());
+            let sample_images = forget_indices.len().min(FORGET_SAMPLE_IMAGES);
+            let evaluation = |model: &str, cost: f64| {
                 let phases = EvaluationPhases::of(model);
                 [(phases.test, self.test_indices.len()), (phases.train, self.train_indices.len()), (phases.forget_sample, sample_images)]
-                    .map(|(phase, images)| Step::new(phase, images, FORWARD))
+                    .map(|(phase, images)| Step::new(phase, images, cost))
             };
             let mut phases = Vec::new();
+            if route == Route::Features {
+                let [train, test] = &mut features;
+                phases.extend(train.steps([&full_indices[..], &forget_indices, &self.train_indices].concat()));
+                phases.extend(test.steps(self.test_indices.clone()));
+            }
             if !full_ready && on_disk {
                 phases.push(Step::new(LOAD_FULL_IMPORTANCE, 1, IMPORTANCE_FILE_COST));
             } else if !full_ready {
-                phases.push(Step::new(FULL_IMPORTANCE, full_images, FORWARD_AND_BACKWARD));
-                phases.push(Step::new(STORE_FULL_IMPORTANCE, 1, IMPORTANCE_FILE_COST));
+                phases.push(Step::new(FULL_IMPORTANCE, full_indices.len(), route.importance_cost()));
+                if route == Route::Pixels {
+                    phases.push(Step::new(STORE_FULL_IMPORTANCE, 1, IMPORTANCE_FILE_COST));
+                }
             }
             full_ready = true;
-            phases.push(Step::new(FORGET_IMPORTANCE, forget_images, FORWARD_AND_BACKWARD));
+            phases.push(Step::new(FORGET_IMPORTANCE, forget_indices.len(), route.importance_cost()));
             if settings.alpha == Alpha::Auto {
-                phases.push(calibrate::plan(sample_images));
+                phases.push(calibrate::plan(sample_images, route.forward_cost()));
             }
             if !base_ready {
-                phases.extend(evaluation(BASE));
+                phases.extend(evaluation(BASE, route.forward_cost()));
                 base_ready = true;
             } else if !self.base_forget_sample.contains_key(&class.index()) {
-                phases.push(Step::new(EvaluationPhases::of(BASE).forget_sample, sample_images, FORWARD));
+                phases.push(Step::new(EvaluationPhases::of(BASE).forget_sample, sample_images, route.forward_cost()));
             }
-            phases.extend(evaluation(UNLEARNED));
+            phases.extend(evaluation(UNLEARNED, route.forward_cost()));
             if self.retrained.contains_key(&class.index()) {
-                phases.extend(evaluation(RETRAINED));
+                phases.extend(evaluation(RETRAINED, FORWARD));
             }
             steps.extend(phases.into_iter().map(|step| Step { phase: name(class, &step.phase), ..step }));
         }
@@ -361,15 +521,17 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
         format!("importance-v{IMPORTANCE_CACHE_VERSION}-{}-{order}-b{}-n{images}", &self.digest[..16], settings.importance_batch)
     }
 
-    /// The full-set importance from the cache, or computed and then cached.
+    /// The full-set importance: on the features route computed from them (in seconds);
+    /// on the pixels route from the cache, or computed and then cached.
     fn load_or_compute_full_importance(
         &self,
         settings: &SsdSettings,
+        route: Route,
         progress: &mut dyn Progress,
     ) -> Result<(Importance<B::InnerBackend>, bool), UnlearnError> {
         let indices = self.full_indices(settings.full_order);
         let name = self.cache_name(settings, indices.len());
-        if self.cache.contains(&name) {
+        if route == Route::Pixels && self.cache.contains(&name) {
             // An entry that does not cover every parameter is recomputed.
             let sizes = weights::parameter_sizes(&self.model);
             let loaded = one_unit(LOAD_FULL_IMPORTANCE, progress, || {
@@ -380,10 +542,64 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
                 return Ok((full, true));
             }
         }
-        let full_set = Images { split: &self.data.train, indices: &indices };
-        let full = importance(&self.model, full_set, settings.importance_batch, FULL_IMPORTANCE, &self.device.handle, progress)?;
-        one_unit(STORE_FULL_IMPORTANCE, progress, || self.cache.put(&name, &full.to_state_dict()))?;
+        let full = importance(&self.model, self.train_inputs(route, &indices), settings.importance_batch, FULL_IMPORTANCE, &self.device.handle, progress)?;
+        if route == Route::Pixels {
+            assert_eq!(full.tensors.len(), weights::parameter_sizes(&self.model).len(), "every trainable parameter has a gradient");
+            one_unit(STORE_FULL_IMPORTANCE, progress, || self.cache.put(&name, &full.to_state_dict()))?;
+        }
         Ok((full, false))
+    }
+}
+
+/// The cache entry of the base model's features of one whole split.
+fn features_cache_name(digest: &str, phases: &FeaturePhases) -> String {
+    format!("features-v{FEATURES_CACHE_VERSION}-{}-{}", &digest[..16.min(digest.len())], phases.split)
+}
+
+/// The cache entries of both splits' features of the model with sha256 `digest`.
+pub(crate) fn features_cache_names(digest: &str) -> [String; 2] {
+    [&TRAIN_FEATURES, &TEST_FEATURES].map(|phases| features_cache_name(digest, phases))
+}
+
+/// Whether the cache holds both splits' features of the model with sha256 `digest`.
+pub(crate) fn features_cached(cache: &TensorCache, digest: &str) -> bool {
+    features_cache_names(digest).iter().all(|name| cache.contains(name))
+}
+
+/// What planning expects of one split's features: which images will have them by each
+/// class of a sweep.
+struct FeaturePlan<'a> {
+    phases: &'static FeaturePhases,
+    images: usize,
+    features: &'a Features,
+    on_disk: bool,
+    /// Images earlier classes of the plan compute.
+    planned: HashSet<usize>,
+}
+
+impl<'a> FeaturePlan<'a> {
+    fn new(phases: &'static FeaturePhases, images: usize, features: &'a Features, cache: &TensorCache, digest: &str) -> Self {
+        let on_disk = cache.contains(&features_cache_name(digest, phases));
+        Self { phases, images, features, on_disk, planned: HashSet::new() }
+    }
+
+    /// The steps that give `needed` their features.
+    fn steps(&mut self, needed: Vec<usize>) -> Vec<Step> {
+        if self.features.is_empty() && self.on_disk {
+            self.on_disk = false;
+            self.planned.extend(0..self.images);
+            return vec![Step::new(self.phases.load, 1, FEATURES_FILE_COST)];
+        }
+        let missing: Vec<usize> = self.features.missing(&needed).into_iter().filter(|index| !self.planned.contains(index)).collect();
+        if missing.is_empty() {
+            return Vec::new();
+        }
+        self.planned.extend(&missing);
+        let mut steps = vec![Step::new(self.phases.extract, missing.len(), FORWARD)];
+        if self.features.len() + self.planned.len() == self.images {
+            steps.push(Step::new(self.phases.store, 1, FEATURES_FILE_COST));
+        }
+        steps
     }
 }
 
@@ -396,58 +612,128 @@ mod tests {
     use crate::engine::device::{CpuBackend, Processor};
     use crate::engine::progress::tests::Recorder;
     use crate::engine::progress::Planned;
-    use crate::storage::dataset::{prepare, Source};
+    use unlearn_shared::cifar::IMAGE_BYTES;
+    use unlearn_shared::model::weights::NamedTensor;
+
+    use crate::storage::dataset::{prepare, Source, Split};
     use crate::storage::model_file::ModelFile;
     use crate::testing;
 
+    fn tiny_unlearner<'a>(data: &'a Cifar10, cache: &'a TensorCache, model: &std::path::Path, subsample: Subsample) -> Unlearner<'a, Autodiff<CpuBackend>> {
+        let device = Device::<Autodiff<CpuBackend>> { handle: Default::default(), description: "cpu".into(), processor: Processor::Cpu };
+        let base = BaseModel { name: "tiny".into(), digest: "0".repeat(64), weights: ModelFile::read(model).unwrap().weights };
+        Unlearner::new(base, data, subsample, cache, device).unwrap()
+    }
+
+    fn phases(plan: &[Step]) -> Vec<&str> {
+        plan.iter().map(|step| step.phase.as_str()).collect()
+    }
+
     /// Forgetting with a calibrated alpha on the tiny model, twice (the second time with the
-    /// full-set importance and the base model's evaluation cached): every event counts
-    /// towards a known total, and the run's fraction climbs to 1 without going back.
+    /// full-set importance and the base model's evaluation cached), on either route: every
+    /// event counts towards a known total, and the run's fraction climbs to 1 without going
+    /// back.
     #[test]
     fn every_phase_has_a_total_and_the_run_fraction_climbs_to_one() {
         let dir = testing::scratch_data_dir();
         let data = prepare(dir.path(), &Source::Npm).unwrap();
         let model = testing::tiny_model(dir.path(), "tiny");
         let cache = TensorCache::open(&dir.path().join("cache"), 1 << 30);
-        let new_unlearner = || {
-            let device = Device::<Autodiff<CpuBackend>> { handle: Default::default(), description: "cpu".into(), processor: Processor::Cpu };
-            let base = BaseModel { name: "tiny".into(), digest: "0".repeat(64), weights: ModelFile::read(&model).unwrap().weights };
-            let subsample = Subsample { forget: Some(32), full: Some(64), test: Some(50) };
-            Unlearner::new(base, &data, subsample, &cache, device).unwrap()
-        };
-        let mut unlearner = new_unlearner();
-        let settings = Preset::Default.settings();
+        let subsample = Subsample { forget: Some(32), full: Some(64), test: Some(50) };
         let class = ClassId::new(5).unwrap();
-        for round in ["first", "cached"] {
-            let plan = unlearner.plan(&[class], &settings, |_, phase| phase.to_owned());
-            assert_eq!(plan.iter().any(|step| step.phase == FULL_IMPORTANCE), round == "first", "{round}: {plan:?}");
-            let mut recorder = Recorder::default();
-            let (report, _) = unlearner.forget(class, &settings, &mut Planned::new(plan, &mut recorder)).unwrap();
-            let events = &recorder.events;
-            assert!(events.iter().any(|e| e.phase.starts_with(calibrate::PHASE)), "{round}: the calibration reports its steps");
-            for event in events {
-                assert!(event.total > 0 && event.done <= event.total, "{round}: {event:?}");
-            }
-            let fractions: Vec<f64> = events.iter().map(|e| e.overall.expect("the run's progress").fraction).collect();
-            assert!(fractions.windows(2).all(|pair| pair[0] <= pair[1]), "{round}: {fractions:?}");
-            assert!(*fractions.last().unwrap() > 0.999, "{round}: {fractions:?}");
+        for settings in [Preset::Default.settings(), SsdSettings { layers: Layers::LastStage, ..Preset::Default.settings() }] {
+            let route = Route::of(&settings);
+            let mut unlearner = tiny_unlearner(&data, &cache, &model, subsample);
+            for round in ["first", "cached"] {
+                let plan = unlearner.plan(&[class], &settings, |_, phase| phase.to_owned());
+                assert_eq!(plan.iter().any(|step| step.phase == FULL_IMPORTANCE), round == "first", "{round}: {plan:?}");
+                let extracts = plan.iter().any(|step| step.phase == TRAIN_FEATURES.extract);
+                assert_eq!(extracts, round == "first" && route == Route::Features, "{route:?} {round}: {plan:?}");
+                let mut recorder = Recorder::default();
+                let (report, _) = unlearner.forget(class, &settings, &mut Planned::new(plan, &mut recorder)).unwrap();
+                let events = &recorder.events;
+                assert!(events.iter().any(|e| e.phase.starts_with(calibrate::PHASE)), "{round}: the calibration reports its steps");
+                for event in events {
+                    assert!(event.total > 0 && event.done <= event.total, "{round}: {event:?}");
+                }
+                let fractions: Vec<f64> = events.iter().map(|e| e.overall.expect("the run's progress").fraction).collect();
+                assert!(fractions.windows(2).all(|pair| pair[0] <= pair[1]), "{round}: {fractions:?}");
+                assert!(*fractions.last().unwrap() > 0.999, "{round}: {fractions:?}");
+                assert_eq!(report.layers, settings.layers, "the scope asked for");
+                assert_eq!(report.dampened.total as usize, unlearn_shared::model::weights::parameter_count(&unlearner.model), "counted on either route");
 
-            // The report's membership picture and recognised images agree with its figures.
-            let histograms = report.membership.entropy.as_ref().expect("entropy histograms");
-            assert_eq!(histograms.edges.len(), ENTROPY_BINS + 1);
-            for counts in [&histograms.before, &histograms.after] {
-                let total = |bins: &[u64]| bins.iter().sum::<u64>();
-                assert_eq!(total(&counts.forget), report.membership.images as u64);
-                assert_eq!(total(&counts.non_members), 50);
-                assert_eq!(total(&counts.members), report.before.train.split.retain.images);
+                // The report's membership picture and recognised images agree with its figures.
+                let histograms = report.membership.entropy.as_ref().expect("entropy histograms");
+                assert_eq!(histograms.edges.len(), ENTROPY_BINS + 1);
+                for counts in [&histograms.before, &histograms.after] {
+                    let total = |bins: &[u64]| bins.iter().sum::<u64>();
+                    assert_eq!(total(&counts.forget), report.membership.images as u64);
+                    assert_eq!(total(&counts.non_members), 50);
+                    assert_eq!(total(&counts.members), report.before.train.split.retain.images);
+                }
+                let recognised = report.after.test.confusion[5][5];
+                assert_eq!(report.still_recognised.len() as u64, recognised.min(MAX_STILL_RECOGNISED as u64));
+                assert!(report.still_recognised.windows(2).all(|pair| pair[0] < pair[1]));
+                assert!(report.still_recognised.iter().all(|&index| data.test.label(index) == 5));
             }
-            let recognised = report.after.test.confusion[5][5];
-            assert_eq!(report.still_recognised.len() as u64, recognised.min(MAX_STILL_RECOGNISED as u64));
-            assert!(report.still_recognised.windows(2).all(|pair| pair[0] < pair[1]));
-            assert!(report.still_recognised.iter().all(|&index| data.test.label(index) == 5));
         }
-        // Another process finds the full-set importance in the cache.
-        let phases: Vec<String> = new_unlearner().plan(&[class], &settings, |_, phase| phase.to_owned()).into_iter().map(|step| step.phase).collect();
-        assert!(phases.contains(&LOAD_FULL_IMPORTANCE.to_owned()) && !phases.contains(&FULL_IMPORTANCE.to_owned()), "{phases:?}");
+        // Another process finds the full-set importance of the images route in the cache; the
+        // features route computes it from the features in seconds and caches none.
+        let pixels = SsdSettings { layers: Layers::LastStage, ..Preset::Default.settings() };
+        let plan = tiny_unlearner(&data, &cache, &model, subsample).plan(&[class], &pixels, |_, phase| phase.to_owned());
+        assert!(phases(&plan).contains(&LOAD_FULL_IMPORTANCE) && !phases(&plan).contains(&FULL_IMPORTANCE), "{plan:?}");
+        let plan = tiny_unlearner(&data, &cache, &model, subsample).plan(&[class], &Preset::Default.settings(), |_, phase| phase.to_owned());
+        assert!(phases(&plan).contains(&FULL_IMPORTANCE) && phases(&plan).contains(&TRAIN_FEATURES.extract), "{plan:?}");
+        assert!(!phases(&plan).contains(&TRAIN_FEATURES.store), "a subsample's features are not cached: {plan:?}");
+    }
+
+    /// A dataset of the first `train` training and `test` test images of the real one.
+    fn small_dataset(train: usize, test: usize) -> Cifar10 {
+        let data = prepare(&testing::real_data_dir(), &Source::Npm).unwrap();
+        let cut = |split: &Split, n: usize| Split { images: split.images[..n * IMAGE_BYTES].to_vec(), labels: split.labels[..n].to_vec() };
+        Cifar10 { train: cut(&data.train, train), test: cut(&data.test, test) }
+    }
+
+    /// On whole sets, the first run computes every image's features and caches them; the
+    /// next process loads them and computes none, and its report is the same. An entry that
+    /// is not what it should be is computed again.
+    #[test]
+    fn whole_splits_features_are_cached_and_give_the_same_report() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = small_dataset(600, 200);
+        let model = testing::tiny_model(dir.path(), "tiny");
+        let cache = TensorCache::open(&dir.path().join("cache"), 1 << 30);
+        let settings = Preset::Default.settings();
+        let classes = [ClassId::new(2).unwrap(), ClassId::new(7).unwrap()];
+        let sweep = |unlearner: &mut Unlearner<Autodiff<CpuBackend>>| {
+            let plan = unlearner.plan(&classes, &settings, |_, phase| phase.to_owned());
+            let mut recorder = Recorder::default();
+            let mut progress = Planned::new(plan.clone(), &mut recorder);
+            let reports: Vec<UnlearnReport> = classes.iter().map(|&class| unlearner.forget(class, &settings, &mut progress).unwrap().0).collect();
+            let reported: std::collections::BTreeSet<String> = recorder.events.iter().map(|event| event.phase.clone()).collect();
+            (plan, reports, reported)
+        };
+        let figures = |reports: &[UnlearnReport]| reports.iter().map(|r| (r.alpha, r.dampened, r.before.clone(), r.after.clone())).collect::<Vec<_>>();
+
+        let (plan, first, reported) = sweep(&mut tiny_unlearner(&data, &cache, &model, Subsample::default()));
+        let stores: Vec<&str> = phases(&plan).into_iter().filter(|phase| phase.contains("store the features")).collect();
+        assert_eq!(stores.len(), 2, "both splits are stored once, by the first class: {plan:?}");
+        assert!(stores.iter().all(|phase| reported.contains(*phase)), "and the run did what it planned: {reported:?}");
+        for phases in [&TRAIN_FEATURES, &TEST_FEATURES] {
+            assert!(cache.contains(&features_cache_name(&"0".repeat(64), phases)));
+        }
+
+        let (plan, second, reported) = sweep(&mut tiny_unlearner(&data, &cache, &model, Subsample::default()));
+        assert!(!phases(&plan).iter().any(|phase| phase.contains("penultimate features")), "{plan:?}");
+        assert_eq!(phases(&plan).iter().filter(|phase| phase.contains("load the cached features")).count(), 2, "{plan:?}");
+        assert!(reported.iter().any(|phase| phase.contains("load the cached features: training set")), "{reported:?}");
+        assert_eq!(figures(&first), figures(&second), "the cached features give the same report");
+
+        // A damaged entry (another width, as a different model would leave) is computed again.
+        let name = features_cache_name(&"0".repeat(64), &TRAIN_FEATURES);
+        cache.put(&name, &StateDict::from([("features".to_owned(), NamedTensor { shape: vec![1, 3], values: vec![0.0; 3] })])).unwrap();
+        let (_, third, reported) = sweep(&mut tiny_unlearner(&data, &cache, &model, Subsample::default()));
+        assert!(reported.contains(TRAIN_FEATURES.extract), "{reported:?}");
+        assert_eq!(figures(&first), figures(&third));
     }
 }

@@ -55,6 +55,9 @@ pub struct DampenStats {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Timings {
+    /// Computing or loading the base model's penultimate features (classifier scope).
+    #[serde(default)]
+    pub features_s: f64,
     pub full_importance_s: f64,
     /// The full-set importance came from the on-disk cache.
     pub full_importance_cached: bool,
@@ -69,6 +72,9 @@ pub struct Timings {
 impl fmt::Display for Timings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let cached = if self.full_importance_cached { " (cached)" } else { "" };
+        if self.features_s > 0.0 {
+            write!(f, "features {:.1} s · ", self.features_s)?;
+        }
         write!(
             f,
             "full-set importance {:.1} s{cached} · forget-set importance {:.1} s · choosing α {:.1} s · dampening {:.2} s · evaluation {:.1} s",
@@ -79,8 +85,7 @@ impl fmt::Display for Timings {
 
 /// How `alpha: "auto"` chose alpha: the largest alpha whose dampened model recognises at most
 /// `target_forget_accuracy` percent of the forget set, found by a walk down a log scale and a
-/// bisection; from the classifier, the scope widens to the last stage if the classifier alone
-/// cannot get there.
+/// bisection, within the requested scope.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Calibration {
@@ -151,7 +156,7 @@ pub struct UnlearnReport {
     pub settings: SsdSettings,
     /// The alpha used: as given, or as calibrated.
     pub alpha: f64,
-    /// The parameters dampened: as given, or as calibration widened them.
+    /// The parameters that could be dampened, as given.
     pub layers: Layers,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calibration: Option<Calibration>,

@@ -31,9 +31,14 @@ pub struct PublicLimits {
     pub api_requests_per_minute: u32,
     /// Runs one visitor may have queued or running at once.
     pub runs_at_once: usize,
-    /// The most images a run may use; `None` while the worker starts.
+    /// The most images a run of the whole model may use (an evaluation, or unlearning past
+    /// the classifier); `None` while the worker starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subsample: Option<Subsample>,
+    /// The most images a classifier-scope run (the default preset) on a model whose features
+    /// are cached may use: usually whole sets; `None` while the worker starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classifier_subsample: Option<Subsample>,
 }
 
 /// A base model the server can unlearn from (`GET /api/models`).

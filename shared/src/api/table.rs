@@ -21,7 +21,7 @@ pub const TABLE_HEADER: [&str; 8] = [
 
 /// What the "Unlearning time" column counts, for its tooltip and the exports.
 pub const UNLEARNING_TIME: &str =
-    "forget-set importance, choosing α and dampening; the full-set importance (computed once per model, then cached) and evaluation are not included";
+    "forget-set importance, choosing α and dampening; the full-set importance and the penultimate features (each computed once per model, then cached) and evaluation are not included";
 
 impl AccLoss {
     /// The 95 % Wilson score interval of the accuracy, in percent; `None` without images.

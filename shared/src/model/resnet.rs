@@ -107,12 +107,17 @@ impl<B: Backend> BasicBlock<B> {
 impl<B: Backend> ResNet<B> {
     /// Logits `[batch, classes]` for normalised images `[batch, 3, 32, 32]`.
     pub fn forward(&self, images: Tensor<B, 4>, stats: NormStats) -> Tensor<B, 2> {
+        self.fc.forward(self.features(images, stats))
+    }
+
+    /// The penultimate features `[batch, 8 * width]`: everything before `fc`, whose input
+    /// they are.
+    pub fn features(&self, images: Tensor<B, 4>, stats: NormStats) -> Tensor<B, 2> {
         let mut x = relu(self.bn1.forward(self.conv1.forward(images), stats));
         for block in self.blocks() {
             x = block.forward(x, stats);
         }
-        let pooled = adaptive_avg_pool2d(x, [1, 1]).flatten(1, 3);
-        self.fc.forward(pooled)
+        adaptive_avg_pool2d(x, [1, 1]).flatten(1, 3)
     }
 
     /// Class probabilities `[batch, classes]` for channel-planar u8 images, normalised as

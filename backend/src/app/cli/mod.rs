@@ -43,8 +43,8 @@ struct Cli {
     /// Where the work runs: `auto` takes a working GPU (CUDA, then wgpu/Vulkan), else the CPU.
     #[arg(long, global = true, default_value_t = DeviceChoice::Auto)]
     device: DeviceChoice,
-    /// Disk space for cached importances (MiB, 64 each for ResNet18); the least recently
-    /// used are deleted past it.
+    /// Disk space for cached importances (MiB, 64 each for ResNet18) and features (122 per
+    /// ResNet18); the least recently used are deleted past it.
     #[arg(long, global = true, default_value_t = 4096)]
     cache_mib: u64,
     #[command(subcommand)]

@@ -4,8 +4,9 @@ use unlearn_shared::api::{Run, RunAccepted, RunId, RunRequest, RunStatus};
 
 use super::error::ApiError;
 use super::guard::Caller;
-use super::jobs::{ClientQuota, Refusal, Unrecorded};
+use super::jobs::{BaseFeatures, ClientQuota, Refusal, Unrecorded};
 use super::{policy, AppState};
+use crate::engine::unlearn::features_cached;
 use crate::storage::files::{free_space, sha256_hex};
 use crate::storage::history::{Admission, HistoryError};
 
@@ -21,14 +22,25 @@ impl AppState {
     pub(crate) fn submit(&self, mut request: RunRequest, caller: &Caller) -> Result<RunAccepted, ApiError> {
         request.validate().map_err(ApiError::Invalid)?;
         let worker = self.jobs.worker().ok_or(ApiError::Starting)?;
+        let digest = match request.model() {
+            Some(id) => self.workspace.models.get(id).ok_or_else(|| ApiError::UnknownModel(id.to_owned()))?.info.digest.clone(),
+            None => String::new(),
+        };
+        let ceiling = match &request {
+            RunRequest::Unlearn(r) | RunRequest::Sweep(r) => {
+                let features = if features_cached(&self.workspace.cache, &digest) { BaseFeatures::Cached } else { BaseFeatures::Missing };
+                worker.subsample_for(&r.ssd, features)
+            }
+            RunRequest::Eval(_) | RunRequest::Train(_) => worker.default_subsample,
+        };
         // Defaults are filled in before the key is taken, so "left out" and "given the
         // default" are the same request.
         match &mut request {
             RunRequest::Unlearn(r) | RunRequest::Sweep(r) => {
-                r.subsample.get_or_insert(worker.default_subsample);
+                r.subsample.get_or_insert(ceiling);
             }
             RunRequest::Eval(r) => {
-                r.test_limit = r.test_limit.or(worker.default_subsample.test);
+                r.test_limit = r.test_limit.or(ceiling.test);
             }
             RunRequest::Train(r) => {
                 caller.require("training")?;
@@ -37,11 +49,7 @@ impl AppState {
                 }
             }
         }
-        policy::check(&request, caller, worker.default_subsample)?;
-        let digest = match request.model() {
-            Some(id) => self.workspace.models.get(id).ok_or_else(|| ApiError::UnknownModel(id.to_owned()))?.info.digest.clone(),
-            None => String::new(),
-        };
+        policy::check(&request, caller, ceiling)?;
         let key = sha256_hex(format!("{}\n{digest}", serde_json::to_string(&request).expect("requests serialise")).as_bytes());
         // An identical run answers even when the queue is full, unless it is one whose end
         // could not be recorded: that one is retired, so the request can run again.

@@ -23,8 +23,9 @@ pub(crate) struct Worker {
     pub(crate) receiver: mpsc::Receiver<Job>,
 }
 
-/// What a CPU worker uses unless told otherwise: a request answers in a minute or two,
-/// not an hour. Every report records it.
+/// What a CPU worker uses unless told otherwise for runs of the whole model: a request
+/// answers in a minute or two, not an hour. Every report records it. Classifier-scope runs
+/// read whole sets once their base model's features are cached.
 pub(crate) const CPU_SUBSAMPLE: Subsample = Subsample { forget: Some(256), full: Some(1024), test: Some(500) };
 
 /// Reports into the run's live state, and tells the engine when the run was cancelled.
@@ -48,8 +49,9 @@ impl Workload for Worker {
     fn run<B: AutodiffBackend>(self, device: Device<B>) {
         let state = &*self.state;
         let default_subsample = state.config.subsample.unwrap_or(if device.processor == Processor::Cpu { CPU_SUBSAMPLE } else { Subsample::default() });
-        tracing::info!(device = %device.description, ?default_subsample, "worker ready; requests without a subsample use the default");
-        state.jobs.set_worker(WorkerInfo { device: device.description.clone(), default_subsample });
+        let classifier_subsample = state.config.subsample.unwrap_or_default();
+        tracing::info!(device = %device.description, ?default_subsample, ?classifier_subsample, "worker ready; requests without a subsample use the default");
+        state.jobs.set_worker(WorkerInfo { device: device.description.clone(), default_subsample, classifier_subsample });
         let mut executor = Executor::new(&state.workspace, device);
         for job in self.receiver {
             if !job.live.leave_queue() {

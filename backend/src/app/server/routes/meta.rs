@@ -17,6 +17,7 @@ pub(crate) async fn health(State(state): State<Arc<AppState>>) -> Json<Health> {
             api_requests_per_minute: state.config.rate_limit,
             runs_at_once: policy::ANONYMOUS_LIVE_RUNS,
             subsample: state.jobs.worker().map(|w| w.default_subsample),
+            classifier_subsample: state.jobs.worker().map(|w| w.classifier_subsample),
         }),
     })
 }
