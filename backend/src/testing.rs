@@ -49,16 +49,23 @@ pub(crate) fn tiny_model(data_dir: &Path, id: &str) -> PathBuf {
 /// right about all, the unlearned one about all but the forget class's (it calls them the
 /// next class).
 pub(crate) fn made_up_report(class: usize) -> unlearn_shared::api::UnlearnReport {
-    use unlearn_shared::api::{DampenStats, Membership, Preset, Timings, UnlearnReport};
+    use unlearn_shared::api::{DampenStats, LogitMaskReport, Membership, Preset, Timings, UnlearnReport};
     use unlearn_shared::cifar::NUM_CLASSES;
 
     use crate::engine::evaluation::{model_report, Evaluation};
 
+    // A margin so wide that every loss is exactly 0 or 100, as JSON reads them back.
+    let sure_of = |predicted: usize| {
+        let mut logits = [0.0; NUM_CLASSES];
+        logits[predicted] = 100.0;
+        logits
+    };
     let (mut before, mut after) = (Evaluation::default(), Evaluation::default());
     for (index, label) in (0..NUM_CLASSES).flat_map(|label| [label, label]).enumerate() {
-        before.record(index, label, label, 0.5, 0.2);
-        after.record(index, label, if label == class { (label + 1) % NUM_CLASSES } else { label }, 0.25, 0.4);
+        before.record(index, label, &sure_of(label), &[]);
+        after.record(index, label, &sure_of(if label == class { (label + 1) % NUM_CLASSES } else { label }), &[]);
     }
+    let masked = before.masked(class);
     let settings = Preset::Seed.settings();
     UnlearnReport {
         model: "tiny".into(),
@@ -76,5 +83,7 @@ pub(crate) fn made_up_report(class: usize) -> unlearn_shared::api::UnlearnReport
         timings: Timings::default(),
         still_recognised: Vec::new(),
         retrained: None,
+        logit_mask: Some(LogitMaskReport { report: model_report(&masked, &masked, class), membership: 50.0 }),
+        probe: None,
     }
 }

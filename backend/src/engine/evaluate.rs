@@ -1,10 +1,9 @@
 //! Accuracy, loss and confusion of a model on a set of images.
 
 use burn::prelude::*;
-use burn::tensor::activation::log_softmax;
+use unlearn_shared::cifar::NUM_CLASSES;
 use unlearn_shared::model::ResNet;
 
-use super::batch::labels;
 use super::evaluation::Evaluation;
 use super::progress::{Cancelled, PhaseTimer, Progress};
 use super::Inputs;
@@ -12,7 +11,8 @@ use super::Inputs;
 /// Images per forward pass when evaluating.
 const EVAL_BATCH: usize = 500;
 
-/// Runs the model in inference mode over `inputs`, reporting progress as `phase`.
+/// Runs the model in inference mode over `inputs`, reporting progress as `phase`; keeps each
+/// image's logits and features.
 pub(crate) fn evaluate<B: Backend>(
     model: &ResNet<B>,
     inputs: impl Inputs,
@@ -27,18 +27,12 @@ pub(crate) fn evaluate<B: Backend>(
         if progress.cancelled() {
             return Err(Cancelled);
         }
-        let log_probs = log_softmax(inputs.logits(model, chunk, device), 1);
-        let predicted = log_probs.clone().argmax(1).into_data().convert::<i64>().to_vec::<i64>().expect("int data");
-        let entropy = (log_probs.clone().exp() * log_probs.clone()).sum_dim(1).neg().into_data().convert::<f32>().to_vec::<f32>().expect("float data");
-        let nll = log_probs
-            .gather(1, labels::<B>(images.split, chunk, device).unsqueeze_dim(1))
-            .neg()
-            .into_data()
-            .convert::<f32>()
-            .to_vec::<f32>()
-            .expect("float data");
-        for (((&index, predicted), loss), entropy) in chunk.iter().zip(predicted).zip(nll).zip(entropy) {
-            evaluation.record(index, images.split.label(index), predicted as usize, loss as f64, entropy as f64);
+        let features = inputs.features(model, chunk, device);
+        let logits = model.fc.forward(features.clone());
+        let [_, width] = features.dims();
+        let [logits, features] = [logits, features].map(|t| t.into_data().convert::<f32>().to_vec::<f32>().expect("float data"));
+        for ((&index, logits), features) in chunk.iter().zip(logits.chunks(NUM_CLASSES)).zip(features.chunks(width)) {
+            evaluation.record(index, images.split.label(index), logits, features);
         }
         let done = (n * EVAL_BATCH + chunk.len()) as u64;
         progress.report(&timer.event(done));

@@ -11,6 +11,7 @@ pub(crate) mod features;
 mod flat;
 pub(crate) mod membership;
 pub(crate) mod optim;
+pub(crate) mod probe;
 pub(crate) mod progress;
 pub(crate) mod scope;
 pub(crate) mod ssd;
@@ -38,9 +39,14 @@ pub(crate) struct Images<'a> {
 pub(crate) trait Inputs: Copy {
     fn images(&self) -> Images<'_>;
 
-    /// `model`'s logits, BatchNorm in inference mode, for the images at `chunk` (split
-    /// indices, all among [`images`](Self::images)).
-    fn logits<B: Backend>(&self, model: &ResNet<B>, chunk: &[usize], device: &B::Device) -> Tensor<B, 2>;
+    /// `model`'s penultimate features, BatchNorm in inference mode, for the images at
+    /// `chunk` (split indices, all among [`images`](Self::images)).
+    fn features<B: Backend>(&self, model: &ResNet<B>, chunk: &[usize], device: &B::Device) -> Tensor<B, 2>;
+
+    /// `model`'s logits for the images at `chunk`: what `fc` makes of their features.
+    fn logits<B: Backend>(&self, model: &ResNet<B>, chunk: &[usize], device: &B::Device) -> Tensor<B, 2> {
+        model.fc.forward(self.features(model, chunk, device))
+    }
 }
 
 impl Inputs for Images<'_> {
@@ -48,8 +54,8 @@ impl Inputs for Images<'_> {
         *self
     }
 
-    fn logits<B: Backend>(&self, model: &ResNet<B>, chunk: &[usize], device: &B::Device) -> Tensor<B, 2> {
-        model.forward(batch::batch::<B>(self.split, chunk, device).images, NormStats::Running)
+    fn features<B: Backend>(&self, model: &ResNet<B>, chunk: &[usize], device: &B::Device) -> Tensor<B, 2> {
+        model.features(batch::batch::<B>(self.split, chunk, device).images, NormStats::Running)
     }
 }
 

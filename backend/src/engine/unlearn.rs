@@ -9,8 +9,8 @@ use burn::tensor::backend::AutodiffBackend;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use unlearn_shared::api::{
-    Alpha, ClassId, EntropyCounts, EntropyHistograms, Layers, Membership, ModelReport, RetrainedReport, SetOrder, SsdSettings, Subsample, Timings,
-    UnlearnReport, MAX_STILL_RECOGNISED,
+    Alpha, ClassId, EntropyCounts, EntropyHistograms, Layers, LogitMaskReport, Membership, ModelReport, ProbeReport, RetrainedReport, SetOrder, SsdSettings,
+    Subsample, Timings, UnlearnReport, MAX_STILL_RECOGNISED,
 };
 use unlearn_shared::model::weights::{self, StateDict, WeightsError};
 use unlearn_shared::model::ResNet;
@@ -21,6 +21,7 @@ use super::evaluate::evaluate;
 use super::evaluation::{model_report, Evaluation};
 use super::features::{Featured, Features, CLASSIFIER_ONLY};
 use super::membership::{entropy_edges, entropy_histogram, MembershipAttack, ENTROPY_BINS};
+use super::probe::{linear_probe, PROBE_STEPS, STEP_COST_PER_IMAGE};
 use super::progress::{one_unit, Cancelled, Progress, Step, FORWARD, FORWARD_AND_BACKWARD};
 use super::ssd::{dampen, importance, Importance, Importances};
 use super::{sample, Images, Inputs};
@@ -126,10 +127,10 @@ impl Inputs for Routed<'_> {
         }
     }
 
-    fn logits<B: Backend>(&self, model: &ResNet<B>, chunk: &[usize], device: &B::Device) -> Tensor<B, 2> {
+    fn features<B: Backend>(&self, model: &ResNet<B>, chunk: &[usize], device: &B::Device) -> Tensor<B, 2> {
         match self {
-            Self::Pixels(images) => images.logits(model, chunk, device),
-            Self::Features(featured) => featured.logits(model, chunk, device),
+            Self::Pixels(images) => images.features(model, chunk, device),
+            Self::Features(featured) => featured.features(model, chunk, device),
         }
     }
 }
@@ -139,11 +140,13 @@ const BASE: &str = "base model";
 const UNLEARNED: &str = "unlearned model";
 const RETRAINED: &str = "retrained model";
 
-/// The phases of evaluating `model` on the three sets every report reads.
+/// The phases of evaluating `model` on the three sets every report reads, and of fitting the
+/// linear probe on its features.
 struct EvaluationPhases {
     test: String,
     train: String,
     forget_sample: String,
+    probe: String,
 }
 
 impl EvaluationPhases {
@@ -152,6 +155,7 @@ impl EvaluationPhases {
             test: format!("evaluate {model}: test set"),
             train: format!("evaluate {model}: training subset"),
             forget_sample: format!("evaluate {model}: forget sample"),
+            probe: format!("linear probe on the {model}'s features"),
         }
     }
 }
@@ -179,6 +183,17 @@ impl Measured {
         model_report(&self.test, &self.train, class)
     }
 
+    /// The same model never predicting `class`: the logit mask.
+    fn masked(&self, class: usize) -> Self {
+        Self { test: self.test.masked(class), train: self.train.masked(class), forget_sample: self.forget_sample.masked(class) }
+    }
+
+    /// A linear probe fitted on this model's features of the training subset, run on the
+    /// test set.
+    fn probe<B: Backend>(&self, phase: &str, device: &B::Device, progress: &mut dyn Progress) -> Result<Evaluation, Cancelled> {
+        linear_probe::<B>(&self.train.outputs, &self.test.outputs, phase, device, progress)
+    }
+
     /// What the membership attack reads: the entropies of the members it is fitted on
     /// (retain-class training images), of the non-members (test images), and of the forget
     /// sample it is asked about.
@@ -197,6 +212,15 @@ impl Measured {
         let [members, non_members, forget] = self.attack_entropies(class).map(|entropies| entropy_histogram(&entropies, ENTROPY_BINS));
         EntropyCounts { forget, members, non_members }
     }
+}
+
+/// The base model on the test and training subsets, and the linear probe on its features:
+/// the same for every class.
+#[derive(Clone)]
+struct BaseEvaluation {
+    test: Evaluation,
+    train: Evaluation,
+    probe: Evaluation,
 }
 
 /// The model to unlearn from: its weights, and what reports and caches call it.
@@ -221,7 +245,7 @@ pub(crate) struct Unlearner<'a, B: AutodiffBackend> {
     test_indices: Vec<usize>,
     /// A training subset as large as the test subset, for the same metrics on seen images.
     train_indices: Vec<usize>,
-    base_evaluation: Option<(Evaluation, Evaluation)>,
+    base_evaluation: Option<BaseEvaluation>,
     /// The base model on each class's forget sample.
     base_forget_sample: HashMap<usize, Evaluation>,
     /// Models of the same recipe trained without a class, by that class, with their names.
@@ -318,18 +342,35 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
         let layers = settings.layers;
 
         let started = Instant::now();
-        let (test, train) = self.base_evaluation(route, progress)?.clone();
+        let BaseEvaluation { test, train, probe: base_probe } = self.base_evaluation(route, progress)?.clone();
         let before = Measured { test, train, forget_sample: self.base_forget_sample(class, &forget_sample, route, progress)? };
-        let after = self.measure(&unlearned, &forget_sample, &EvaluationPhases::of(UNLEARNED), route, progress)?;
+        let phases = EvaluationPhases::of(UNLEARNED);
+        let after = self.measure(&unlearned, &forget_sample, &phases, route, progress)?;
+        let after_probe = match route {
+            // Only `fc` changed: the features, and so the probe, are the base model's.
+            Route::Features => base_probe.clone(),
+            Route::Pixels => after.probe::<B::InnerBackend>(&phases.probe, &self.device.handle, progress)?,
+        };
         timings.evaluate_s = started.elapsed().as_secs_f64();
 
         let retrained = match self.retrained.get(&class) {
             Some((name, model)) => {
-                let measured = self.measure(model, &forget_sample, &EvaluationPhases::of(RETRAINED), Route::Pixels, progress)?;
-                Some(RetrainedReport { model: name.clone(), report: measured.report(class), membership: measured.member_percent(class) })
+                let phases = EvaluationPhases::of(RETRAINED);
+                let measured = self.measure(model, &forget_sample, &phases, Route::Pixels, progress)?;
+                let probe = measured.probe::<B::InnerBackend>(&phases.probe, &self.device.handle, progress)?;
+                Some(RetrainedReport {
+                    model: name.clone(),
+                    report: measured.report(class),
+                    membership: measured.member_percent(class),
+                    probe: Some(probe.forget_retain(class)),
+                })
             }
             None => None,
         };
+        let masked = before.masked(class);
+        let logit_mask = LogitMaskReport { report: masked.report(class), membership: masked.member_percent(class) };
+        let probe =
+            ProbeReport { train_images: before.train.outputs.len() as u64, before: base_probe.forget_retain(class), after: after_probe.forget_retain(class) };
         let entropy = EntropyHistograms { edges: entropy_edges(ENTROPY_BINS), before: before.entropy_counts(class), after: after.entropy_counts(class) };
         let membership =
             Membership { before: before.member_percent(class), after: after.member_percent(class), images: forget_sample.len(), entropy: Some(entropy) };
@@ -349,6 +390,8 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
             timings,
             still_recognised: after.test.recognised(class, MAX_STILL_RECOGNISED),
             retrained,
+            logit_mask: Some(logit_mask),
+            probe: Some(probe),
         };
         Ok((report, unlearned))
     }
@@ -393,11 +436,14 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
         ))
     }
 
-    /// The base model on the test and training subsets, evaluated once (on either route:
-    /// they differ by rounding).
-    fn base_evaluation(&mut self, route: Route, progress: &mut dyn Progress) -> Result<&(Evaluation, Evaluation), Cancelled> {
+    /// The base model on the test and training subsets and its probe, evaluated once (on
+    /// either route: they differ by rounding).
+    fn base_evaluation(&mut self, route: Route, progress: &mut dyn Progress) -> Result<&BaseEvaluation, Cancelled> {
         if self.base_evaluation.is_none() {
-            self.base_evaluation = Some(self.evaluate_both(&self.model.valid(), &EvaluationPhases::of(BASE), route, progress)?);
+            let phases = EvaluationPhases::of(BASE);
+            let (test, train) = self.evaluate_both(&self.model.valid(), &phases, route, progress)?;
+            let probe = linear_probe::<B::InnerBackend>(&train.outputs, &test.outputs, &phases.probe, &self.device.handle, progress)?;
+            self.base_evaluation = Some(BaseEvaluation { test, train, probe });
         }
         Ok(self.base_evaluation.as_ref().expect("just computed"))
     }
@@ -468,6 +514,7 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
                 [(phases.test, self.test_indices.len()), (phases.train, self.train_indices.len()), (phases.forget_sample, sample_images)]
                     .map(|(phase, images)| Step::new(phase, images, cost))
             };
+            let probe = |model: &str| Step::new(EvaluationPhases::of(model).probe, PROBE_STEPS, STEP_COST_PER_IMAGE * self.train_indices.len() as f64);
             let mut phases = Vec::new();
             if route == Route::Features {
                 let [train, test] = &mut features;
@@ -488,14 +535,19 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
                 phases.push(calibrate::plan(sample_images, route.forward_cost()));
             }
             if !base_ready {
-                phases.extend(evaluation(BASE, route.forward_cost()));
+                let [test, train, forget_sample] = evaluation(BASE, route.forward_cost());
+                phases.extend([test, train, probe(BASE), forget_sample]);
                 base_ready = true;
             } else if !self.base_forget_sample.contains_key(&class.index()) {
                 phases.push(Step::new(EvaluationPhases::of(BASE).forget_sample, sample_images, route.forward_cost()));
             }
             phases.extend(evaluation(UNLEARNED, route.forward_cost()));
+            if route == Route::Pixels {
+                phases.push(probe(UNLEARNED));
+            }
             if self.retrained.contains_key(&class.index()) {
                 phases.extend(evaluation(RETRAINED, FORWARD));
+                phases.push(probe(RETRAINED));
             }
             steps.extend(phases.into_iter().map(|step| Step { phase: name(class, &step.phase), ..step }));
         }

@@ -2,7 +2,10 @@
 //! heatmaps and bars, the membership picture and the forget-class images still recognised.
 
 use leptos::prelude::*;
-use unlearn_shared::api::{run_csv, run_markdown, settings_line, table_rows, Run, RunId, RunResult, RunStatus, UnlearnReport, TABLE_HEADER, UNLEARNING_TIME};
+use unlearn_shared::api::{
+    run_csv, run_markdown, settings_line, table_rows, Run, RunId, RunResult, RunStatus, UnlearnReport, LINEAR_PROBE, LOGIT_MASK, PROBE_COLUMN, TABLE_HEADER,
+    UNLEARNING_TIME,
+};
 use unlearn_shared::cifar::CLASSES;
 
 use super::charts::{ClassBars, EntropyChart, Heatmap, Series};
@@ -27,7 +30,11 @@ pub fn SeedTable(run: RunId, reports: Vec<UnlearnReport>) -> impl IntoView {
         })
         .collect_view();
     let header = TABLE_HEADER.map(|name| {
-        let title = (name == "Unlearning time (s)").then_some(UNLEARNING_TIME);
+        let title = match name {
+            "Unlearning time (s)" => Some(UNLEARNING_TIME),
+            PROBE_COLUMN => Some(LINEAR_PROBE),
+            _ => None,
+        };
         view! { <th scope="col" title=title>{name}</th> }
     });
     view! {
@@ -147,6 +154,7 @@ pub fn ReportView(run: RunId, report: UnlearnReport) -> impl IntoView {
             <ClassBars title="Test accuracy per class".into() series=bars forget=Some(forget) />
         </div>
         <Membership report=report.clone() />
+        <ForgettingOrHiding report=report.clone() />
         <StillRecognised report=report.clone() />
         <p class="meta">{timing}</p>
     }
@@ -168,6 +176,37 @@ fn Membership(report: UnlearnReport) -> impl IntoView {
             {m.entropy.clone().map(|histograms| view! { <EntropyChart histograms /> })}
         </div>
     }
+}
+
+/// Whether the run forgot the class or hid it: the logit mask's row and the linear probe,
+/// read for the user.
+#[component]
+fn ForgettingOrHiding(report: UnlearnReport) -> impl IntoView {
+    let class = CLASSES[report.forget_class];
+    let mask = report.logit_mask.as_ref().map(|_| format!("The logit mask row is {LOGIT_MASK}: what hiding {class} at the output achieves."));
+    let probe = report.probe.map(|p| {
+        let (before, after) = (p.before.forget, p.after.forget);
+        let verdict = match (before.interval95(), after.interval95()) {
+            (Some((low, _)), Some((_, high))) if high < low => {
+                format!("The probe finds less of {class} in the unlearned model's features: the unlearning reached past the output layer.")
+            }
+            _ => format!(
+                "The probe finds {class} in the unlearned model's features as well as in the original's: this unlearning hides the class at the                  output, as the logit mask does, and the features still carry it."
+            ),
+        };
+        format!(
+            "Linear probe ({} training images): {LINEAR_PROBE}. It recognises {:.1} % of {} {class} test images from the original's features              and {:.1} % from the unlearned model's. {verdict}",
+            p.train_images, before.accuracy, before.images, after.accuracy
+        )
+    });
+    (mask.is_some() || probe.is_some()).then(|| {
+        view! {
+            <div class="depth">
+                {mask.map(|text| view! { <p class="meta">{text}</p> })}
+                {probe.map(|text| view! { <p class="meta probe-verdict">{text}</p> })}
+            </div>
+        }
+    })
 }
 
 /// Test images of the forget class the unlearned model still calls by their class.
@@ -316,7 +355,10 @@ pub fn Results() -> impl IntoView {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use unlearn_shared::api::{AccLoss, DampenStats, EvalReport, ForgetRetain, Layers, Membership as Attack, ModelReport, SsdSettings, Subsample, Timings};
+    use unlearn_shared::api::{
+        AccLoss, DampenStats, EvalReport, ForgetRetain, Layers, LogitMaskReport, Membership as Attack, ModelReport, ProbeReport, SsdSettings, Subsample,
+        Timings,
+    };
     use wasm_bindgen::JsCast;
     use wasm_bindgen_test::wasm_bindgen_test;
 
@@ -348,6 +390,8 @@ mod tests {
             timings: Timings::default(),
             still_recognised: vec![7],
             retrained: None,
+            logit_mask: None,
+            probe: None,
         }
     }
 
@@ -391,5 +435,30 @@ mod tests {
         assert_eq!(parsed["reports"][0]["per_class_accuracy"]["before"].as_array().unwrap().len(), 10);
         let csv = host.query_selector("a[download='run-4.csv']").unwrap().expect("a file name per run").get_attribute("href").unwrap();
         assert!(csv.starts_with("data:text/csv"), "{csv}");
+    }
+
+    #[wasm_bindgen_test]
+    fn the_mask_row_and_the_probe_say_whether_the_class_was_hidden_or_forgotten() {
+        let probe =
+            |forget| ForgetRetain { forget: AccLoss { accuracy: forget, loss: 0.5, images: 200 }, retain: AccLoss { accuracy: 85.0, loss: 0.5, images: 1800 } };
+        let mut masked = model(0.0, 82.0);
+        masked.test.split.forget.loss = f64::INFINITY;
+        let hidden = UnlearnReport {
+            logit_mask: Some(LogitMaskReport { report: masked, membership: 70.0 }),
+            probe: Some(ProbeReport { train_images: 2000, before: probe(90.0), after: probe(88.0) }),
+            ..report(79.0)
+        };
+        let (host, _mounted) = mounted(hidden.clone());
+        let row = host.query_selector("tr.mask").unwrap().expect("the logit mask's row").text_content().unwrap();
+        assert!(row.starts_with("logit mask") && row.contains("0.00 (∞)") && row.contains("70.0"), "{row}");
+        let header = host.query_selector(".seed-table thead").unwrap().unwrap().inner_html();
+        assert!(header.contains("Linear probe: forget class acc") && header.contains("penultimate features"), "a column with its meaning: {header}");
+        let verdict = host.query_selector(".probe-verdict").unwrap().expect("the probe's reading").text_content().unwrap();
+        assert!(verdict.contains("90.0 % of 200 cat test images") && verdict.contains("88.0 %") && verdict.contains("hides the class"), "{verdict}");
+
+        let forgotten = UnlearnReport { probe: Some(ProbeReport { train_images: 2000, before: probe(90.0), after: probe(20.0) }), ..hidden };
+        let (host, _mounted) = mounted(forgotten);
+        let verdict = host.query_selector(".probe-verdict").unwrap().unwrap().text_content().unwrap();
+        assert!(verdict.contains("reached past the output layer"), "{verdict}");
     }
 }

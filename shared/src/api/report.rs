@@ -13,8 +13,46 @@ use super::ssd::{Layers, SsdSettings};
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct AccLoss {
     pub accuracy: f64,
+    /// `"Infinity"` in JSON where it is infinite: the logit mask's loss on the class it masks.
+    #[serde(with = "unbounded")]
+    #[cfg_attr(feature = "schema", schemars(with = "unbounded::Unbounded"))]
     pub loss: f64,
     pub images: u64,
+}
+
+/// A float that may be plus infinity, as JSON holds it: a number, or `"Infinity"`. NaN
+/// still has no form that reads back.
+mod unbounded {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    #[derive(Deserialize)]
+    #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+    #[serde(untagged)]
+    pub(super) enum Unbounded {
+        Finite(f64),
+        Infinite(Infinity),
+    }
+
+    #[derive(Deserialize)]
+    #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+    pub(super) enum Infinity {
+        Infinity,
+    }
+
+    pub(super) fn serialize<S: Serializer>(value: &f64, serializer: S) -> Result<S::Ok, S::Error> {
+        if *value == f64::INFINITY {
+            serializer.serialize_str("Infinity")
+        } else {
+            serializer.serialize_f64(*value)
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+        Ok(match Unbounded::deserialize(deserializer)? {
+            Unbounded::Finite(value) => value,
+            Unbounded::Infinite(Infinity::Infinity) => f64::INFINITY,
+        })
+    }
 }
 
 /// The seed card's split: the forgotten class against all others.
@@ -174,6 +212,39 @@ pub struct UnlearnReport {
     /// standard the unlearned model is measured against.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retrained: Option<RetrainedReport>,
+    /// The base model that never predicts the forget class, on the same images: what hiding
+    /// the class at the output achieves. (Absent from reports made before it existed.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logit_mask: Option<LogitMaskReport>,
+    /// What a fresh linear classifier reads from each model's penultimate features.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<ProbeReport>,
+}
+
+/// The base model with the forget class's logit at minus infinity: no training, no
+/// dampening. Every image it called that class gets its second choice. An unlearning that
+/// does no better than this on the probe and the membership attack hides the class; it does
+/// not forget it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct LogitMaskReport {
+    pub report: ModelReport,
+    /// Membership attack's verdict on the forget set's training images, percent members.
+    pub membership: f64,
+}
+
+/// A linear probe: a softmax classifier fitted afresh on a model's penultimate features of the
+/// training subset (all ten classes), then asked to classify the test set from that model's
+/// features. A model whose features still carry the forget class lets the probe find it again,
+/// whatever its own output layer says. The logit mask leaves the features as they were, so its
+/// probe is the base model's.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct ProbeReport {
+    /// Training images the probe was fitted on.
+    pub train_images: u64,
+    pub before: ForgetRetain,
+    pub after: ForgetRetain,
 }
 
 /// A model retrained from scratch without the forget class, on the same sets.
@@ -184,6 +255,9 @@ pub struct RetrainedReport {
     pub report: ModelReport,
     /// Membership attack's verdict on the forget set's training images, percent members.
     pub membership: f64,
+    /// The linear probe on its features (see [`ProbeReport`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<ForgetRetain>,
 }
 
 /// The most `UnlearnReport::still_recognised` lists.

@@ -1,14 +1,15 @@
 //! The seed card's results table, for the page, the Markdown export and the CSV download:
 //! every percentage with the images it rests on and a 95 % Wilson interval.
 
-use super::report::{AccLoss, EvalReport, UnlearnReport};
+use super::report::{AccLoss, EvalReport, ForgetRetain, UnlearnReport};
 use super::run::RunId;
 use crate::cifar::CLASSES;
 
 /// The seed card's columns (`Model | Forget class | Forget class acc (loss) | Retain class
 /// acc (loss)`), then the test images each split rests on, the alpha used, the membership
-/// attack's verdict on the forget set's training images, and the seconds unlearning took.
-pub const TABLE_HEADER: [&str; 8] = [
+/// attack's verdict on the forget set's training images, the linear probe's accuracy on the
+/// forget class, and the seconds unlearning took.
+pub const TABLE_HEADER: [&str; 9] = [
     "Model",
     "Forget class",
     "Forget class acc (loss)",
@@ -16,8 +17,21 @@ pub const TABLE_HEADER: [&str; 8] = [
     "Test images (forget / retain)",
     "α",
     "MIA (% members)",
+    PROBE_COLUMN,
     "Unlearning time (s)",
 ];
+
+/// The linear probe's column.
+pub const PROBE_COLUMN: &str = "Linear probe: forget class acc";
+
+/// What the linear probe's column means, for its tooltip and the exports.
+pub const LINEAR_PROBE: &str = "a softmax classifier fitted afresh on the model's penultimate features of the training subset, all ten classes, \
+     then run on the test set: how much of the forget class the features still carry. The logit mask and an SSD confined to the classifier leave \
+     the features, and so this figure, as the original's";
+
+/// What the logit mask row is, for the exports.
+pub const LOGIT_MASK: &str =
+    "the original model with the forget class's logit set to minus infinity: it never predicts the class and changes nothing else (its loss on the class is infinite)";
 
 /// What the "Unlearning time" column counts, for its tooltip and the exports.
 pub const UNLEARNING_TIME: &str =
@@ -52,8 +66,14 @@ impl Cell {
 
     /// `accuracy (loss)`, with the interval as its detail.
     fn acc_loss(m: &AccLoss) -> Self {
+        let loss = if m.loss.is_finite() { format!("{:.4}", m.loss) } else { "∞".to_owned() };
+        Self { text: format!("{:.2} ({loss})", m.accuracy), ..Self::accuracy(m) }
+    }
+
+    /// The accuracy, with the interval as its detail.
+    fn accuracy(m: &AccLoss) -> Self {
         let detail = m.interval95().map(|(low, high)| format!("95 % CI {low:.1}–{high:.1}"));
-        Self { text: format!("{:.2} ({:.4})", m.accuracy, m.loss), detail }
+        Self { text: format!("{:.2}", m.accuracy), detail }
     }
 
     /// One line, as Markdown shows it.
@@ -67,13 +87,15 @@ impl Cell {
 
 /// One row of the seed card's table, with the columns this project adds.
 pub struct TableRow<'a> {
-    /// `original`, `SSD` or `retrained`.
+    /// `original`, `SSD`, `logit mask` or `retrained`.
     pub label: &'static str,
     pub class: &'static str,
     pub report: &'a UnlearnReport,
     pub eval: &'a EvalReport,
     pub alpha: Option<f64>,
     pub member_percent: f64,
+    /// The linear probe on this model's features, where it was run.
+    pub probe: Option<&'a ForgetRetain>,
     pub seconds: Option<f64>,
 }
 
@@ -84,7 +106,7 @@ impl TableRow<'_> {
     }
 
     /// The row as the table shows it, under [`TABLE_HEADER`].
-    pub fn cells(&self) -> [Cell; 8] {
+    pub fn cells(&self) -> [Cell; 9] {
         let or_dash = |value: Option<String>| Cell::plain(value.unwrap_or_else(|| "–".into()));
         let split = &self.eval.split;
         let collapse = self.collapsed().then(|| format!("collapsed: retain −{:.1} points", self.report.retain_drop()));
@@ -96,22 +118,27 @@ impl TableRow<'_> {
             Cell::plain(format!("{} / {}", split.forget.images, split.retain.images)),
             or_dash(self.alpha.map(|a| format!("{a:.3}"))),
             Cell::plain(format!("{:.1}", self.member_percent)),
+            self.probe.map_or_else(|| or_dash(None), |probe| Cell::accuracy(&probe.forget)),
             or_dash(self.seconds.map(|s| format!("{s:.1}"))),
         ]
     }
 }
 
-/// Original and SSD for every report, then the retrained model where there is one.
+/// Original and SSD for every report, then the logit mask and the retrained model where the
+/// report has them.
 pub fn table_rows(reports: &[UnlearnReport]) -> impl Iterator<Item = TableRow<'_>> {
     reports.iter().flat_map(|report| {
         let class = CLASSES[report.forget_class];
-        let row = |label, eval, alpha, member_percent, seconds| TableRow { label, class, report, eval, alpha, member_percent, seconds };
-        let retrained = report.retrained.as_ref().map(|r| row("retrained", &r.report.test, None, r.membership, None));
+        let row = |label, eval, alpha, member_percent, probe, seconds| TableRow { label, class, report, eval, alpha, member_percent, probe, seconds };
+        let probe = report.probe.as_ref();
+        let mask = report.logit_mask.as_ref().map(|m| row("logit mask", &m.report.test, None, m.membership, probe.map(|p| &p.before), None));
+        let retrained = report.retrained.as_ref().map(|r| row("retrained", &r.report.test, None, r.membership, r.probe.as_ref(), None));
         [
-            row("original", &report.before.test, None, report.membership.before, None),
-            row("SSD", &report.after.test, Some(report.alpha), report.membership.after, Some(report.timings.unlearn_s())),
+            row("original", &report.before.test, None, report.membership.before, probe.map(|p| &p.before), None),
+            row("SSD", &report.after.test, Some(report.alpha), report.membership.after, probe.map(|p| &p.after), Some(report.timings.unlearn_s())),
         ]
         .into_iter()
+        .chain(mask)
         .chain(retrained)
     })
 }
@@ -160,7 +187,9 @@ pub fn run_markdown(run: RunId, reports: &[UnlearnReport]) -> String {
     for line in lines {
         text.push_str(&format!("- {line}\n"));
     }
-    text.push_str(&format!("- Unlearning time: {UNLEARNING_TIME}.\n\n"));
+    text.push_str(&format!("- Unlearning time: {UNLEARNING_TIME}.\n"));
+    text.push_str(&format!("- Logit mask: {LOGIT_MASK}.\n"));
+    text.push_str(&format!("- Linear probe: {LINEAR_PROBE}.\n\n"));
     text + &seed_table_markdown(reports)
 }
 
@@ -172,8 +201,8 @@ pub fn run_csv(run: RunId, reports: &[UnlearnReport]) -> String {
     let mut table = String::from(
         "run,model,device,row,forget_class,forget_accuracy,forget_ci_low,forget_ci_high,forget_loss,forget_images,\
          retain_accuracy,retain_ci_low,retain_ci_high,retain_loss,retain_images,collapsed,alpha_setting,alpha,lambda,layers,\
-         importance_batch,full_order,dampened,parameters,mia_member_percent,mia_images,unlearning_seconds,\
-         subsample_forget,subsample_full,subsample_test\n",
+         importance_batch,full_order,dampened,parameters,mia_member_percent,mia_images,probe_forget_accuracy,probe_retain_accuracy,\
+         probe_train_images,unlearning_seconds,subsample_forget,subsample_full,subsample_test\n",
     );
     for row in table_rows(reports) {
         let (forget, retain) = (&row.eval.split.forget, &row.eval.split.retain);
@@ -181,7 +210,7 @@ pub fn run_csv(run: RunId, reports: &[UnlearnReport]) -> String {
         let report = row.report;
         let s = &report.settings;
         table.push_str(&format!(
-            "{run},{},{},{},{},{:.2},{},{:.4},{},{:.2},{},{:.4},{},{},{},{},{},{},{},{},{},{},{:.1},{},{},{},{},{}\n",
+            "{run},{},{},{},{},{:.2},{},{:.4},{},{:.2},{},{:.4},{},{},{},{},{},{},{},{},{},{},{:.1},{},{},{},{},{},{},{},{}\n",
             csv_field(&report.model),
             csv_field(&report.device),
             row.label,
@@ -205,6 +234,9 @@ pub fn run_csv(run: RunId, reports: &[UnlearnReport]) -> String {
             report.dampened.total,
             row.member_percent,
             report.membership.images,
+            or_empty(row.probe.map(|p| (p.forget.accuracy * 100.0).round() / 100.0)),
+            or_empty(row.probe.map(|p| (p.retain.accuracy * 100.0).round() / 100.0)),
+            report.probe.map(|p| p.train_images.to_string()).unwrap_or_default(),
             or_empty(row.seconds.map(|s| (s * 10.0).round() / 10.0)),
             or_all(report.subsample.forget),
             or_all(report.subsample.full),
@@ -226,14 +258,14 @@ fn csv_field(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{DampenStats, ForgetRetain, Layers, Membership, ModelReport, RetrainedReport, SsdSettings, Subsample, Timings};
+    use crate::api::{DampenStats, Layers, LogitMaskReport, Membership, ModelReport, ProbeReport, RetrainedReport, SsdSettings, Subsample, Timings};
 
     fn eval_report() -> EvalReport {
         let acc_loss = |accuracy, loss, images| AccLoss { accuracy, loss, images };
         EvalReport {
             overall: acc_loss(100.0, 0.375, 2),
             split: ForgetRetain { forget: acc_loss(100.0, 0.5, 1), retain: acc_loss(100.0, 0.25, 1) },
-            per_class_accuracy: vec![f64::NAN; 10],
+            per_class_accuracy: vec![100.0; 10],
             confusion: vec![vec![0; 10]; 10],
         }
     }
@@ -257,11 +289,13 @@ mod tests {
             timings: Timings { forget_importance_s: 2.0, dampen_s: 0.5, ..Timings::default() },
             still_recognised: Vec::new(),
             retrained: None,
+            logit_mask: None,
+            probe: None,
         };
         let table = seed_table_markdown(std::slice::from_ref(&report));
         let one_image = "100.00 (0.5000) 95 % CI 20.7–100.0";
-        assert!(table.contains(&format!("| original | dog | {one_image} | 100.00 (0.2500) 95 % CI 20.7–100.0 | 1 / 1 | – | 90.0 | – |")), "{table}");
-        assert!(table.contains("| SSD | dog | 100.00 (0.5000) 95 % CI 20.7–100.0 |") && table.contains("| 10.000 | 10.0 | 2.5 |"), "{table}");
+        assert!(table.contains(&format!("| original | dog | {one_image} | 100.00 (0.2500) 95 % CI 20.7–100.0 | 1 / 1 | – | 90.0 | – | – |")), "{table}");
+        assert!(table.contains("| SSD | dog | 100.00 (0.5000) 95 % CI 20.7–100.0 |") && table.contains("| 10.000 | 10.0 | – | 2.5 |"), "{table}");
         assert_eq!(table.lines().count(), 4);
         let csv = run_csv(7, std::slice::from_ref(&report));
         let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
@@ -276,10 +310,40 @@ mod tests {
         assert!(markdown.starts_with("### Run 7\n") && markdown.contains("model m on cpu") && markdown.contains("λ 0.1"), "{markdown}");
         assert!(markdown.contains("test images all") && markdown.contains("Unlearning time: forget-set importance"), "{markdown}");
 
-        let retrained = UnlearnReport { retrained: Some(RetrainedReport { model: "without-dog".into(), report: model, membership: 12.5 }), ..report };
+        let retrained = UnlearnReport {
+            retrained: Some(RetrainedReport { model: "without-dog".into(), report: model.clone(), membership: 12.5, probe: None }),
+            ..report.clone()
+        };
         let table = seed_table_markdown(&[retrained]);
         assert_eq!(table.lines().count(), 5);
         assert!(table.lines().last().unwrap().starts_with("| retrained | dog | 100.00 (0.5000) 95 % CI"), "{table}");
+
+        // The mask never predicts the class: its loss there is infinite, and the JSON keeps it.
+        let mut masked = model.clone();
+        masked.test.split.forget = AccLoss { accuracy: 0.0, loss: f64::INFINITY, images: 1 };
+        let probe =
+            |forget| ForgetRetain { forget: AccLoss { accuracy: forget, loss: 0.1, images: 1 }, retain: AccLoss { accuracy: 90.0, loss: 0.2, images: 1 } };
+        let report = UnlearnReport {
+            logit_mask: Some(LogitMaskReport { report: masked, membership: 55.0 }),
+            probe: Some(ProbeReport { train_images: 2, before: probe(100.0), after: probe(0.0) }),
+            ..report
+        };
+        let table = seed_table_markdown(std::slice::from_ref(&report));
+        let rows: Vec<&str> = table.lines().skip(2).collect();
+        assert_eq!(rows.len(), 3, "{table}");
+        assert!(rows[0].contains("| 90.0 | 100.00 95 % CI 20.7–100.0 | – |"), "the original's probe: {table}");
+        assert!(rows[1].contains("| 10.0 | 0.00 95 % CI 0.0–79.3 | 2.5 |"), "SSD's probe: {table}");
+        assert!(rows[2].starts_with("| logit mask | dog | 0.00 (∞) 95 % CI 0.0–79.3 |") && rows[2].contains("| 55.0 | 100.00 95 % CI"), "{table}");
+        let json = serde_json::to_string(&report).unwrap();
+        assert!(json.contains(r#""loss":"Infinity""#), "{json}");
+        assert_eq!(serde_json::from_str::<UnlearnReport>(&json).unwrap(), report, "{json}");
+        let nan = AccLoss { loss: f64::NAN, ..probe(1.0).forget };
+        assert!(serde_json::from_str::<AccLoss>(&serde_json::to_string(&nan).unwrap()).is_err(), "NaN still does not read back");
+        let csv = run_csv(7, std::slice::from_ref(&report));
+        let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+        let mask: Vec<&str> = csv.lines().nth(3).unwrap().split(',').collect();
+        let field = |name: &str| mask[header.iter().position(|h| *h == name).unwrap()];
+        assert_eq!((field("row"), field("forget_loss"), field("probe_forget_accuracy"), field("probe_train_images")), ("logit mask", "inf", "100", "2"));
     }
 
     #[test]
@@ -313,6 +377,8 @@ mod tests {
             timings: Timings::default(),
             still_recognised: Vec::new(),
             retrained: None,
+            logit_mask: None,
+            probe: None,
         };
         let flags: Vec<_> = table_rows(std::slice::from_ref(&report)).map(|row| (row.label, row.collapsed())).collect();
         assert_eq!(flags, [("original", false), ("SSD", true)]);

@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use unlearn_shared::api::{settings_line, EvalReport, EvalSummary, UnlearnReport};
+use unlearn_shared::api::{settings_line, EvalReport, EvalSummary, UnlearnReport, LOGIT_MASK};
 use unlearn_shared::cifar::CLASSES;
 
 /// Rows are true classes, columns predicted ones.
@@ -82,6 +82,19 @@ pub(crate) fn unlearn_report(report: &UnlearnReport) -> String {
         report.membership.after,
         report.retrained.as_ref().map(|r| format!(", {:.1} % retrained", r.membership)).unwrap_or_default()
     );
+    if let Some(mask) = &report.logit_mask {
+        let _ = writeln!(out, "logit mask ({LOGIT_MASK}): membership attack {:.1} % members", mask.membership);
+    }
+    if let Some(probe) = &report.probe {
+        let _ = writeln!(
+            out,
+            "linear probe fitted on {} training images' features: {:.1} % of the forget class's test images recognised from the original's features, {:.1} % from the unlearned model's{}",
+            probe.train_images,
+            probe.before.forget.accuracy,
+            probe.after.forget.accuracy,
+            report.retrained.as_ref().and_then(|r| r.probe).map(|p| format!(", {:.1} % from the retrained model's", p.forget.accuracy)).unwrap_or_default()
+        );
+    }
     let _ = writeln!(out, "time: {}", report.timings);
     out.push_str("\ntest confusion before:\n");
     out.push_str(&confusion(&report.before.test.confusion));
