@@ -191,11 +191,13 @@ fn ForgettingOrHiding(report: UnlearnReport) -> impl IntoView {
                 format!("The probe finds less of {class} in the unlearned model's features: the unlearning reached past the output layer.")
             }
             _ => format!(
-                "The probe finds {class} in the unlearned model's features as well as in the original's: this unlearning hides the class at the                  output, as the logit mask does, and the features still carry it."
+                "The probe finds {class} in the unlearned model's features as well as in the original's: this unlearning hides the class at the \
+                 output, as the logit mask does, and the features still carry it."
             ),
         };
         format!(
-            "Linear probe ({} training images): {LINEAR_PROBE}. It recognises {:.1} % of {} {class} test images from the original's features              and {:.1} % from the unlearned model's. {verdict}",
+            "Linear probe ({} training images): {LINEAR_PROBE}. It recognises {:.1} % of {} {class} test images from the original's features \
+             and {:.1} % from the unlearned model's. {verdict}",
             p.train_images, before.accuracy, before.images, after.accuracy
         )
     });
