@@ -85,5 +85,6 @@ pub(crate) fn made_up_report(class: usize) -> unlearn_shared::api::UnlearnReport
         retrained: None,
         logit_mask: Some(LogitMaskReport { report: model_report(&masked, &masked, class), membership: 50.0 }),
         probe: None,
+        relearning: None,
     }
 }

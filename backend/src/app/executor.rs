@@ -14,7 +14,7 @@ use unlearn_shared::cifar::NUM_CLASSES;
 use unlearn_shared::model::weights::{self, export, WeightsError};
 
 use crate::engine::device::Device;
-use crate::engine::evaluate::evaluate;
+use crate::engine::evaluate::{evaluate, Kept};
 use crate::engine::progress::{Cancelled, Planned, Progress, Step, FORWARD};
 use crate::engine::train::{self, Checkpoint, CheckpointError, Resumed, Start, TrainError};
 use crate::engine::unlearn::{BaseModel, UnlearnError, Unlearner};
@@ -213,7 +213,7 @@ impl<'w, B: AutodiffBackend> Executor<'w, B> {
         let test = &self.workspace.data.test;
         let indices = sample((0..test.len()).collect(), request.test_limit, EVAL_SEED);
         let mut progress = Planned::new(vec![Step::new(EVAL_PHASE, indices.len(), FORWARD)], progress);
-        let evaluation = evaluate(&model, Images { split: test, indices: &indices }, EVAL_PHASE, &self.device.handle, &mut progress)?;
+        let evaluation = evaluate(&model, Images { split: test, indices: &indices }, Kept::Logits, EVAL_PHASE, &self.device.handle, &mut progress)?;
         let summary = EvalSummary {
             model: request.model.clone(),
             device: self.device.description.clone(),

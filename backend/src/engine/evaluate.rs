@@ -11,11 +11,22 @@ use super::Inputs;
 /// Images per forward pass when evaluating.
 const EVAL_BATCH: usize = 500;
 
-/// Runs the model in inference mode over `inputs`, reporting progress as `phase`; keeps each
-/// image's logits and features.
+/// What an evaluation keeps of each image besides its verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kept {
+    /// Its logits: enough for the logit mask.
+    Logits,
+    /// Its logits and penultimate features (2 KB an image for ResNet18): what the linear
+    /// probe and the relearning attack read.
+    LogitsAndFeatures,
+}
+
+/// Runs the model in inference mode over `inputs`, reporting progress as `phase`; keeps what
+/// `kept` asks of each image.
 pub(crate) fn evaluate<B: Backend>(
     model: &ResNet<B>,
     inputs: impl Inputs,
+    kept: Kept,
     phase: &str,
     device: &B::Device,
     progress: &mut dyn Progress,
@@ -28,10 +39,15 @@ pub(crate) fn evaluate<B: Backend>(
             return Err(Cancelled);
         }
         let features = inputs.features(model, chunk, device);
-        let logits = model.fc.forward(features.clone());
         let [_, width] = features.dims();
-        let [logits, features] = [logits, features].map(|t| t.into_data().convert::<f32>().to_vec::<f32>().expect("float data"));
-        for ((&index, logits), features) in chunk.iter().zip(logits.chunks(NUM_CLASSES)).zip(features.chunks(width)) {
+        let host = |t: Tensor<B, 2>| t.into_data().convert::<f32>().to_vec::<f32>().expect("float data");
+        let logits = host(model.fc.forward(features.clone()));
+        let features = match kept {
+            Kept::Logits => Vec::new(),
+            Kept::LogitsAndFeatures => host(features),
+        };
+        for (row, (&index, logits)) in chunk.iter().zip(logits.chunks(NUM_CLASSES)).enumerate() {
+            let features = features.get(row * width..(row + 1) * width).unwrap_or_default();
             evaluation.record(index, images.split.label(index), logits, features);
         }
         let done = (n * EVAL_BATCH + chunk.len()) as u64;

@@ -1,5 +1,6 @@
 //! What one pass over a set of images measured, and the report forms made from it.
 
+use burn::prelude::{Backend, Tensor, TensorData};
 use unlearn_shared::api::{AccLoss, EvalReport, ForgetRetain, ModelReport};
 use unlearn_shared::cifar::NUM_CLASSES;
 
@@ -40,8 +41,9 @@ impl Outputs {
         self.features.len().checked_div(self.len()).unwrap_or(0)
     }
 
-    fn logits(&self, row: usize) -> &[f32] {
-        &self.logits[row * NUM_CLASSES..(row + 1) * NUM_CLASSES]
+    /// `[images, width]` of the features, on `device`.
+    pub(crate) fn features_tensor<B: Backend>(&self, device: &B::Device) -> Tensor<B, 2> {
+        Tensor::from_data(TensorData::new(self.features.clone(), [self.len(), self.width()]), device)
     }
 }
 
@@ -82,18 +84,26 @@ impl Evaluation {
         self.outputs.features.extend_from_slice(features);
     }
 
-    /// The same images as a model that never predicts `class` sees them: the forget class's
-    /// logit set to minus infinity, everything else as it was.
-    pub(crate) fn masked(&self, class: usize) -> Self {
-        let outputs = &self.outputs;
-        let width = outputs.width();
-        let mut masked = Self::default();
-        for row in 0..outputs.len() {
-            let mut logits = outputs.logits(row).to_vec();
-            logits[class] = f32::NEG_INFINITY;
-            masked.record(outputs.indices[row], outputs.labels[row], &logits, &outputs.features[row * width..(row + 1) * width]);
+    /// `outputs`' images as other logits (`[images, NUM_CLASSES]`, row-major) classify them;
+    /// no features are kept.
+    pub(crate) fn of_logits(outputs: &Outputs, logits: &[f32]) -> Self {
+        assert_eq!(logits.len(), outputs.len() * NUM_CLASSES, "one row of logits per image");
+        let mut evaluation = Self::default();
+        for ((&index, &label), logits) in outputs.indices.iter().zip(&outputs.labels).zip(logits.chunks(NUM_CLASSES)) {
+            evaluation.record(index, label, logits, &[]);
         }
-        masked
+        evaluation
+    }
+
+    /// The same images as a model that never predicts `class` sees them: the forget class's
+    /// logit set to minus infinity, everything else as it was. No features are kept: the
+    /// mask's are the model's own.
+    pub(crate) fn masked(&self, class: usize) -> Self {
+        let mut logits = self.outputs.logits.clone();
+        for row in logits.chunks_mut(NUM_CLASSES) {
+            row[class] = f32::NEG_INFINITY;
+        }
+        Self::of_logits(&self.outputs, &logits)
     }
 
     /// One image's verdict: its true and predicted class, its NLL and entropy.
@@ -236,6 +246,7 @@ mod tests {
         assert_eq!((split.forget.accuracy, split.forget.loss), (0.0, f64::INFINITY), "the class cannot be predicted");
         assert_eq!(split.retain.accuracy, 100.0);
         assert!(masked.entropies(|_| true).iter().all(|e| e.is_finite() && *e >= 0.0), "no share for the masked class");
+        assert_eq!((masked.outputs.len(), masked.outputs.features.len()), (3, 0), "every image, and no features");
         let unmasked = eval.forget_retain(3);
         assert_eq!((unmasked.forget.accuracy, unmasked.retain.accuracy), (100.0, 50.0));
     }

@@ -140,7 +140,7 @@ mod tests {
 
     use super::*;
     use crate::engine::device::CpuBackend;
-    use crate::engine::evaluate::evaluate;
+    use crate::engine::evaluate::{evaluate, Kept};
     use crate::engine::evaluation::Evaluation;
     use crate::engine::progress::Silent;
     use crate::engine::ssd::importance;
@@ -181,8 +181,8 @@ mod tests {
         }
 
         let test_pixels = Images { split: &data.test, indices: test };
-        let a = evaluate(&inner, test_pixels, "pixels", &device, &mut Silent).unwrap();
-        let b = evaluate(&inner, Featured { images: test_pixels, features: &test_features }, "features", &device, &mut Silent).unwrap();
+        let a = evaluate(&inner, test_pixels, Kept::Logits, "pixels", &device, &mut Silent).unwrap();
+        let b = evaluate(&inner, Featured { images: test_pixels, features: &test_features }, Kept::Logits, "features", &device, &mut Silent).unwrap();
         assert_eq!(a.confusion, b.confusion, "every prediction is the same");
         let entropies = |e: &Evaluation| e.entropies(|_| true).iter().map(|&x| x as f32).collect::<Vec<_>>();
         let losses = |e: &Evaluation| e.loss_sum.iter().map(|&x| x as f32).collect::<Vec<_>>();

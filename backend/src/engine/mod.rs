@@ -13,6 +13,7 @@ pub(crate) mod membership;
 pub(crate) mod optim;
 pub(crate) mod probe;
 pub(crate) mod progress;
+pub(crate) mod relearn;
 pub(crate) mod scope;
 pub(crate) mod ssd;
 pub(crate) mod train;

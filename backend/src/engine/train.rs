@@ -13,7 +13,7 @@ use unlearn_shared::model::weights::{self, export, StateDict};
 use unlearn_shared::model::{NormStats, ResNetConfig};
 
 use super::batch::augmented_batch;
-use super::evaluate::evaluate;
+use super::evaluate::{evaluate, Kept};
 use super::optim::Sgd;
 use super::progress::{Cancelled, PhaseTimer, Progress, Step, FORWARD, FORWARD_AND_BACKWARD};
 use super::{sample, Images};
@@ -126,7 +126,8 @@ pub(crate) fn train<B: AutodiffBackend>(
         let train_seconds = timer.elapsed_s();
 
         let inference = model.valid();
-        let evaluation = evaluate(&inference, Images { split: &data.test, indices: &test_indices }, &epoch_test_phase(epoch, recipe), device, progress)?;
+        let evaluation =
+            evaluate(&inference, Images { split: &data.test, indices: &test_indices }, Kept::Logits, &epoch_test_phase(epoch, recipe), device, progress)?;
         let overall = evaluation.overall();
         log.push(EpochLog {
             epoch,

@@ -1,5 +1,6 @@
 //! Forgetting one class of a trained model with SSD, and measuring what changed.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
@@ -9,20 +10,21 @@ use burn::tensor::backend::AutodiffBackend;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use unlearn_shared::api::{
-    Alpha, ClassId, EntropyCounts, EntropyHistograms, Layers, LogitMaskReport, Membership, ModelReport, ProbeReport, RetrainedReport, SetOrder, SsdSettings,
-    Subsample, Timings, UnlearnReport, MAX_STILL_RECOGNISED,
+    Alpha, ClassId, EntropyCounts, EntropyHistograms, Layers, LogitMaskReport, Membership, ModelReport, ProbeReport, Relearned, Relearning, RetrainedReport,
+    SetOrder, SsdSettings, Subsample, Timings, UnlearnReport, MAX_STILL_RECOGNISED,
 };
 use unlearn_shared::model::weights::{self, StateDict, WeightsError};
 use unlearn_shared::model::ResNet;
 
 use super::calibrate::{self, calibrate, CalibrationConfig};
 use super::device::Device;
-use super::evaluate::evaluate;
+use super::evaluate::{evaluate, Kept};
 use super::evaluation::{model_report, Evaluation};
 use super::features::{Featured, Features, CLASSIFIER_ONLY};
 use super::membership::{entropy_edges, entropy_histogram, MembershipAttack, ENTROPY_BINS};
 use super::probe::{linear_probe, PROBE_STEPS, STEP_COST_PER_IMAGE};
 use super::progress::{one_unit, Cancelled, Progress, Step, FORWARD, FORWARD_AND_BACKWARD};
+use super::relearn::{self, relearn};
 use super::ssd::{dampen, importance, Importance, Importances};
 use super::{sample, Images, Inputs};
 use crate::storage::dataset::Cifar10;
@@ -140,13 +142,14 @@ const BASE: &str = "base model";
 const UNLEARNED: &str = "unlearned model";
 const RETRAINED: &str = "retrained model";
 
-/// The phases of evaluating `model` on the three sets every report reads, and of fitting the
-/// linear probe on its features.
+/// The phases of evaluating `model` on the three sets every report reads, of fitting the
+/// linear probe on its features and of the relearning attack.
 struct EvaluationPhases {
     test: String,
     train: String,
     forget_sample: String,
     probe: String,
+    relearn: String,
 }
 
 impl EvaluationPhases {
@@ -156,6 +159,7 @@ impl EvaluationPhases {
             train: format!("evaluate {model}: training subset"),
             forget_sample: format!("evaluate {model}: forget sample"),
             probe: format!("linear probe on the {model}'s features"),
+            relearn: format!("relearning attack on the {model}"),
         }
     }
 }
@@ -170,28 +174,25 @@ pub(crate) enum UnlearnError {
     Cache(#[from] CacheError),
 }
 
-/// One model on the sets every report reads.
-struct Measured {
-    test: Evaluation,
-    train: Evaluation,
+/// One model on the sets every report reads; the base model's are borrowed, being the same
+/// for every class.
+struct Measured<'e> {
+    /// With features, where the probe or the relearning attack reads them.
+    test: Cow<'e, Evaluation>,
+    train: Cow<'e, Evaluation>,
     /// The forget sample: images of the forget class from its training set.
-    forget_sample: Evaluation,
+    forget_sample: Cow<'e, Evaluation>,
 }
 
-impl Measured {
+impl Measured<'_> {
     fn report(&self, class: usize) -> ModelReport {
         model_report(&self.test, &self.train, class)
     }
 
     /// The same model never predicting `class`: the logit mask.
-    fn masked(&self, class: usize) -> Self {
-        Self { test: self.test.masked(class), train: self.train.masked(class), forget_sample: self.forget_sample.masked(class) }
-    }
-
-    /// A linear probe fitted on this model's features of the training subset, run on the
-    /// test set.
-    fn probe<B: Backend>(&self, phase: &str, device: &B::Device, progress: &mut dyn Progress) -> Result<Evaluation, Cancelled> {
-        linear_probe::<B>(&self.train.outputs, &self.test.outputs, phase, device, progress)
+    fn masked(&self, class: usize) -> Measured<'static> {
+        let masked = |evaluation: &Evaluation| Cow::Owned(evaluation.masked(class));
+        Measured { test: masked(&self.test), train: masked(&self.train), forget_sample: masked(&self.forget_sample) }
     }
 
     /// What the membership attack reads: the entropies of the members it is fitted on
@@ -214,9 +215,8 @@ impl Measured {
     }
 }
 
-/// The base model on the test and training subsets, and the linear probe on its features:
-/// the same for every class.
-#[derive(Clone)]
+/// The base model on the test and training subsets (with their features), and the linear
+/// probe on its features: the same for every class.
 struct BaseEvaluation {
     test: Evaluation,
     train: Evaluation,
@@ -246,7 +246,7 @@ pub(crate) struct Unlearner<'a, B: AutodiffBackend> {
     /// A training subset as large as the test subset, for the same metrics on seen images.
     train_indices: Vec<usize>,
     base_evaluation: Option<BaseEvaluation>,
-    /// The base model on each class's forget sample.
+    /// The base model on each class's forget sample, without features.
     base_forget_sample: HashMap<usize, Evaluation>,
     /// Models of the same recipe trained without a class, by that class, with their names.
     retrained: HashMap<usize, (String, ResNet<B::InnerBackend>)>,
@@ -342,27 +342,32 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
         let layers = settings.layers;
 
         let started = Instant::now();
-        let BaseEvaluation { test, train, probe: base_probe } = self.base_evaluation(route, progress)?.clone();
-        let before = Measured { test, train, forget_sample: self.base_forget_sample(class, &forget_sample, route, progress)? };
+        self.evaluate_base(class, &forget_sample, route, progress)?;
+        let base = self.base_evaluation.as_ref().expect("the base model was evaluated");
+        let before =
+            Measured { test: Cow::Borrowed(&base.test), train: Cow::Borrowed(&base.train), forget_sample: Cow::Borrowed(&self.base_forget_sample[&class]) };
         let phases = EvaluationPhases::of(UNLEARNED);
         let after = self.measure(&unlearned, &forget_sample, &phases, route, progress)?;
         let after_probe = match route {
             // Only `fc` changed: the features, and so the probe, are the base model's.
-            Route::Features => base_probe.clone(),
-            Route::Pixels => after.probe::<B::InnerBackend>(&phases.probe, &self.device.handle, progress)?,
+            Route::Features => base.probe.clone(),
+            Route::Pixels => self.probe(&after.test, &after.train, &phases.probe, progress)?,
         };
+        let relearned_before = self.relearn(&self.model.fc.valid(), &before, class, &EvaluationPhases::of(BASE).relearn, progress)?;
+        let relearned_after = self.relearn(&unlearned.fc, &after, class, &phases.relearn, progress)?;
         timings.evaluate_s = started.elapsed().as_secs_f64();
 
         let retrained = match self.retrained.get(&class) {
             Some((name, model)) => {
                 let phases = EvaluationPhases::of(RETRAINED);
                 let measured = self.measure(model, &forget_sample, &phases, Route::Pixels, progress)?;
-                let probe = measured.probe::<B::InnerBackend>(&phases.probe, &self.device.handle, progress)?;
+                let probe = self.probe(&measured.test, &measured.train, &phases.probe, progress)?;
                 Some(RetrainedReport {
                     model: name.clone(),
                     report: measured.report(class),
                     membership: measured.member_percent(class),
                     probe: Some(probe.forget_retain(class)),
+                    relearning: self.relearn(&model.fc, &measured, class, &phases.relearn, progress)?,
                 })
             }
             None => None,
@@ -370,7 +375,16 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
         let masked = before.masked(class);
         let logit_mask = LogitMaskReport { report: masked.report(class), membership: masked.member_percent(class) };
         let probe =
-            ProbeReport { train_images: before.train.outputs.len() as u64, before: base_probe.forget_retain(class), after: after_probe.forget_retain(class) };
+            ProbeReport { train_images: before.train.outputs.len() as u64, before: base.probe.forget_retain(class), after: after_probe.forget_retain(class) };
+        let relearning = (!relearned_before.is_empty()).then(|| Relearning {
+            train_images: before.train.outputs.len() as u64,
+            batch: relearn::BATCH as u32,
+            forget_per_batch: relearn::FORGET_PER_BATCH as u32,
+            learning_rate: relearn::LEARNING_RATE as f64,
+            momentum: relearn::MOMENTUM as f64,
+            before: relearned_before,
+            after: relearned_after,
+        });
         let entropy = EntropyHistograms { edges: entropy_edges(ENTROPY_BINS), before: before.entropy_counts(class), after: after.entropy_counts(class) };
         let membership =
             Membership { before: before.member_percent(class), after: after.member_percent(class), images: forget_sample.len(), entropy: Some(entropy) };
@@ -392,22 +406,30 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
             retrained,
             logit_mask: Some(logit_mask),
             probe: Some(probe),
+            relearning,
         };
         Ok((report, unlearned))
     }
 
-    /// The base model on the forget sample of `class`, evaluated once per class.
-    fn base_forget_sample(&mut self, class: usize, forget_sample: &[usize], route: Route, progress: &mut dyn Progress) -> Result<Evaluation, Cancelled> {
-        if let Some(evaluation) = self.base_forget_sample.get(&class) {
-            return Ok(evaluation.clone());
+    /// Evaluates the base model where it has not been: on the test and training subsets (and
+    /// the probe on its features) once, on the forget sample of `class` once per class.
+    fn evaluate_base(&mut self, class: usize, forget_sample: &[usize], route: Route, progress: &mut dyn Progress) -> Result<(), Cancelled> {
+        let phases = EvaluationPhases::of(BASE);
+        if self.base_evaluation.is_none() {
+            let model = self.model.valid();
+            let (test, train) = self.evaluate_both(&model, &phases, route, progress)?;
+            let probe = self.probe(&test, &train, &phases.probe, progress)?;
+            self.base_evaluation = Some(BaseEvaluation { test, train, probe });
         }
-        let inputs = self.train_inputs(route, forget_sample);
-        let evaluation = evaluate(&self.model.valid(), inputs, &EvaluationPhases::of(BASE).forget_sample, &self.device.handle, progress)?;
-        self.base_forget_sample.insert(class, evaluation.clone());
-        Ok(evaluation)
+        if !self.base_forget_sample.contains_key(&class) {
+            let inputs = self.train_inputs(route, forget_sample);
+            let evaluation = evaluate(&self.model.valid(), inputs, Kept::Logits, &phases.forget_sample, &self.device.handle, progress)?;
+            self.base_forget_sample.insert(class, evaluation);
+        }
+        Ok(())
     }
 
-    /// On the test subset, the training subset and the forget sample.
+    /// On the test subset and the training subset (with features), and on the forget sample.
     fn measure(
         &self,
         model: &ResNet<B::InnerBackend>,
@@ -415,10 +437,30 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
         phases: &EvaluationPhases,
         route: Route,
         progress: &mut dyn Progress,
-    ) -> Result<Measured, Cancelled> {
+    ) -> Result<Measured<'static>, Cancelled> {
         let (test, train) = self.evaluate_both(model, phases, route, progress)?;
-        let forget_sample = evaluate(model, self.train_inputs(route, forget_sample), &phases.forget_sample, &self.device.handle, progress)?;
-        Ok(Measured { test, train, forget_sample })
+        let forget_sample = evaluate(model, self.train_inputs(route, forget_sample), Kept::Logits, &phases.forget_sample, &self.device.handle, progress)?;
+        Ok(Measured { test: Cow::Owned(test), train: Cow::Owned(train), forget_sample: Cow::Owned(forget_sample) })
+    }
+
+    /// A linear probe fitted on a model's features of the training subset (`train`), run on
+    /// its features of the test set.
+    fn probe(&self, test: &Evaluation, train: &Evaluation, phase: &str, progress: &mut dyn Progress) -> Result<Evaluation, Cancelled> {
+        linear_probe::<B::InnerBackend>(&train.outputs, &test.outputs, phase, &self.device.handle, progress)
+    }
+
+    /// The relearning attack on the model whose output layer is `fc` and whose features
+    /// `measured` holds.
+    fn relearn(
+        &self,
+        fc: &burn::nn::Linear<B::InnerBackend>,
+        measured: &Measured,
+        class: usize,
+        phase: &str,
+        progress: &mut dyn Progress,
+    ) -> Result<Vec<Relearned>, Cancelled> {
+        let relearned = relearn(fc, &measured.train.outputs, &measured.test.outputs, class, phase, &self.device.handle, progress)?;
+        Ok(relearned.into_iter().map(|(steps, evaluation)| Relearned { steps: steps as u32, split: evaluation.forget_retain(class) }).collect())
     }
 
     /// On the test subset and on the training subset.
@@ -431,21 +473,9 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
     ) -> Result<(Evaluation, Evaluation), Cancelled> {
         let device = &self.device.handle;
         Ok((
-            evaluate(model, self.test_inputs(route), &phases.test, device, progress)?,
-            evaluate(model, self.train_inputs(route, &self.train_indices), &phases.train, device, progress)?,
+            evaluate(model, self.test_inputs(route), Kept::LogitsAndFeatures, &phases.test, device, progress)?,
+            evaluate(model, self.train_inputs(route, &self.train_indices), Kept::LogitsAndFeatures, &phases.train, device, progress)?,
         ))
-    }
-
-    /// The base model on the test and training subsets and its probe, evaluated once (on
-    /// either route: they differ by rounding).
-    fn base_evaluation(&mut self, route: Route, progress: &mut dyn Progress) -> Result<&BaseEvaluation, Cancelled> {
-        if self.base_evaluation.is_none() {
-            let phases = EvaluationPhases::of(BASE);
-            let (test, train) = self.evaluate_both(&self.model.valid(), &phases, route, progress)?;
-            let probe = linear_probe::<B::InnerBackend>(&train.outputs, &test.outputs, &phases.probe, &self.device.handle, progress)?;
-            self.base_evaluation = Some(BaseEvaluation { test, train, probe });
-        }
-        Ok(self.base_evaluation.as_ref().expect("just computed"))
     }
 
     /// Training images at `indices` on `route`; on the features route they must have them.
@@ -515,6 +545,7 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
                     .map(|(phase, images)| Step::new(phase, images, cost))
             };
             let probe = |model: &str| Step::new(EvaluationPhases::of(model).probe, PROBE_STEPS, STEP_COST_PER_IMAGE * self.train_indices.len() as f64);
+            let relearning = |model: &str| relearn::plan(EvaluationPhases::of(model).relearn, self.test_indices.len());
             let mut phases = Vec::new();
             if route == Route::Features {
                 let [train, test] = &mut features;
@@ -545,9 +576,10 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
             if route == Route::Pixels {
                 phases.push(probe(UNLEARNED));
             }
+            phases.extend([relearning(BASE), relearning(UNLEARNED)]);
             if self.retrained.contains_key(&class.index()) {
                 phases.extend(evaluation(RETRAINED, FORWARD));
-                phases.push(probe(RETRAINED));
+                phases.extend([probe(RETRAINED), relearning(RETRAINED)]);
             }
             steps.extend(phases.into_iter().map(|step| Step { phase: name(class, &step.phase), ..step }));
         }

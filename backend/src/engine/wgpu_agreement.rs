@@ -16,7 +16,7 @@ use unlearn_shared::model::{NormStats, ResNet};
 
 use super::batch::batch;
 use super::device::{self, Device, DeviceChoice, Workload};
-use super::evaluate::evaluate;
+use super::evaluate::{evaluate, Kept};
 use super::progress::Silent;
 use super::ssd::{dampen, importance, Importances};
 use super::train::{train, Resumed, Start};
@@ -131,7 +131,8 @@ impl Workload for Probe {
         };
         let inference = model.valid();
         let test = sample((0..data.test.len()).collect(), Some(200), 0);
-        let overall = evaluate(&inference, Images { split: &data.test, indices: &test }, "evaluate", handle, &mut Silent).expect("not cancelled").overall();
+        let overall =
+            evaluate(&inference, Images { split: &data.test, indices: &test }, Kept::Logits, "evaluate", handle, &mut Silent).expect("not cancelled").overall();
 
         let forget = &data.train.indices_of(FORGET_CLASS)[..32];
         let full = sample((0..data.train.len()).collect(), Some(64), 0);

@@ -296,15 +296,16 @@ fn reusable(connection: &Connection, request_key: &str) -> Result<Option<(RunId,
 }
 
 /// `outcome`, or a failure in its place if its result would not read back: JSON has no NaN
-/// or infinity (serde writes them as null, which does not read back as a number). A
-/// cancelled run stays cancelled and loses only what it kept.
+/// (serde writes it as null, which does not read back as a number). An infinite loss, such
+/// as the logit mask's on its class, is written as "Infinity" and kept. A cancelled run stays
+/// cancelled and loses only what it kept.
 fn readable(outcome: Outcome) -> Outcome {
     let Some(result) = &outcome.result else { return outcome };
     let text = serde_json::to_string(result).expect("results serialise");
     let Err(error) = serde_json::from_str::<RunResult>(&text) else { return outcome };
     let why = format!(
-        "the result holds an undefined number (NaN or infinity: {error}), such as the accuracy of a class that has no image in \
-         a small subset, or the loss of a model whose outputs overflow; use larger subsets, or check the model"
+        "the result holds an undefined number (NaN: {error}), such as the accuracy of a class that has no image in a small \
+         subset, or the loss of a model whose outputs are not numbers; use larger subsets, or check the model"
     );
     match outcome.status {
         RunStatus::Cancelled => {

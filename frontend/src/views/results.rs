@@ -3,8 +3,8 @@
 
 use leptos::prelude::*;
 use unlearn_shared::api::{
-    run_csv, run_markdown, settings_line, table_rows, Run, RunId, RunResult, RunStatus, UnlearnReport, LINEAR_PROBE, LOGIT_MASK, PROBE_COLUMN, TABLE_HEADER,
-    UNLEARNING_TIME,
+    relearning_protocol, run_csv, run_markdown, settings_line, table_rows, AccLoss, Relearned, Run, RunId, RunResult, RunStatus, UnlearnReport, LINEAR_PROBE,
+    LOGIT_MASK, PROBE_COLUMN, RELEARNING, RELEARN_COLUMN, TABLE_HEADER, UNLEARNING_TIME,
 };
 use unlearn_shared::cifar::CLASSES;
 
@@ -26,13 +26,14 @@ pub fn SeedTable(run: RunId, reports: Vec<UnlearnReport>) -> impl IntoView {
                     view! { <td>{text}{detail}</td> }.into_any()
                 }
             });
-            view! { <tr class=row.label class:collapsed=row.collapsed()>{cells.collect_view()}</tr> }
+            view! { <tr class=row.css_class() class:collapsed=row.collapsed()>{cells.collect_view()}</tr> }
         })
         .collect_view();
     let header = TABLE_HEADER.map(|name| {
         let title = match name {
             "Unlearning time (s)" => Some(UNLEARNING_TIME),
             PROBE_COLUMN => Some(LINEAR_PROBE),
+            RELEARN_COLUMN => Some(RELEARNING),
             _ => None,
         };
         view! { <th scope="col" title=title>{name}</th> }
@@ -178,22 +179,29 @@ fn Membership(report: UnlearnReport) -> impl IntoView {
     }
 }
 
-/// Whether the run forgot the class or hid it: the logit mask's row and the linear probe,
-/// read for the user.
+/// Whether the run forgot the class or hid it: the logit mask's row, the linear probe and the
+/// relearning attack, read for the user.
 #[component]
 fn ForgettingOrHiding(report: UnlearnReport) -> impl IntoView {
     let class = CLASSES[report.forget_class];
     let mask = report.logit_mask.as_ref().map(|_| format!("The logit mask row is {LOGIT_MASK}: what hiding {class} at the output achieves."));
     let probe = report.probe.map(|p| {
         let (before, after) = (p.before.forget, p.after.forget);
-        let verdict = match (before.interval95(), after.interval95()) {
-            (Some((low, _)), Some((_, high))) if high < low => {
-                format!("The probe finds less of {class} in the unlearned model's features: the unlearning reached past the output layer.")
-            }
-            _ => format!(
+        let own = report.after.test.split.forget;
+        let verdict = if clearly_below(&after, &before) {
+            format!("The probe finds less of {class} in the unlearned model's features: the unlearning reached past the output layer.")
+        } else if clearly_below(&own, &report.before.test.split.forget) {
+            let like_the_mask = if report.logit_mask.is_some() { ", as the logit mask does," } else { "" };
+            format!(
                 "The probe finds {class} in the unlearned model's features as well as in the original's: this unlearning hides the class at the \
-                 output, as the logit mask does, and the features still carry it."
-            ),
+                 output{like_the_mask} and the features still carry it."
+            )
+        } else {
+            format!(
+                "The unlearned model itself still recognises {:.1} % of them, and the probe finds {class} in its features as well as in the \
+                 original's: little of the class was removed.",
+                own.accuracy
+            )
         };
         format!(
             "Linear probe ({} training images): {LINEAR_PROBE}. It recognises {:.1} % of {} {class} test images from the original's features \
@@ -201,14 +209,36 @@ fn ForgettingOrHiding(report: UnlearnReport) -> impl IntoView {
             p.train_images, before.accuracy, before.images, after.accuracy
         )
     });
-    (mask.is_some() || probe.is_some()).then(|| {
+    let relearning = report.relearning.as_ref().and_then(|r| {
+        let (before, after) = (r.before.last()?, r.after.last()?);
+        let curve = |points: &[Relearned]| points.iter().map(|p| format!("{:.1}", p.split.forget.accuracy)).collect::<Vec<_>>().join(" → ");
+        let steps = r.after.iter().map(|p| p.steps.to_string()).collect::<Vec<_>>().join(", ");
+        let verdict = if clearly_below(&after.split.forget, &before.split.forget) {
+            format!("{class} stays below the original's level: fine-tuning the output layer does not bring it all back.")
+        } else {
+            format!("{class} comes back to the original's level: the knowledge was hidden, not removed.")
+        };
+        Some(format!(
+            "Relearning attack: {RELEARNING}. Protocol: {}. Forget-class test accuracy after {steps} steps: unlearned model {} %; original {} %. {verdict}",
+            relearning_protocol(r),
+            curve(&r.after),
+            curve(&r.before)
+        ))
+    });
+    (mask.is_some() || probe.is_some() || relearning.is_some()).then(|| {
         view! {
             <div class="depth">
                 {mask.map(|text| view! { <p class="meta">{text}</p> })}
                 {probe.map(|text| view! { <p class="meta probe-verdict">{text}</p> })}
+                {relearning.map(|text| view! { <p class="meta relearning-verdict">{text}</p> })}
             </div>
         }
     })
+}
+
+/// Whether `a`'s accuracy is below `b`'s beyond chance: their 95 % intervals do not overlap.
+fn clearly_below(a: &AccLoss, b: &AccLoss) -> bool {
+    matches!((a.interval95(), b.interval95()), (Some((_, high)), Some((low, _))) if high < low)
 }
 
 /// Test images of the forget class the unlearned model still calls by their class.
@@ -358,7 +388,7 @@ pub fn Results() -> impl IntoView {
 mod tests {
     use super::*;
     use unlearn_shared::api::{
-        AccLoss, DampenStats, EvalReport, ForgetRetain, Layers, LogitMaskReport, Membership as Attack, ModelReport, ProbeReport, SsdSettings, Subsample,
+        DampenStats, EvalReport, ForgetRetain, Layers, LogitMaskReport, Membership as Attack, ModelReport, ProbeReport, Relearning, SsdSettings, Subsample,
         Timings,
     };
     use wasm_bindgen::JsCast;
@@ -394,6 +424,7 @@ mod tests {
             retrained: None,
             logit_mask: None,
             probe: None,
+            relearning: None,
         }
     }
 
@@ -451,16 +482,54 @@ mod tests {
             ..report(79.0)
         };
         let (host, _mounted) = mounted(hidden.clone());
-        let row = host.query_selector("tr.mask").unwrap().expect("the logit mask's row").text_content().unwrap();
+        let row = host.query_selector("tr.logit-mask").unwrap().expect("the logit mask's row").text_content().unwrap();
         assert!(row.starts_with("logit mask") && row.contains("0.00 (∞)") && row.contains("70.0"), "{row}");
         let header = host.query_selector(".seed-table thead").unwrap().unwrap().inner_html();
         assert!(header.contains("Linear probe: forget class acc") && header.contains("penultimate features"), "a column with its meaning: {header}");
+        assert!(header.contains("Relearned: forget class acc") && header.contains("fine-tuned"), "{header}");
         let verdict = host.query_selector(".probe-verdict").unwrap().expect("the probe's reading").text_content().unwrap();
         assert!(verdict.contains("90.0 % of 200 cat test images") && verdict.contains("88.0 %") && verdict.contains("hides the class"), "{verdict}");
+        assert!(verdict.contains("as the logit mask does"), "{verdict}");
 
-        let forgotten = UnlearnReport { probe: Some(ProbeReport { train_images: 2000, before: probe(90.0), after: probe(20.0) }), ..hidden };
+        let forgotten = UnlearnReport { probe: Some(ProbeReport { train_images: 2000, before: probe(90.0), after: probe(20.0) }), ..hidden.clone() };
         let (host, _mounted) = mounted(forgotten);
         let verdict = host.query_selector(".probe-verdict").unwrap().unwrap().text_content().unwrap();
         assert!(verdict.contains("reached past the output layer"), "{verdict}");
+
+        // A model that still calls most of the class by its name hides nothing.
+        let mut kept = hidden.clone();
+        kept.after.test.split.forget.accuracy = 80.0;
+        kept.logit_mask = None;
+        let (host, _mounted) = mounted(kept);
+        let verdict = host.query_selector(".probe-verdict").unwrap().unwrap().text_content().unwrap();
+        assert!(verdict.contains("still recognises 80.0 %") && !verdict.contains("hides"), "{verdict}");
+    }
+
+    #[wasm_bindgen_test]
+    fn the_relearning_attack_says_whether_the_class_came_back() {
+        let split =
+            |forget| ForgetRetain { forget: AccLoss { accuracy: forget, loss: 0.5, images: 200 }, retain: AccLoss { accuracy: 85.0, loss: 0.5, images: 1800 } };
+        let curve = |points: &[(u32, f64)]| points.iter().map(|&(steps, forget)| Relearned { steps, split: split(forget) }).collect::<Vec<_>>();
+        let relearning = |after_end| Relearning {
+            train_images: 2000,
+            batch: 128,
+            forget_per_batch: 32,
+            learning_rate: 0.01,
+            momentum: 0.9,
+            before: curve(&[(0, 90.0), (50, 91.0)]),
+            after: curve(&[(0, 2.0), (50, after_end)]),
+        };
+        let came_back = UnlearnReport { relearning: Some(relearning(89.5)), ..report(79.0) };
+        let (host, _mounted) = mounted(came_back.clone());
+        let row = host.query_selector("tr.SSD").unwrap().unwrap().text_content().unwrap();
+        assert!(row.contains("89.50"), "the column holds the last step's figure: {row}");
+        let text = host.query_selector(".relearning-verdict").unwrap().expect("the relearning reading").text_content().unwrap();
+        assert!(text.contains("after 0, 50 steps: unlearned model 2.0 → 89.5 %; original 90.0 → 91.0 %"), "{text}");
+        assert!(text.contains("50 steps of SGD") && text.contains("hidden, not removed"), "{text}");
+
+        let stayed = UnlearnReport { relearning: Some(relearning(30.0)), ..came_back };
+        let (host, _mounted) = mounted(stayed);
+        let text = host.query_selector(".relearning-verdict").unwrap().unwrap().text_content().unwrap();
+        assert!(text.contains("stays below the original's level"), "{text}");
     }
 }

@@ -219,6 +219,9 @@ pub struct UnlearnReport {
     /// What a fresh linear classifier reads from each model's penultimate features.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe: Option<ProbeReport>,
+    /// How fast fine-tuning brings the forget class back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relearning: Option<Relearning>,
 }
 
 /// The base model with the forget class's logit at minus infinity: no training, no
@@ -247,6 +250,37 @@ pub struct ProbeReport {
     pub after: ForgetRetain,
 }
 
+/// The relearning attack: a copy of a model's output layer fine-tuned on that model's own
+/// penultimate features of the training subset, with the forget class mixed into every batch,
+/// and the test set classified after each number of steps. Knowledge hidden at the output
+/// comes back in a handful of steps; knowledge the features no longer carry comes back slowly.
+/// The logit mask is a rule, not weights, so it has no such curve: lifted, it is the
+/// original's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct Relearning {
+    /// Training images the batches were drawn from, with replacement.
+    pub train_images: u64,
+    /// Images per step, and of them of the forget class.
+    pub batch: u32,
+    pub forget_per_batch: u32,
+    /// Plain SGD with momentum, no weight decay.
+    pub learning_rate: f64,
+    pub momentum: f64,
+    /// The original model under the same fine-tuning.
+    pub before: Vec<Relearned>,
+    /// The unlearned model.
+    pub after: Vec<Relearned>,
+}
+
+/// A model's test accuracy after `steps` fine-tuning steps.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct Relearned {
+    pub steps: u32,
+    pub split: ForgetRetain,
+}
+
 /// A model retrained from scratch without the forget class, on the same sets.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
@@ -258,6 +292,9 @@ pub struct RetrainedReport {
     /// The linear probe on its features (see [`ProbeReport`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe: Option<ForgetRetain>,
+    /// The relearning attack on it (see [`Relearning`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub relearning: Vec<Relearned>,
 }
 
 /// The most `UnlearnReport::still_recognised` lists.

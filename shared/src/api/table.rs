@@ -1,15 +1,15 @@
 //! The seed card's results table, for the page, the Markdown export and the CSV download:
 //! every percentage with the images it rests on and a 95 % Wilson interval.
 
-use super::report::{AccLoss, EvalReport, ForgetRetain, UnlearnReport};
+use super::report::{AccLoss, EvalReport, ForgetRetain, Relearned, Relearning, UnlearnReport};
 use super::run::RunId;
 use crate::cifar::CLASSES;
 
 /// The seed card's columns (`Model | Forget class | Forget class acc (loss) | Retain class
 /// acc (loss)`), then the test images each split rests on, the alpha used, the membership
-/// attack's verdict on the forget set's training images, the linear probe's accuracy on the
-/// forget class, and the seconds unlearning took.
-pub const TABLE_HEADER: [&str; 9] = [
+/// attack's verdict on the forget set's training images, the linear probe's and the
+/// relearning attack's accuracy on the forget class, and the seconds unlearning took.
+pub const TABLE_HEADER: [&str; 10] = [
     "Model",
     "Forget class",
     "Forget class acc (loss)",
@@ -18,8 +18,26 @@ pub const TABLE_HEADER: [&str; 9] = [
     "α",
     "MIA (% members)",
     PROBE_COLUMN,
+    RELEARN_COLUMN,
     "Unlearning time (s)",
 ];
+
+/// The relearning attack's column.
+pub const RELEARN_COLUMN: &str = "Relearned: forget class acc";
+
+/// What the relearning attack's column means, for its tooltip and the exports.
+pub const RELEARNING: &str = "the model's output layer fine-tuned on its own penultimate features of the training subset, with the forget class \
+     mixed into every batch, then run on the test set after the last step: knowledge hidden at the output comes back within a few steps. The logit \
+     mask is a rule, not weights, and has no such figure";
+
+/// How a report's relearning attack was run, in words.
+pub fn relearning_protocol(relearning: &Relearning) -> String {
+    let steps = relearning.after.last().map_or(0, |last| last.steps);
+    format!(
+        "{steps} steps of SGD (learning rate {}, momentum {}) on batches of {} images, {} of them of the forget class, drawn from {} training images",
+        relearning.learning_rate, relearning.momentum, relearning.batch, relearning.forget_per_batch, relearning.train_images
+    )
+}
 
 /// The linear probe's column.
 pub const PROBE_COLUMN: &str = "Linear probe: forget class acc";
@@ -96,6 +114,8 @@ pub struct TableRow<'a> {
     pub member_percent: f64,
     /// The linear probe on this model's features, where it was run.
     pub probe: Option<&'a ForgetRetain>,
+    /// The relearning attack's last step on this model, where it was run.
+    pub relearned: Option<&'a Relearned>,
     pub seconds: Option<f64>,
 }
 
@@ -105,8 +125,16 @@ impl TableRow<'_> {
         self.label == "SSD" && self.report.collapsed()
     }
 
+    /// The row's class for a style sheet: its label, in one word.
+    pub fn css_class(&self) -> &'static str {
+        match self.label {
+            "logit mask" => "logit-mask",
+            label => label,
+        }
+    }
+
     /// The row as the table shows it, under [`TABLE_HEADER`].
-    pub fn cells(&self) -> [Cell; 9] {
+    pub fn cells(&self) -> [Cell; 10] {
         let or_dash = |value: Option<String>| Cell::plain(value.unwrap_or_else(|| "–".into()));
         let split = &self.eval.split;
         let collapse = self.collapsed().then(|| format!("collapsed: retain −{:.1} points", self.report.retain_drop()));
@@ -119,6 +147,7 @@ impl TableRow<'_> {
             or_dash(self.alpha.map(|a| format!("{a:.3}"))),
             Cell::plain(format!("{:.1}", self.member_percent)),
             self.probe.map_or_else(|| or_dash(None), |probe| Cell::accuracy(&probe.forget)),
+            self.relearned.map_or_else(|| or_dash(None), |relearned| Cell::accuracy(&relearned.split.forget)),
             or_dash(self.seconds.map(|s| format!("{s:.1}"))),
         ]
     }
@@ -129,13 +158,26 @@ impl TableRow<'_> {
 pub fn table_rows(reports: &[UnlearnReport]) -> impl Iterator<Item = TableRow<'_>> {
     reports.iter().flat_map(|report| {
         let class = CLASSES[report.forget_class];
-        let row = |label, eval, alpha, member_percent, probe, seconds| TableRow { label, class, report, eval, alpha, member_percent, probe, seconds };
+        let row = |label, eval, alpha, member_percent, (probe, relearned), seconds| TableRow {
+            label,
+            class,
+            report,
+            eval,
+            alpha,
+            member_percent,
+            probe,
+            relearned,
+            seconds,
+        };
         let probe = report.probe.as_ref();
-        let mask = report.logit_mask.as_ref().map(|m| row("logit mask", &m.report.test, None, m.membership, probe.map(|p| &p.before), None));
-        let retrained = report.retrained.as_ref().map(|r| row("retrained", &r.report.test, None, r.membership, r.probe.as_ref(), None));
+        let relearning = report.relearning.as_ref();
+        let mask = report.logit_mask.as_ref().map(|m| row("logit mask", &m.report.test, None, m.membership, (probe.map(|p| &p.before), None), None));
+        let retrained = report.retrained.as_ref().map(|r| row("retrained", &r.report.test, None, r.membership, (r.probe.as_ref(), r.relearning.last()), None));
+        let before = (probe.map(|p| &p.before), relearning.and_then(|r| r.before.last()));
+        let after = (probe.map(|p| &p.after), relearning.and_then(|r| r.after.last()));
         [
-            row("original", &report.before.test, None, report.membership.before, probe.map(|p| &p.before), None),
-            row("SSD", &report.after.test, Some(report.alpha), report.membership.after, probe.map(|p| &p.after), Some(report.timings.unlearn_s())),
+            row("original", &report.before.test, None, report.membership.before, before, None),
+            row("SSD", &report.after.test, Some(report.alpha), report.membership.after, after, Some(report.timings.unlearn_s())),
         ]
         .into_iter()
         .chain(mask)
@@ -189,7 +231,11 @@ pub fn run_markdown(run: RunId, reports: &[UnlearnReport]) -> String {
     }
     text.push_str(&format!("- Unlearning time: {UNLEARNING_TIME}.\n"));
     text.push_str(&format!("- Logit mask: {LOGIT_MASK}.\n"));
-    text.push_str(&format!("- Linear probe: {LINEAR_PROBE}.\n\n"));
+    text.push_str(&format!("- Linear probe: {LINEAR_PROBE}.\n"));
+    if let Some(relearning) = reports.iter().find_map(|report| report.relearning.as_ref()) {
+        text.push_str(&format!("- Relearning attack: {RELEARNING}. Protocol: {}.\n", relearning_protocol(relearning)));
+    }
+    text.push('\n');
     text + &seed_table_markdown(reports)
 }
 
@@ -202,7 +248,7 @@ pub fn run_csv(run: RunId, reports: &[UnlearnReport]) -> String {
         "run,model,device,row,forget_class,forget_accuracy,forget_ci_low,forget_ci_high,forget_loss,forget_images,\
          retain_accuracy,retain_ci_low,retain_ci_high,retain_loss,retain_images,collapsed,alpha_setting,alpha,lambda,layers,\
          importance_batch,full_order,dampened,parameters,mia_member_percent,mia_images,probe_forget_accuracy,probe_retain_accuracy,\
-         probe_train_images,unlearning_seconds,subsample_forget,subsample_full,subsample_test\n",
+         probe_train_images,relearned_steps,relearned_forget_accuracy,relearned_retain_accuracy,unlearning_seconds,subsample_forget,subsample_full,subsample_test\n",
     );
     for row in table_rows(reports) {
         let (forget, retain) = (&row.eval.split.forget, &row.eval.split.retain);
@@ -210,7 +256,7 @@ pub fn run_csv(run: RunId, reports: &[UnlearnReport]) -> String {
         let report = row.report;
         let s = &report.settings;
         table.push_str(&format!(
-            "{run},{},{},{},{},{:.2},{},{:.4},{},{:.2},{},{:.4},{},{},{},{},{},{},{},{},{},{},{:.1},{},{},{},{},{},{},{},{}\n",
+            "{run},{},{},{},{},{:.2},{},{:.4},{},{:.2},{},{:.4},{},{},{},{},{},{},{},{},{},{},{:.1},{},{},{},{},{},{},{},{},{},{},{}\n",
             csv_field(&report.model),
             csv_field(&report.device),
             row.label,
@@ -236,7 +282,10 @@ pub fn run_csv(run: RunId, reports: &[UnlearnReport]) -> String {
             report.membership.images,
             or_empty(row.probe.map(|p| (p.forget.accuracy * 100.0).round() / 100.0)),
             or_empty(row.probe.map(|p| (p.retain.accuracy * 100.0).round() / 100.0)),
-            report.probe.map(|p| p.train_images.to_string()).unwrap_or_default(),
+            row.probe.and(report.probe).map(|p| p.train_images.to_string()).unwrap_or_default(),
+            row.relearned.map(|r| r.steps.to_string()).unwrap_or_default(),
+            or_empty(row.relearned.map(|r| (r.split.forget.accuracy * 100.0).round() / 100.0)),
+            or_empty(row.relearned.map(|r| (r.split.retain.accuracy * 100.0).round() / 100.0)),
             or_empty(row.seconds.map(|s| (s * 10.0).round() / 10.0)),
             or_all(report.subsample.forget),
             or_all(report.subsample.full),
@@ -258,7 +307,9 @@ fn csv_field(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{DampenStats, Layers, LogitMaskReport, Membership, ModelReport, ProbeReport, RetrainedReport, SsdSettings, Subsample, Timings};
+    use crate::api::{
+        DampenStats, Layers, LogitMaskReport, Membership, ModelReport, ProbeReport, Relearned, Relearning, RetrainedReport, SsdSettings, Subsample, Timings,
+    };
 
     fn eval_report() -> EvalReport {
         let acc_loss = |accuracy, loss, images| AccLoss { accuracy, loss, images };
@@ -273,6 +324,8 @@ mod tests {
     #[test]
     fn table_has_a_row_per_model_and_class() {
         let model = ModelReport { test: eval_report(), train: eval_report() };
+        let probe =
+            |forget| ForgetRetain { forget: AccLoss { accuracy: forget, loss: 0.1, images: 1 }, retain: AccLoss { accuracy: 90.0, loss: 0.2, images: 1 } };
         let report = UnlearnReport {
             model: "m".into(),
             device: "cpu".into(),
@@ -291,11 +344,12 @@ mod tests {
             retrained: None,
             logit_mask: None,
             probe: None,
+            relearning: None,
         };
         let table = seed_table_markdown(std::slice::from_ref(&report));
         let one_image = "100.00 (0.5000) 95 % CI 20.7–100.0";
-        assert!(table.contains(&format!("| original | dog | {one_image} | 100.00 (0.2500) 95 % CI 20.7–100.0 | 1 / 1 | – | 90.0 | – | – |")), "{table}");
-        assert!(table.contains("| SSD | dog | 100.00 (0.5000) 95 % CI 20.7–100.0 |") && table.contains("| 10.000 | 10.0 | – | 2.5 |"), "{table}");
+        assert!(table.contains(&format!("| original | dog | {one_image} | 100.00 (0.2500) 95 % CI 20.7–100.0 | 1 / 1 | – | 90.0 | – | – | – |")), "{table}");
+        assert!(table.contains("| SSD | dog | 100.00 (0.5000) 95 % CI 20.7–100.0 |") && table.contains("| 10.000 | 10.0 | – | – | 2.5 |"), "{table}");
         assert_eq!(table.lines().count(), 4);
         let csv = run_csv(7, std::slice::from_ref(&report));
         let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
@@ -311,29 +365,41 @@ mod tests {
         assert!(markdown.contains("test images all") && markdown.contains("Unlearning time: forget-set importance"), "{markdown}");
 
         let retrained = UnlearnReport {
-            retrained: Some(RetrainedReport { model: "without-dog".into(), report: model.clone(), membership: 12.5, probe: None }),
+            retrained: Some(RetrainedReport { model: "without-dog".into(), report: model.clone(), membership: 12.5, probe: None, relearning: Vec::new() }),
+            probe: Some(ProbeReport { train_images: 2, before: probe(100.0), after: probe(0.0) }),
             ..report.clone()
         };
-        let table = seed_table_markdown(&[retrained]);
+        let table = seed_table_markdown(std::slice::from_ref(&retrained));
         assert_eq!(table.lines().count(), 5);
         assert!(table.lines().last().unwrap().starts_with("| retrained | dog | 100.00 (0.5000) 95 % CI"), "{table}");
+        let csv = run_csv(7, &[retrained]);
+        let retrained_row: Vec<&str> = csv.lines().nth(3).unwrap().split(',').collect();
+        let field = |name: &str| retrained_row[header.iter().position(|h| *h == name).unwrap()];
+        assert_eq!((field("row"), field("probe_forget_accuracy"), field("probe_train_images")), ("retrained", "", ""), "no probe, no probe figures");
 
         // The mask never predicts the class: its loss there is infinite, and the JSON keeps it.
         let mut masked = model.clone();
         masked.test.split.forget = AccLoss { accuracy: 0.0, loss: f64::INFINITY, images: 1 };
-        let probe =
-            |forget| ForgetRetain { forget: AccLoss { accuracy: forget, loss: 0.1, images: 1 }, retain: AccLoss { accuracy: 90.0, loss: 0.2, images: 1 } };
+        let curve = |end| vec![Relearned { steps: 0, split: probe(0.0) }, Relearned { steps: 50, split: probe(end) }];
+        let relearning =
+            Relearning { train_images: 2, batch: 128, forget_per_batch: 32, learning_rate: 0.01, momentum: 0.9, before: curve(100.0), after: curve(0.0) };
         let report = UnlearnReport {
             logit_mask: Some(LogitMaskReport { report: masked, membership: 55.0 }),
             probe: Some(ProbeReport { train_images: 2, before: probe(100.0), after: probe(0.0) }),
+            relearning: Some(relearning),
             ..report
         };
         let table = seed_table_markdown(std::slice::from_ref(&report));
         let rows: Vec<&str> = table.lines().skip(2).collect();
         assert_eq!(rows.len(), 3, "{table}");
-        assert!(rows[0].contains("| 90.0 | 100.00 95 % CI 20.7–100.0 | – |"), "the original's probe: {table}");
-        assert!(rows[1].contains("| 10.0 | 0.00 95 % CI 0.0–79.3 | 2.5 |"), "SSD's probe: {table}");
+        assert!(rows[0].contains("| 90.0 | 100.00 95 % CI 20.7–100.0 | 100.00 95 % CI 20.7–100.0 | – |"), "the original's probe and relearning: {table}");
+        assert!(rows[1].contains("| 10.0 | 0.00 95 % CI 0.0–79.3 | 0.00 95 % CI 0.0–79.3 | 2.5 |"), "SSD's: {table}");
         assert!(rows[2].starts_with("| logit mask | dog | 0.00 (∞) 95 % CI 0.0–79.3 |") && rows[2].contains("| 55.0 | 100.00 95 % CI"), "{table}");
+        assert!(rows[2].ends_with("| – | – |"), "a mask has no weights to fine-tune: {table}");
+        let classes: Vec<&str> = table_rows(std::slice::from_ref(&report)).map(|row| row.css_class()).collect();
+        assert_eq!(classes, ["original", "SSD", "logit-mask"]);
+        let markdown = run_markdown(7, std::slice::from_ref(&report));
+        assert!(markdown.contains("Protocol: 50 steps of SGD (learning rate 0.01, momentum 0.9) on batches of 128 images, 32 of them"), "{markdown}");
         let json = serde_json::to_string(&report).unwrap();
         assert!(json.contains(r#""loss":"Infinity""#), "{json}");
         assert_eq!(serde_json::from_str::<UnlearnReport>(&json).unwrap(), report, "{json}");
@@ -344,6 +410,10 @@ mod tests {
         let mask: Vec<&str> = csv.lines().nth(3).unwrap().split(',').collect();
         let field = |name: &str| mask[header.iter().position(|h| *h == name).unwrap()];
         assert_eq!((field("row"), field("forget_loss"), field("probe_forget_accuracy"), field("probe_train_images")), ("logit mask", "inf", "100", "2"));
+        assert_eq!((field("relearned_steps"), field("relearned_forget_accuracy")), ("", ""));
+        let original: Vec<&str> = csv.lines().nth(1).unwrap().split(',').collect();
+        let field = |name: &str| original[header.iter().position(|h| *h == name).unwrap()];
+        assert_eq!((field("relearned_steps"), field("relearned_forget_accuracy"), field("relearned_retain_accuracy")), ("50", "100", "90"));
     }
 
     #[test]
@@ -379,6 +449,7 @@ mod tests {
             retrained: None,
             logit_mask: None,
             probe: None,
+            relearning: None,
         };
         let flags: Vec<_> = table_rows(std::slice::from_ref(&report)).map(|row| (row.label, row.collapsed())).collect();
         assert_eq!(flags, [("original", false), ("SSD", true)]);

@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use unlearn_shared::api::{settings_line, EvalReport, EvalSummary, UnlearnReport, LOGIT_MASK};
+use unlearn_shared::api::{relearning_protocol, settings_line, EvalReport, EvalSummary, Relearned, UnlearnReport, LOGIT_MASK};
 use unlearn_shared::cifar::CLASSES;
 
 /// Rows are true classes, columns predicted ones.
@@ -48,6 +48,9 @@ pub(crate) fn unlearn_report(report: &UnlearnReport) -> String {
     out.push_str("test set:\n");
     out.push_str(&split_line("before", &report.before.test));
     out.push_str(&split_line("after", &report.after.test));
+    if let Some(mask) = &report.logit_mask {
+        out.push_str(&split_line("mask", &mask.report.test));
+    }
     if let Some(retrained) = &report.retrained {
         out.push_str(&split_line("retrained", &retrained.report.test));
     }
@@ -94,6 +97,15 @@ pub(crate) fn unlearn_report(report: &UnlearnReport) -> String {
             probe.after.forget.accuracy,
             report.retrained.as_ref().and_then(|r| r.probe).map(|p| format!(", {:.1} % from the retrained model's", p.forget.accuracy)).unwrap_or_default()
         );
+    }
+    if let Some(relearning) = &report.relearning {
+        let curve = |points: &[Relearned]| points.iter().map(|p| format!("{} → {:.1} %", p.steps, p.split.forget.accuracy)).collect::<Vec<_>>().join(", ");
+        let _ = writeln!(out, "relearning attack ({}): forget-class test accuracy by step", relearning_protocol(relearning));
+        let _ = writeln!(out, "{:>9}: {}", "before", curve(&relearning.before));
+        let _ = writeln!(out, "{:>9}: {}", "after", curve(&relearning.after));
+        if let Some(retrained) = report.retrained.as_ref().filter(|r| !r.relearning.is_empty()) {
+            let _ = writeln!(out, "{:>9}: {}", "retrained", curve(&retrained.relearning));
+        }
     }
     let _ = writeln!(out, "time: {}", report.timings);
     out.push_str("\ntest confusion before:\n");
