@@ -47,7 +47,10 @@ pub(crate) fn evaluate<B: Backend>(
             Kept::LogitsAndFeatures => host(features),
         };
         for (row, (&index, logits)) in chunk.iter().zip(logits.chunks(NUM_CLASSES)).enumerate() {
-            let features = features.get(row * width..(row + 1) * width).unwrap_or_default();
+            let features = match kept {
+                Kept::Logits => &[][..],
+                Kept::LogitsAndFeatures => &features[row * width..(row + 1) * width],
+            };
             evaluation.record(index, images.split.label(index), logits, features);
         }
         let done = (n * EVAL_BATCH + chunk.len()) as u64;

@@ -10,8 +10,8 @@ use burn::tensor::backend::AutodiffBackend;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use unlearn_shared::api::{
-    Alpha, ClassId, EntropyCounts, EntropyHistograms, Layers, LogitMaskReport, Membership, ModelReport, ProbeReport, Relearned, Relearning, RetrainedReport,
-    SetOrder, SsdSettings, Subsample, Timings, UnlearnReport, MAX_STILL_RECOGNISED,
+    Alpha, ClassId, EntropyCounts, EntropyHistograms, Layers, LogitMaskReport, Membership, ModelReport, ProbeReport, RelearnCheckpoint, Relearning,
+    RetrainedReport, SetOrder, SsdSettings, Subsample, Timings, UnlearnReport, MAX_STILL_RECOGNISED,
 };
 use unlearn_shared::model::weights::{self, StateDict, WeightsError};
 use unlearn_shared::model::ResNet;
@@ -24,7 +24,7 @@ use super::features::{Featured, Features, CLASSIFIER_ONLY};
 use super::membership::{entropy_edges, entropy_histogram, MembershipAttack, ENTROPY_BINS};
 use super::probe::{linear_probe, PROBE_STEPS, STEP_COST_PER_IMAGE};
 use super::progress::{one_unit, Cancelled, Progress, Step, FORWARD, FORWARD_AND_BACKWARD};
-use super::relearn::{self, relearn};
+use super::relearn::{self, fine_tune};
 use super::ssd::{dampen, importance, Importance, Importances};
 use super::{sample, Images, Inputs};
 use crate::storage::dataset::Cifar10;
@@ -149,7 +149,7 @@ struct EvaluationPhases {
     train: String,
     forget_sample: String,
     probe: String,
-    relearn: String,
+    relearning: String,
 }
 
 impl EvaluationPhases {
@@ -159,7 +159,7 @@ impl EvaluationPhases {
             train: format!("evaluate {model}: training subset"),
             forget_sample: format!("evaluate {model}: forget sample"),
             probe: format!("linear probe on the {model}'s features"),
-            relearn: format!("relearning attack on the {model}"),
+            relearning: format!("relearning attack on the {model}"),
         }
     }
 }
@@ -353,8 +353,8 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
             Route::Features => base.probe.clone(),
             Route::Pixels => self.probe(&after.test, &after.train, &phases.probe, progress)?,
         };
-        let relearned_before = self.relearn(&self.model.fc.valid(), &before, class, &EvaluationPhases::of(BASE).relearn, progress)?;
-        let relearned_after = self.relearn(&unlearned.fc, &after, class, &phases.relearn, progress)?;
+        let relearned_before = self.relearn(&self.model.fc.valid(), &before, class, &EvaluationPhases::of(BASE).relearning, progress)?;
+        let relearned_after = self.relearn(&unlearned.fc, &after, class, &phases.relearning, progress)?;
         timings.evaluate_s = started.elapsed().as_secs_f64();
 
         let retrained = match self.retrained.get(&class) {
@@ -367,7 +367,7 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
                     report: measured.report(class),
                     membership: measured.member_percent(class),
                     probe: Some(probe.forget_retain(class)),
-                    relearning: self.relearn(&model.fc, &measured, class, &phases.relearn, progress)?,
+                    relearning: Some(self.relearn(&model.fc, &measured, class, &phases.relearning, progress)?).filter(|curve| !curve.is_empty()),
                 })
             }
             None => None,
@@ -378,10 +378,11 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
             ProbeReport { train_images: before.train.outputs.len() as u64, before: base.probe.forget_retain(class), after: after_probe.forget_retain(class) };
         let relearning = (!relearned_before.is_empty()).then(|| Relearning {
             train_images: before.train.outputs.len() as u64,
+            steps: relearn::STEPS as u32,
             batch: relearn::BATCH as u32,
             forget_per_batch: relearn::FORGET_PER_BATCH as u32,
-            learning_rate: relearn::LEARNING_RATE as f64,
-            momentum: relearn::MOMENTUM as f64,
+            learning_rate: relearn::LEARNING_RATE,
+            momentum: relearn::MOMENTUM,
             before: relearned_before,
             after: relearned_after,
         });
@@ -458,9 +459,9 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
         class: usize,
         phase: &str,
         progress: &mut dyn Progress,
-    ) -> Result<Vec<Relearned>, Cancelled> {
-        let relearned = relearn(fc, &measured.train.outputs, &measured.test.outputs, class, phase, &self.device.handle, progress)?;
-        Ok(relearned.into_iter().map(|(steps, evaluation)| Relearned { steps: steps as u32, split: evaluation.forget_retain(class) }).collect())
+    ) -> Result<Vec<RelearnCheckpoint>, Cancelled> {
+        let relearned = fine_tune(fc, &measured.train.outputs, &measured.test.outputs, class, phase, &self.device.handle, progress)?;
+        Ok(relearned.into_iter().map(|(steps, evaluation)| RelearnCheckpoint { steps: steps as u32, split: evaluation.forget_retain(class) }).collect())
     }
 
     /// On the test subset and on the training subset.
@@ -545,7 +546,7 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
                     .map(|(phase, images)| Step::new(phase, images, cost))
             };
             let probe = |model: &str| Step::new(EvaluationPhases::of(model).probe, PROBE_STEPS, STEP_COST_PER_IMAGE * self.train_indices.len() as f64);
-            let relearning = |model: &str| relearn::plan(EvaluationPhases::of(model).relearn, self.test_indices.len());
+            let relearning = |model: &str| relearn::plan(EvaluationPhases::of(model).relearning, self.test_indices.len());
             let mut phases = Vec::new();
             if route == Route::Features {
                 let [train, test] = &mut features;
@@ -812,6 +813,14 @@ mod tests {
         assert_eq!(phases(&plan).iter().filter(|phase| phase.contains("load the cached features")).count(), 2, "{plan:?}");
         assert!(reported.iter().any(|phase| phase.contains("load the cached features: training set")), "{reported:?}");
         assert_eq!(figures(&first), figures(&second), "the cached features give the same report");
+        let relearning = first[0].relearning.as_ref().expect("the training subset holds the class");
+        let checkpoints: Vec<u32> = relearning.after.iter().map(|checkpoint| checkpoint.steps).collect();
+        assert_eq!(checkpoints, relearn::CHECKPOINTS.map(|steps| steps as u32), "the curve reaches every checkpoint");
+        let text = unlearn_shared::api::relearning_protocol(relearning);
+        assert!(text.starts_with("50 steps of SGD (learning rate 0.01, momentum 0.9) on batches of 128 images, 32 of them"), "{text}");
+        let own = |split: &unlearn_shared::api::ForgetRetain| (split.forget.accuracy, split.retain.accuracy);
+        assert_eq!(own(&relearning.after[0].split), own(&first[0].after.test.split), "before any step, the unlearned model itself");
+        assert_eq!(own(&relearning.before[0].split), own(&first[0].before.test.split), "and the original");
 
         // A damaged entry (another width, as a different model would leave) is computed again.
         let name = features_cache_name(&"0".repeat(64), &TRAIN_FEATURES);

@@ -3,8 +3,8 @@
 
 use leptos::prelude::*;
 use unlearn_shared::api::{
-    relearning_protocol, run_csv, run_markdown, settings_line, table_rows, AccLoss, Relearned, Run, RunId, RunResult, RunStatus, UnlearnReport, LINEAR_PROBE,
-    LOGIT_MASK, PROBE_COLUMN, RELEARNING, RELEARN_COLUMN, TABLE_HEADER, UNLEARNING_TIME,
+    relearning_protocol, run_csv, run_markdown, settings_line, table_rows, AccLoss, RelearnCheckpoint, Run, RunId, RunResult, RunStatus, UnlearnReport,
+    LINEAR_PROBE, LOGIT_MASK, PROBE_COLUMN, RELEARNING, RELEARN_COLUMN, TABLE_HEADER, UNLEARNING_TIME,
 };
 use unlearn_shared::cifar::CLASSES;
 
@@ -210,19 +210,25 @@ fn ForgettingOrHiding(report: UnlearnReport) -> impl IntoView {
         )
     });
     let relearning = report.relearning.as_ref().and_then(|r| {
-        let (before, after) = (r.before.last()?, r.after.last()?);
-        let curve = |points: &[Relearned]| points.iter().map(|p| format!("{:.1}", p.split.forget.accuracy)).collect::<Vec<_>>().join(" → ");
+        let forget = |points: &[RelearnCheckpoint], at: usize| points.get(at).map(|p| p.split.forget);
+        let (start, end) = ((forget(&r.after, 0)?, forget(&r.before, 0)?), (forget(&r.after, r.after.len() - 1)?, forget(&r.before, r.before.len() - 1)?));
+        let curve = |points: &[RelearnCheckpoint]| points.iter().map(|p| format!("{:.1}", p.split.forget.accuracy)).collect::<Vec<_>>().join(" → ");
         let steps = r.after.iter().map(|p| p.steps.to_string()).collect::<Vec<_>>().join(", ");
-        let verdict = if clearly_below(&after.split.forget, &before.split.forget) {
+        let verdict = if !clearly_below(&start.0, &start.1) {
+            format!("The unlearned model recognised {class} about as well as the original before any step: there was little to relearn.")
+        } else if clearly_below(&end.0, &end.1) {
             format!("{class} stays below the original's level: fine-tuning the output layer does not bring it all back.")
         } else {
             format!("{class} comes back to the original's level: the knowledge was hidden, not removed.")
         };
+        let retrained =
+            report.retrained.as_ref().and_then(|retrained| retrained.relearning.as_deref()).map(|points| format!("; retrained model {} %", curve(points)));
         Some(format!(
-            "Relearning attack: {RELEARNING}. Protocol: {}. Forget-class test accuracy after {steps} steps: unlearned model {} %; original {} %. {verdict}",
+            "Relearning attack: {RELEARNING}. Protocol: {}. Forget-class test accuracy after {steps} steps: unlearned model {} %; original {} %{}. {verdict}",
             relearning_protocol(r),
             curve(&r.after),
-            curve(&r.before)
+            curve(&r.before),
+            retrained.unwrap_or_default()
         ))
     });
     (mask.is_some() || probe.is_some() || relearning.is_some()).then(|| {
@@ -486,7 +492,7 @@ mod tests {
         assert!(row.starts_with("logit mask") && row.contains("0.00 (∞)") && row.contains("70.0"), "{row}");
         let header = host.query_selector(".seed-table thead").unwrap().unwrap().inner_html();
         assert!(header.contains("Linear probe: forget class acc") && header.contains("penultimate features"), "a column with its meaning: {header}");
-        assert!(header.contains("Relearned: forget class acc") && header.contains("fine-tuned"), "{header}");
+        assert!(header.contains("RelearnCheckpoint: forget class acc") && header.contains("fine-tuned"), "{header}");
         let verdict = host.query_selector(".probe-verdict").unwrap().expect("the probe's reading").text_content().unwrap();
         assert!(verdict.contains("90.0 % of 200 cat test images") && verdict.contains("88.0 %") && verdict.contains("hides the class"), "{verdict}");
         assert!(verdict.contains("as the logit mask does"), "{verdict}");
@@ -509,9 +515,10 @@ mod tests {
     fn the_relearning_attack_says_whether_the_class_came_back() {
         let split =
             |forget| ForgetRetain { forget: AccLoss { accuracy: forget, loss: 0.5, images: 200 }, retain: AccLoss { accuracy: 85.0, loss: 0.5, images: 1800 } };
-        let curve = |points: &[(u32, f64)]| points.iter().map(|&(steps, forget)| Relearned { steps, split: split(forget) }).collect::<Vec<_>>();
+        let curve = |points: &[(u32, f64)]| points.iter().map(|&(steps, forget)| RelearnCheckpoint { steps, split: split(forget) }).collect::<Vec<_>>();
         let relearning = |after_end| Relearning {
             train_images: 2000,
+            steps: 50,
             batch: 128,
             forget_per_batch: 32,
             learning_rate: 0.01,
@@ -527,9 +534,16 @@ mod tests {
         assert!(text.contains("after 0, 50 steps: unlearned model 2.0 → 89.5 %; original 90.0 → 91.0 %"), "{text}");
         assert!(text.contains("50 steps of SGD") && text.contains("hidden, not removed"), "{text}");
 
-        let stayed = UnlearnReport { relearning: Some(relearning(30.0)), ..came_back };
+        let stayed = UnlearnReport { relearning: Some(relearning(30.0)), ..came_back.clone() };
         let (host, _mounted) = mounted(stayed);
         let text = host.query_selector(".relearning-verdict").unwrap().unwrap().text_content().unwrap();
         assert!(text.contains("stays below the original's level"), "{text}");
+
+        // A model that still knew the class before any step had nothing hidden to relearn.
+        let mut untouched = relearning(91.0);
+        untouched.after[0].split.forget.accuracy = 88.0;
+        let (host, _mounted) = mounted(UnlearnReport { relearning: Some(untouched), ..came_back });
+        let text = host.query_selector(".relearning-verdict").unwrap().unwrap().text_content().unwrap();
+        assert!(text.contains("little to relearn") && !text.contains("hidden, not removed"), "{text}");
     }
 }

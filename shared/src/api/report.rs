@@ -261,6 +261,8 @@ pub struct ProbeReport {
 pub struct Relearning {
     /// Training images the batches were drawn from, with replacement.
     pub train_images: u64,
+    /// Fine-tuning steps in all; the curves have checkpoints up to this.
+    pub steps: u32,
     /// Images per step, and of them of the forget class.
     pub batch: u32,
     pub forget_per_batch: u32,
@@ -268,15 +270,15 @@ pub struct Relearning {
     pub learning_rate: f64,
     pub momentum: f64,
     /// The original model under the same fine-tuning.
-    pub before: Vec<Relearned>,
+    pub before: Vec<RelearnCheckpoint>,
     /// The unlearned model.
-    pub after: Vec<Relearned>,
+    pub after: Vec<RelearnCheckpoint>,
 }
 
 /// A model's test accuracy after `steps` fine-tuning steps.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-pub struct Relearned {
+pub struct RelearnCheckpoint {
     pub steps: u32,
     pub split: ForgetRetain,
 }
@@ -292,9 +294,9 @@ pub struct RetrainedReport {
     /// The linear probe on its features (see [`ProbeReport`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe: Option<ForgetRetain>,
-    /// The relearning attack on it (see [`Relearning`]).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub relearning: Vec<Relearned>,
+    /// The relearning attack on it (see [`Relearning`]), where it was run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relearning: Option<Vec<RelearnCheckpoint>>,
 }
 
 /// The most `UnlearnReport::still_recognised` lists.

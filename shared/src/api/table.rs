@@ -1,7 +1,7 @@
 //! The seed card's results table, for the page, the Markdown export and the CSV download:
 //! every percentage with the images it rests on and a 95 % Wilson interval.
 
-use super::report::{AccLoss, EvalReport, ForgetRetain, Relearned, Relearning, UnlearnReport};
+use super::report::{AccLoss, EvalReport, ForgetRetain, RelearnCheckpoint, Relearning, UnlearnReport};
 use super::run::RunId;
 use crate::cifar::CLASSES;
 
@@ -23,7 +23,7 @@ pub const TABLE_HEADER: [&str; 10] = [
 ];
 
 /// The relearning attack's column.
-pub const RELEARN_COLUMN: &str = "Relearned: forget class acc";
+pub const RELEARN_COLUMN: &str = "RelearnCheckpoint: forget class acc";
 
 /// What the relearning attack's column means, for its tooltip and the exports.
 pub const RELEARNING: &str = "the model's output layer fine-tuned on its own penultimate features of the training subset, with the forget class \
@@ -32,10 +32,9 @@ pub const RELEARNING: &str = "the model's output layer fine-tuned on its own pen
 
 /// How a report's relearning attack was run, in words.
 pub fn relearning_protocol(relearning: &Relearning) -> String {
-    let steps = relearning.after.last().map_or(0, |last| last.steps);
     format!(
-        "{steps} steps of SGD (learning rate {}, momentum {}) on batches of {} images, {} of them of the forget class, drawn from {} training images",
-        relearning.learning_rate, relearning.momentum, relearning.batch, relearning.forget_per_batch, relearning.train_images
+        "{} steps of SGD (learning rate {}, momentum {}) on batches of {} images, {} of them of the forget class, drawn from {} training images",
+        relearning.steps, relearning.learning_rate, relearning.momentum, relearning.batch, relearning.forget_per_batch, relearning.train_images
     )
 }
 
@@ -115,7 +114,7 @@ pub struct TableRow<'a> {
     /// The linear probe on this model's features, where it was run.
     pub probe: Option<&'a ForgetRetain>,
     /// The relearning attack's last step on this model, where it was run.
-    pub relearned: Option<&'a Relearned>,
+    pub relearned: Option<&'a RelearnCheckpoint>,
     pub seconds: Option<f64>,
 }
 
@@ -172,7 +171,10 @@ pub fn table_rows(reports: &[UnlearnReport]) -> impl Iterator<Item = TableRow<'_
         let probe = report.probe.as_ref();
         let relearning = report.relearning.as_ref();
         let mask = report.logit_mask.as_ref().map(|m| row("logit mask", &m.report.test, None, m.membership, (probe.map(|p| &p.before), None), None));
-        let retrained = report.retrained.as_ref().map(|r| row("retrained", &r.report.test, None, r.membership, (r.probe.as_ref(), r.relearning.last()), None));
+        let retrained = report
+            .retrained
+            .as_ref()
+            .map(|r| row("retrained", &r.report.test, None, r.membership, (r.probe.as_ref(), r.relearning.as_ref().and_then(|curve| curve.last())), None));
         let before = (probe.map(|p| &p.before), relearning.and_then(|r| r.before.last()));
         let after = (probe.map(|p| &p.after), relearning.and_then(|r| r.after.last()));
         [
@@ -308,7 +310,8 @@ fn csv_field(text: &str) -> String {
 mod tests {
     use super::*;
     use crate::api::{
-        DampenStats, Layers, LogitMaskReport, Membership, ModelReport, ProbeReport, Relearned, Relearning, RetrainedReport, SsdSettings, Subsample, Timings,
+        DampenStats, Layers, LogitMaskReport, Membership, ModelReport, ProbeReport, RelearnCheckpoint, Relearning, RetrainedReport, SsdSettings, Subsample,
+        Timings,
     };
 
     fn eval_report() -> EvalReport {
@@ -365,7 +368,7 @@ mod tests {
         assert!(markdown.contains("test images all") && markdown.contains("Unlearning time: forget-set importance"), "{markdown}");
 
         let retrained = UnlearnReport {
-            retrained: Some(RetrainedReport { model: "without-dog".into(), report: model.clone(), membership: 12.5, probe: None, relearning: Vec::new() }),
+            retrained: Some(RetrainedReport { model: "without-dog".into(), report: model.clone(), membership: 12.5, probe: None, relearning: None }),
             probe: Some(ProbeReport { train_images: 2, before: probe(100.0), after: probe(0.0) }),
             ..report.clone()
         };
@@ -380,9 +383,17 @@ mod tests {
         // The mask never predicts the class: its loss there is infinite, and the JSON keeps it.
         let mut masked = model.clone();
         masked.test.split.forget = AccLoss { accuracy: 0.0, loss: f64::INFINITY, images: 1 };
-        let curve = |end| vec![Relearned { steps: 0, split: probe(0.0) }, Relearned { steps: 50, split: probe(end) }];
-        let relearning =
-            Relearning { train_images: 2, batch: 128, forget_per_batch: 32, learning_rate: 0.01, momentum: 0.9, before: curve(100.0), after: curve(0.0) };
+        let curve = |end| vec![RelearnCheckpoint { steps: 0, split: probe(0.0) }, RelearnCheckpoint { steps: 50, split: probe(end) }];
+        let relearning = Relearning {
+            train_images: 2,
+            steps: 50,
+            batch: 128,
+            forget_per_batch: 32,
+            learning_rate: 0.01,
+            momentum: 0.9,
+            before: curve(100.0),
+            after: curve(0.0),
+        };
         let report = UnlearnReport {
             logit_mask: Some(LogitMaskReport { report: masked, membership: 55.0 }),
             probe: Some(ProbeReport { train_images: 2, before: probe(100.0), after: probe(0.0) }),

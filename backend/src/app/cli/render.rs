@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use unlearn_shared::api::{relearning_protocol, settings_line, EvalReport, EvalSummary, Relearned, UnlearnReport, LOGIT_MASK};
+use unlearn_shared::api::{relearning_protocol, settings_line, EvalReport, EvalSummary, RelearnCheckpoint, UnlearnReport, LOGIT_MASK};
 use unlearn_shared::cifar::CLASSES;
 
 /// Rows are true classes, columns predicted ones.
@@ -99,12 +99,13 @@ pub(crate) fn unlearn_report(report: &UnlearnReport) -> String {
         );
     }
     if let Some(relearning) = &report.relearning {
-        let curve = |points: &[Relearned]| points.iter().map(|p| format!("{} → {:.1} %", p.steps, p.split.forget.accuracy)).collect::<Vec<_>>().join(", ");
+        let curve =
+            |points: &[RelearnCheckpoint]| points.iter().map(|p| format!("{} → {:.1} %", p.steps, p.split.forget.accuracy)).collect::<Vec<_>>().join(", ");
         let _ = writeln!(out, "relearning attack ({}): forget-class test accuracy by step", relearning_protocol(relearning));
         let _ = writeln!(out, "{:>9}: {}", "before", curve(&relearning.before));
         let _ = writeln!(out, "{:>9}: {}", "after", curve(&relearning.after));
-        if let Some(retrained) = report.retrained.as_ref().filter(|r| !r.relearning.is_empty()) {
-            let _ = writeln!(out, "{:>9}: {}", "retrained", curve(&retrained.relearning));
+        if let Some(retrained) = report.retrained.as_ref().and_then(|r| r.relearning.as_ref()) {
+            let _ = writeln!(out, "{:>9}: {}", "retrained", curve(retrained));
         }
     }
     let _ = writeln!(out, "time: {}", report.timings);
