@@ -117,15 +117,47 @@ fn batch_norm_modes_use_the_statistics_they_name() {
     assert!((var - (0.9 * 4.0 + 0.1 * 5.0 / 3.0)).abs() < 1e-5, "running var {var} uses the unbiased batch variance");
 }
 
+/// Several images and channels, so that a statistic taken over the wrong axis shows.
+#[test]
+fn batch_norm_normalises_each_channel_over_every_image_and_pixel() {
+    let (batch, channels, pixels) = (3, 2, 4);
+    let values: Vec<f32> = (0..batch * channels * pixels).map(|i| ((i * 7) % 11) as f32 + i as f32 / 5.0).collect();
+    let value = |n: usize, c: usize, p: usize| values[(n * channels + c) * pixels + p] as f64;
+    let per_channel = |c: usize| (0..batch).flat_map(move |n| (0..pixels).map(move |p| value(n, c, p)));
+    let count = (batch * pixels) as f64;
+    let mean: Vec<f64> = (0..channels).map(|c| per_channel(c).sum::<f64>() / count).collect();
+    let var: Vec<f64> = (0..channels).map(|c| per_channel(c).map(|x| (x - mean[c]).powi(2)).sum::<f64>() / count).collect();
+
+    let bn = BatchNormConfig::new(channels).init::<B>(&device());
+    let input = Tensor::<B, 1>::from_floats(values.as_slice(), &device()).reshape([batch, channels, 2, 2]);
+    let output: Vec<f32> = bn.forward(input, NormStats::Batch).into_data().to_vec().unwrap();
+    for n in 0..batch {
+        for c in 0..channels {
+            for p in 0..pixels {
+                let expected = (value(n, c, p) - mean[c]) / (var[c] + 1e-5).sqrt();
+                let got = output[(n * channels + c) * pixels + p] as f64;
+                assert!((got - expected).abs() < 1e-4, "image {n} channel {c} pixel {p}: {got} vs {expected}");
+            }
+        }
+    }
+    let running_mean: Vec<f32> = bn.running_mean.value_sync().into_data().to_vec().unwrap();
+    let running_var: Vec<f32> = bn.running_var.value_sync().into_data().to_vec().unwrap();
+    for c in 0..channels {
+        assert!((running_mean[c] as f64 - 0.1 * mean[c]).abs() < 1e-4, "channel {c}: running mean {}", running_mean[c]);
+        let unbiased = var[c] * count / (count - 1.0);
+        assert!((running_var[c] as f64 - (0.9 + 0.1 * unbiased)).abs() < 1e-3, "channel {c}: running var {}", running_var[c]);
+    }
+}
+
 #[test]
 fn inference_mode_still_gives_gradients_under_autodiff() {
     type A = Autodiff<B>;
     let bn = BatchNormConfig::new(2).init::<A>(&device());
-    let input = Tensor::<A, 4>::ones([1, 2, 2, 2], &device());
+    let input = Tensor::<A, 4>::ones([3, 2, 2, 2], &device());
     let grads = bn.forward(input, NormStats::Running).sum().backward();
     let weight: &Param<Tensor<A, 1>> = &bn.weight;
     let grad = weight.val().grad(&grads).expect("weight has a gradient");
-    assert_eq!(grad.into_data().to_vec::<f32>().unwrap(), vec![4.0 / (1.0f32 + 1e-5).sqrt(); 2]);
+    assert_eq!(grad.into_data().to_vec::<f32>().unwrap(), vec![12.0 / (1.0f32 + 1e-5).sqrt(); 2]);
 }
 
 #[test]

@@ -52,30 +52,39 @@ impl BatchNormConfig {
 impl<B: Backend> BatchNorm<B> {
     /// `input`: `[batch, channels, height, width]`.
     pub fn forward(&self, input: Tensor<B, 4>, stats: NormStats) -> Tensor<B, 4> {
+        let [batch, ..] = input.dims();
         let (mean, var) = match stats {
-            NormStats::Running => (self.running_mean.value().reshape([1, -1, 1, 1]), self.running_var.value().reshape([1, -1, 1, 1])),
+            NormStats::Running => (self.running_mean.value(), self.running_var.value()),
             NormStats::Batch => self.batch_stats(&input),
         };
-        let scale = self.weight.val().reshape([1, -1, 1, 1]) / (var + self.epsilon).sqrt();
-        let shift = self.bias.val().reshape([1, -1, 1, 1]) - mean * scale.clone();
-        input * scale + shift
+        let scale = self.weight.val() / (var + self.epsilon).sqrt();
+        let shift = self.bias.val() - mean * scale.clone();
+        input * per_image(scale, batch) + per_image(shift, batch)
     }
 
-    /// Biased batch variance normalises; the unbiased one feeds the running average, as PyTorch.
-    fn batch_stats(&self, input: &Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    /// Per-channel mean and biased variance `[channels]` of the batch; the unbiased variance
+    /// feeds the running average, as PyTorch.
+    fn batch_stats(&self, input: &Tensor<B, 4>) -> (Tensor<B, 1>, Tensor<B, 1>) {
         let [batch, channels, height, width] = input.dims();
         let count = batch * height * width;
-        let per_channel = input.clone().swap_dims(0, 1).reshape([channels, count]);
-        let mean = per_channel.clone().mean_dim(1);
-        let var = (per_channel - mean.clone()).square().mean_dim(1);
+        let channel_mean = |x: Tensor<B, 4>| x.reshape([batch, channels, height * width]).sum_dim(2).sum_dim(0).reshape([channels]) / count as f64;
+        let mean = channel_mean(input.clone());
+        let var = channel_mean((input.clone() - per_image(mean.clone(), batch)).square());
 
         let unbiased = var.clone().detach() * (count as f64 / (count.max(2) - 1) as f64);
         let m = self.momentum;
-        let running_mean = self.running_mean.value_sync() * (1.0 - m) + mean.clone().detach().reshape([channels]) * m;
-        let running_var = self.running_var.value_sync() * (1.0 - m) + unbiased.reshape([channels]) * m;
+        let running_mean = self.running_mean.value_sync() * (1.0 - m) + mean.clone().detach() * m;
+        let running_var = self.running_var.value_sync() * (1.0 - m) + unbiased * m;
         self.running_mean.update(running_mean.detach());
         self.running_var.update(running_var.detach());
 
-        (mean.reshape([1, channels, 1, 1]), var.reshape([1, channels, 1, 1]))
+        (mean, var)
     }
+}
+
+/// A per-channel value `[channels]` as `[batch, channels, 1, 1]`, laid out in memory: Flex
+/// broadcasts one stored scalar per (image, channel) plane with SIMD, but walks a
+/// `[1, channels, 1, 1]` view element by element on one thread.
+fn per_image<B: Backend>(values: Tensor<B, 1>, batch: usize) -> Tensor<B, 4> {
+    values.reshape([1, -1, 1, 1]).repeat_dim(0, batch)
 }
