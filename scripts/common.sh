@@ -108,3 +108,16 @@ need_chromium() {
     exit 1
   fi
 }
+
+# PostgreSQL's server programs, for the tests of the deployment on PostgreSQL: each test
+# starts a throwaway server of its own on loopback (tests/src/postgres.rs).
+need_postgres() {
+  if compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || command -v initdb >/dev/null; then return; fi
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    say "installing PostgreSQL (for the tests of the shared deployment)"
+    apt-get update -qq && apt-get install -y -qq postgresql >/dev/null
+  else
+    echo "the tests of the shared deployment need PostgreSQL's server programs (initdb, pg_ctl): install Debian's postgresql" >&2
+    exit 1
+  fi
+}

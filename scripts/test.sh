@@ -14,6 +14,7 @@ build_frontend
 obtain_data
 need_chromium
 need_vulkan
+need_postgres
 
 say "clippy (warnings are errors)"
 cargo clippy --release --workspace --exclude unlearn-frontend --all-targets -- -D warnings

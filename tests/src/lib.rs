@@ -2,6 +2,7 @@
 //! unlearn-backend`, which the test command runs first), the real dataset, scratch data
 //! folders, a running server, and a browser.
 
+pub mod postgres;
 pub mod raw;
 pub mod server;
 pub mod webdriver;

@@ -125,3 +125,70 @@ impl Drop for Server {
         self.kill();
     }
 }
+
+/// A running `backend worker` process on the CPU, killed when dropped.
+pub struct Worker {
+    child: Child,
+    pub name: String,
+}
+
+impl Worker {
+    /// Starts a worker of the queue in `database` over `data_dir`, whose lease runs out
+    /// `lease_secs` after its last heartbeat; returns once it waits for runs.
+    pub fn start(data_dir: &Path, database: &str, name: &str, lease_secs: u64) -> Self {
+        let mut child = Command::new(crate::backend_binary())
+            .args(["--data-dir", &data_dir.display().to_string(), "--shipped-models", &data_dir.join("no-shipped-models").display().to_string()])
+            .args(["--device", "cpu", "worker", "--database", database, "--name", name, "--lease-secs", &lease_secs.to_string()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("backend worker starts");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let banner = lines.next().expect("a banner").expect("readable stdout");
+        assert!(banner.contains("waiting for runs"), "{banner}");
+        // Read on, so that what it prints as it stops finds a reader.
+        std::thread::spawn(move || lines.for_each(drop));
+        Self { child, name: name.to_owned() }
+    }
+
+    /// Sends SIGINT, as Ctrl-C would, and waits for the process to end.
+    pub fn interrupt(&mut self) {
+        let status = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status().expect("kill runs");
+        assert!(status.success());
+        let _ = self.child.wait();
+    }
+
+    /// Kills the process at once (SIGKILL), as a crash or a lost machine would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Whether the process is still up.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("process status").is_none()
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Reads a run's event stream until it ends or its connection breaks: the (event name,
+/// data) pairs read, and whether the stream ended with `done`.
+pub fn events_until_cut(url: &str, id: i64) -> (Vec<(String, String)>, bool) {
+    let Ok(mut response) = agent().get(format!("{url}/api/runs/{id}/events")).call() else { return (Vec::new(), false) };
+    let mut events = Vec::new();
+    let mut name = String::new();
+    for line in BufReader::new(response.body_mut().as_reader()).lines() {
+        let Ok(line) = line else { break };
+        if let Some(event) = line.strip_prefix("event: ") {
+            name = event.to_owned();
+        } else if let Some(data) = line.strip_prefix("data: ") {
+            events.push((std::mem::take(&mut name), data.to_owned()));
+        }
+    }
+    let done = events.last().is_some_and(|(name, _)| name == "done");
+    (events, done)
+}

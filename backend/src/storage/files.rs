@@ -8,6 +8,8 @@ use sha2::{Digest, Sha256};
 
 /// What every temporary file's name ends with, so that leftovers of a crash can be found.
 const PARTIAL_SUFFIX: &str = ".partial";
+/// A temporary file untouched this long was left by an interrupted write.
+const PARTIAL_ABANDONED: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Writes through a temporary file, fsync and rename: readers see the old file or the new one.
 /// Concurrent writers use distinct temporary names, and a failed write removes its own.
@@ -45,11 +47,14 @@ fn through_temporary(path: &Path, bytes: &[u8], install: impl FnOnce(&Path) -> s
     written
 }
 
-/// Removes temporary files that an interrupted process left in `dir`.
+/// Removes temporary files that an interrupted process left in `dir`: those untouched for an
+/// hour, since another process sharing the folder may be writing the newer ones.
 pub(crate) fn remove_partials(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let abandoned = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().is_ok_and(|age| age > PARTIAL_ABANDONED));
     for path in entries.filter_map(|e| e.ok()).map(|e| e.path()) {
-        if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.') && n.ends_with(PARTIAL_SUFFIX)) {
+        let partial = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.') && n.ends_with(PARTIAL_SUFFIX));
+        if partial && abandoned(&path) {
             match std::fs::remove_file(&path) {
                 Ok(()) => tracing::info!(path = %path.display(), "removed a temporary file left by an interrupted write"),
                 Err(error) => tracing::warn!(path = %path.display(), %error, "could not remove a leftover temporary file"),
@@ -89,8 +94,13 @@ mod tests {
 
         let missing = dir.path().join("no-such-folder/file.bin");
         assert!(write_atomic(&missing, b"x").is_err());
-        std::fs::write(dir.path().join(".file.bin.7-0.partial"), b"left by a crash").unwrap();
+        let old = dir.path().join(".file.bin.7-0.partial");
+        std::fs::write(&old, b"left by a crash").unwrap();
+        let hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+        std::fs::File::options().write(true).open(&old).unwrap().set_modified(hours_ago).unwrap();
+        let fresh = dir.path().join(".file.bin.8-0.partial");
+        std::fs::write(&fresh, b"another process is writing it").unwrap();
         remove_partials(dir.path());
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        assert!(!old.exists() && fresh.exists(), "only the abandoned one is removed");
     }
 }

@@ -14,18 +14,42 @@ const SCHEMA_VERSION: i64 = 4;
 /// Why a run that was under way when the last process stopped has no result.
 const INTERRUPTED: &str = "the server stopped while this run was queued or running; submit it again";
 /// Why a run that never started has no result.
-const CANCELLED_QUEUED: &str = "cancelled by a request while queued";
+pub(crate) const CANCELLED_QUEUED: &str = "cancelled by a request while queued";
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum HistoryError {
     #[error("run history {path}: {error}")]
     Open { path: String, error: rusqlite::Error },
-    #[error("run history {path} was written by a newer workbench (schema {found}, this one knows {SCHEMA_VERSION})")]
-    Newer { path: String, found: i64 },
+    #[error("run history {place} was written by a newer workbench (schema {found}, this one knows {known})")]
+    Newer { place: String, found: i64, known: i64 },
     #[error("run history: {0}")]
     Sql(#[from] rusqlite::Error),
+    #[error("run history at {place}: {error}")]
+    Connect { place: String, error: postgres::Error },
+    #[error("run history: {0}")]
+    Postgres(#[from] postgres::Error),
     #[error("run history holds an unreadable record: {0}")]
     Record(String),
+}
+
+impl HistoryError {
+    /// Whether the database could not be reached or was going away (a restart, a network
+    /// fault), so that asking again soon may succeed.
+    pub(crate) fn is_unreachable(&self) -> bool {
+        let error = match self {
+            Self::Connect { .. } => return true,
+            Self::Postgres(error) => error,
+            _ => return false,
+        };
+        connection_lost(error) || error.code().is_some_and(|code| code.code().starts_with("57"))
+    }
+}
+
+/// Whether a PostgreSQL call failed because its connection broke, closed, or was ended by
+/// the server shutting down (a restart ends every connection with 57P01).
+pub(crate) fn connection_lost(error: &postgres::Error) -> bool {
+    let shutdown = error.code().is_some_and(|code| code.code().starts_with("08") || ["57P01", "57P02", "57P03"].contains(&code.code()));
+    shutdown || error.is_closed() || std::error::Error::source(error).is_some_and(|source| source.is::<std::io::Error>())
 }
 
 pub(crate) struct History {
@@ -33,6 +57,7 @@ pub(crate) struct History {
 }
 
 /// What a finished run leaves behind.
+#[derive(Clone)]
 pub(crate) struct Outcome {
     pub(crate) status: RunStatus,
     pub(crate) result: Option<RunResult>,
@@ -54,7 +79,7 @@ impl History {
         let connection = Connection::open(path).map_err(open_error)?;
         let version: i64 = connection.query_row("PRAGMA user_version", [], |row| row.get(0)).map_err(open_error)?;
         if version > SCHEMA_VERSION {
-            return Err(HistoryError::Newer { path: name, found: version });
+            return Err(HistoryError::Newer { place: name, found: version, known: SCHEMA_VERSION });
         }
         connection
             .execute_batch(
@@ -201,11 +226,7 @@ impl History {
             .connection()
             .query_row("SELECT weights_etag, weights_removed_ms FROM runs WHERE id = ?1", [id], |row| Ok((row.get(0)?, row.get(1)?)))
             .optional()?;
-        Ok(match found {
-            Some((Some(etag), _)) => RunWeights::Kept { etag },
-            Some((None, Some(_))) => RunWeights::Removed,
-            _ => RunWeights::None,
-        })
+        Ok(RunWeights::from_columns(found))
     }
 
     /// Newest first, results left out, at most `limit` runs older than `before`.
@@ -259,7 +280,7 @@ fn has_column(connection: &Connection, name: &str) -> rusqlite::Result<bool> {
     connection.query_row("SELECT COUNT(*) > 0 FROM pragma_table_info('runs') WHERE name = ?1", [name], |row| row.get(0))
 }
 
-fn headline_json(result: &RunResult) -> String {
+pub(crate) fn headline_json(result: &RunResult) -> String {
     serde_json::to_string(&result.headline()).expect("headlines serialise")
 }
 
@@ -282,6 +303,17 @@ pub(crate) enum RunWeights {
     Removed,
 }
 
+impl RunWeights {
+    /// From a run's `weights_etag` and `weights_removed_ms`, if the run exists.
+    pub(crate) fn from_columns(found: Option<(Option<String>, Option<i64>)>) -> Self {
+        match found {
+            Some((Some(etag), _)) => RunWeights::Kept { etag },
+            Some((None, Some(_))) => RunWeights::Removed,
+            _ => RunWeights::None,
+        }
+    }
+}
+
 fn reusable(connection: &Connection, request_key: &str) -> Result<Option<(RunId, RunStatus)>, HistoryError> {
     let found: Option<(RunId, String)> = connection
         .query_row(
@@ -299,7 +331,7 @@ fn reusable(connection: &Connection, request_key: &str) -> Result<Option<(RunId,
 /// (serde writes it as null, which does not read back as a number). An infinite loss, such
 /// as the logit mask's on its class, is written as "Infinity" and kept. A cancelled run stays
 /// cancelled and loses only what it kept.
-fn readable(outcome: Outcome) -> Outcome {
+pub(crate) fn readable(outcome: Outcome) -> Outcome {
     let Some(result) = &outcome.result else { return outcome };
     let text = serde_json::to_string(result).expect("results serialise");
     let Err(error) = serde_json::from_str::<RunResult>(&text) else { return outcome };
@@ -316,32 +348,60 @@ fn readable(outcome: Outcome) -> Outcome {
     }
 }
 
-const COLUMNS: &str = "id, request, status, created_ms, started_ms, finished_ms, error, weights_etag, headline";
+pub(crate) const COLUMNS: &str = "id, request, status, created_ms, started_ms, finished_ms, error, weights_etag, headline";
 
 fn parse_status(text: &str) -> Result<RunStatus, HistoryError> {
     RunStatus::parse(text).ok_or_else(|| HistoryError::Record(format!("status '{text}'")))
 }
 
 fn read_run(row: &Row<'_>, with_result: bool) -> Result<Run, HistoryError> {
-    let id: RunId = row.get(0)?;
-    let bad = |what: &str, e: serde_json::Error| HistoryError::Record(format!("run {id}: {what}: {e}"));
-    let request: String = row.get(1)?;
-    let result: Option<String> = if with_result { row.get(9)? } else { None };
-    let weights_etag: Option<String> = row.get(7)?;
-    let headline: Option<String> = row.get(8)?;
-    Ok(Run {
-        id,
-        request: serde_json::from_str(&request).map_err(|e| bad("request", e))?,
-        status: parse_status(&row.get::<_, String>(2)?)?,
+    let stored = StoredRun {
+        id: row.get(0)?,
+        request: row.get(1)?,
+        status: row.get(2)?,
         created_ms: row.get(3)?,
         started_ms: row.get(4)?,
         finished_ms: row.get(5)?,
-        progress: None,
-        result: result.map(|r| serde_json::from_str(&r)).transpose().map_err(|e| bad("result", e))?,
         error: row.get(6)?,
-        has_weights: weights_etag.is_some(),
-        headline: headline.map(|h| serde_json::from_str(&h)).transpose().map_err(|e| bad("headline", e))?,
-    })
+        weights_etag: row.get(7)?,
+        headline: row.get(8)?,
+        result: if with_result { row.get(9)? } else { None },
+    };
+    stored.into_run()
+}
+
+/// A run's columns as either database stores them.
+pub(crate) struct StoredRun {
+    pub(crate) id: RunId,
+    pub(crate) request: String,
+    pub(crate) status: String,
+    pub(crate) created_ms: i64,
+    pub(crate) started_ms: Option<i64>,
+    pub(crate) finished_ms: Option<i64>,
+    pub(crate) error: Option<String>,
+    pub(crate) weights_etag: Option<String>,
+    pub(crate) headline: Option<String>,
+    pub(crate) result: Option<String>,
+}
+
+impl StoredRun {
+    pub(crate) fn into_run(self) -> Result<Run, HistoryError> {
+        let id = self.id;
+        let bad = |what: &str, e: serde_json::Error| HistoryError::Record(format!("run {id}: {what}: {e}"));
+        Ok(Run {
+            id,
+            request: serde_json::from_str(&self.request).map_err(|e| bad("request", e))?,
+            status: parse_status(&self.status)?,
+            created_ms: self.created_ms,
+            started_ms: self.started_ms,
+            finished_ms: self.finished_ms,
+            progress: None,
+            result: self.result.map(|r| serde_json::from_str(&r)).transpose().map_err(|e| bad("result", e))?,
+            error: self.error,
+            has_weights: self.weights_etag.is_some(),
+            headline: self.headline.map(|h| serde_json::from_str(&h)).transpose().map_err(|e| bad("headline", e))?,
+        })
+    }
 }
 
 #[cfg(test)]

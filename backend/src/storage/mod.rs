@@ -7,4 +7,5 @@ pub(crate) mod history;
 pub(crate) mod model_file;
 pub(crate) mod model_store;
 pub(crate) mod retention;
+pub(crate) mod shared_history;
 pub(crate) mod tensor_cache;

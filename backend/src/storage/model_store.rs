@@ -1,9 +1,9 @@
 //! The models the workbench can unlearn from, by id: the user's own (`<data-dir>/models`,
 //! imported or trained here) and the ones the repository ships (`models/`, read-only).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use unlearn_shared::api::{is_model_name, ModelInfo};
 
@@ -14,7 +14,15 @@ pub(crate) struct ModelStore {
     /// Where imported and trained models go.
     user_dir: PathBuf,
     entries: RwLock<BTreeMap<String, Arc<StoredModel>>>,
+    /// Files of the user's folder that are not usable models, by path, size and time, so
+    /// that each version of one is read once.
+    unusable: Mutex<BTreeSet<(PathBuf, u64, Option<std::time::SystemTime>)>>,
+    /// When the user's folder was last looked through for models other processes added.
+    discovered: Mutex<Option<std::time::Instant>>,
 }
+
+/// How often a lookup may read the user's folder again (a request for an unknown id reads it).
+const DISCOVER_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A model the store found and checked.
 pub(crate) struct StoredModel {
@@ -52,15 +60,53 @@ impl ModelStore {
             tracing::warn!(folder = %shipped_dir.display(), "the shipped models' folder is missing; run from the repository's root or pass --shipped-models");
         }
         scan(user_dir, &mut entries)?;
-        Ok(Self { user_dir: user_dir.to_owned(), entries: RwLock::new(entries) })
+        let discovered = Mutex::new(Some(std::time::Instant::now()));
+        Ok(Self { user_dir: user_dir.to_owned(), entries: RwLock::new(entries), unusable: Mutex::default(), discovered })
     }
 
     pub(crate) fn list(&self) -> Vec<ModelInfo> {
+        self.discover();
         self.entries.read().expect("store lock").values().map(|e| e.info.clone()).collect()
     }
 
     pub(crate) fn get(&self, id: &str) -> Option<Arc<StoredModel>> {
+        self.known(id).or_else(|| {
+            self.discover();
+            self.known(id)
+        })
+    }
+
+    fn known(&self, id: &str) -> Option<Arc<StoredModel>> {
         self.entries.read().expect("store lock").get(id).cloned()
+    }
+
+    /// Adds the models that appeared in the user's folder since it was read: another process
+    /// sharing the data folder (an API server or a worker) imported or trained them.
+    fn discover(&self) {
+        {
+            let mut discovered = self.discovered.lock().expect("store lock");
+            if discovered.is_some_and(|at| at.elapsed() < DISCOVER_EVERY) {
+                return;
+            }
+            *discovered = Some(std::time::Instant::now());
+        }
+        let Ok(listing) = std::fs::read_dir(&self.user_dir) else { return };
+        for path in listing.filter_map(|e| e.ok()).map(|e| e.path()) {
+            let Some(id) = model_id(&path) else { continue };
+            let version = std::fs::metadata(&path).map_or((path.clone(), 0, None), |m| (path.clone(), m.len(), m.modified().ok()));
+            if self.known(&id).is_some() || self.unusable.lock().expect("store lock").contains(&version) {
+                continue;
+            }
+            match load(&path, &id) {
+                Ok(entry) => {
+                    self.entries.write().expect("store lock").entry(id).or_insert_with(|| Arc::new(entry));
+                }
+                Err(error) => {
+                    tracing::warn!(model = %path.display(), %error, "skipped a file that is not a usable model");
+                    self.unusable.lock().expect("store lock").insert(version);
+                }
+            }
+        }
     }
 
     pub(crate) fn read(&self, id: &str) -> Result<ModelFile, ModelStoreError> {
@@ -70,7 +116,7 @@ impl ModelStore {
 
     /// Whether `id` is taken, by a model or by a file that is not one.
     pub(crate) fn is_taken(&self, id: &str) -> bool {
-        self.get(id).is_some() || self.user_path(id).exists()
+        self.known(id).is_some() || self.user_path(id).exists() || self.user_dir.join(id).join(INDEX_FILE).exists()
     }
 
     /// Where the user's model `id` is (or would be) stored.
@@ -195,6 +241,27 @@ mod tests {
     use unlearn_shared::model::{weights, ResNetConfig};
 
     use super::*;
+
+    #[test]
+    fn a_model_another_process_added_to_the_folder_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let (user, shipped) = (dir.path().join("models"), dir.path().join("none"));
+        let here = ModelStore::open(&user, &shipped).unwrap();
+        let there = ModelStore::open(&user, &shipped).unwrap();
+        let model = ResNetConfig::new().with_width(4).init::<burn::backend::Flex>(&Default::default());
+        let bytes = ModelFile { meta: ModelMeta::default(), weights: weights::export(&model), optimizer: Default::default() }.to_bytes();
+        let info = there.import("theirs", &bytes).unwrap();
+        *here.discovered.lock().unwrap() = None;
+        assert_eq!(here.get("theirs").map(|m| m.info.digest.clone()), Some(info.digest), "found by id");
+        std::fs::write(user.join("broken.safetensors"), b"not a model").unwrap();
+        let copy = ModelStore::open(&user, &shipped).unwrap();
+        there.import("later", &bytes).unwrap();
+        assert_eq!(copy.list().len(), 1, "the folder is read at most once a second");
+        *copy.discovered.lock().unwrap() = None;
+        let ids: Vec<String> = copy.list().into_iter().map(|m| m.id).collect();
+        assert_eq!(ids, ["later", "theirs"], "listed, and the broken file skipped");
+        assert!(here.get("missing").is_none());
+    }
 
     #[test]
     fn an_uploaded_accuracy_is_a_claim_not_a_measurement() {

@@ -20,7 +20,7 @@ use unlearn_shared::api::{
 use unlearn_shared::model::weights::Precision;
 
 use super::executor::{Executed, Executor, RunError, RunOptions, Stopped, TrainStart, Workspace};
-use super::server::{self, ConnectionLimits, Network, ServerConfig, TrustedProxies};
+use super::server::{self, ConnectionLimits, Database, Network, RunFiles, ServerConfig, TrustedProxies, WorkerConfig};
 use crate::engine::device::{self, Device, DeviceChoice, Workload};
 use crate::storage::dataset::{self, Source};
 use crate::storage::files::{sha256_hex, write_atomic};
@@ -91,8 +91,29 @@ enum Command {
     },
     /// Throughput of a training step, a forward pass and an importance pass on random data.
     Bench(bench::BenchArgs),
-    /// Serve the JSON API and the browser UI; one worker runs jobs on the device.
+    /// Serve the JSON API and the browser UI; one worker runs jobs on the device, or with a
+    /// PostgreSQL `--database`, `backend worker` processes do.
     Serve(ServeArgs),
+    /// Carry out runs from the PostgreSQL queue that `serve --database` servers fill: start
+    /// one per device, on any machine that reaches the database and the shared data folder.
+    Worker(WorkerArgs),
+}
+
+#[derive(Args)]
+struct WorkerArgs {
+    /// The PostgreSQL URL the API servers use (`postgres://user:password@host/database`).
+    #[arg(long, env = "WORKBENCH_DATABASE", hide_env_values = true)]
+    database: String,
+    /// This worker's name, unique among the deployment's workers [default: host:pid:random].
+    #[arg(long)]
+    name: Option<String>,
+    /// Seconds a run stays this worker's without a heartbeat: a run whose worker died goes
+    /// back to the queue this long after its last one.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    lease_secs: u64,
+    /// Disk space for runs' unlearned models (MiB), as `serve`'s.
+    #[arg(long, default_value_t = 2048)]
+    run_models_mib: u64,
 }
 
 #[derive(Args)]
@@ -185,6 +206,11 @@ struct ServeArgs {
     /// Address to listen on; port 0 picks a free one.
     #[arg(long, default_value = "127.0.0.1:8080")]
     addr: SocketAddr,
+    /// Where runs are recorded: a SQLite file [default: runs.sqlite in the data folder], with
+    /// the worker in this process; or a PostgreSQL URL (`postgres://...`) shared with other
+    /// servers and with `backend worker` processes, which then carry out the runs.
+    #[arg(long, env = "WORKBENCH_DATABASE", hide_env_values = true)]
+    database: Option<Database>,
     /// Rate-limit every client, and require the token for training, imports and cancelling
     /// other clients' runs.
     #[arg(long)]
@@ -307,6 +333,16 @@ pub(crate) fn main() -> Result<()> {
         }
         Command::Bench(args) => device::run(cli.device, args.clone())?,
         Command::Serve(args) => serve(&cli, args, workspace(&cli)?),
+        Command::Worker(args) => {
+            let name = args.name.clone().unwrap_or_else(|| {
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map_or_else(|_| "worker".to_owned(), |h| h.trim().to_owned());
+                // Containers sharing a host name can share a pid too.
+                format!("{host}:{}:{:08x}", std::process::id(), rand::random::<u32>())
+            });
+            let files = RunFiles { data_dir: cli.data_dir.clone(), run_models_budget: args.run_models_mib << 20 };
+            let config = WorkerConfig { database: args.database.clone(), name, lease: std::time::Duration::from_secs(args.lease_secs), files };
+            server::work(config, workspace(&cli)?, cli.device)
+        }
     }
 }
 
@@ -406,7 +442,8 @@ fn serve(cli: &Cli, args: &ServeArgs, workspace: Workspace) -> Result<()> {
              or import one with `backend import CHECKPOINT`; training one (`backend train`) takes hours on a GPU and days on a CPU"
         );
     }
-    let state = server::start(config, workspace, cli.device)?;
+    let database = args.database.clone().unwrap_or_else(|| Database::Sqlite(cli.data_dir.join("runs.sqlite")));
+    let state = server::start(config, workspace, &database, cli.device)?;
     tokio::runtime::Runtime::new()?.block_on(server::serve(state, args.addr))
 }
 

@@ -42,6 +42,10 @@ pub(crate) enum ApiError {
     Starting,
     #[error("disk full")]
     DiskFull { free: u64, reserve: u64 },
+    /// The shared database cannot be reached (a restart, a network fault); the detail goes
+    /// to the log only.
+    #[error("database unavailable")]
+    DatabaseUnavailable(String),
     /// Our fault, not the client's; the detail goes to the log only, as it may name paths
     /// on the server.
     #[error("internal error")]
@@ -71,7 +75,7 @@ impl ApiError {
             Self::Gone(_) => StatusCode::GONE,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::QueueFull { .. } | Self::ClientBusy { .. } | Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::Starting => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Starting | Self::DatabaseUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::DiskFull { .. } => StatusCode::INSUFFICIENT_STORAGE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -94,6 +98,7 @@ impl ApiError {
             ),
             Self::RateLimited { retry_after } => format!("too many requests from this client; try again in {} s", seconds(*retry_after)),
             Self::Starting => "the worker is still starting its device; try again shortly".into(),
+            Self::DatabaseUnavailable(_) => format!("the run database cannot be reached just now; try again in {} s", seconds(DATABASE_RETRY)),
             Self::DiskFull { free, reserve } => format!(
                 "the server's disk has {} MiB free, less than the {} MiB it keeps in reserve; new runs are refused until space is freed",
                 free >> 20,
@@ -103,6 +108,9 @@ impl ApiError {
     }
 }
 
+/// When to ask again after the database could not be reached: about a restart's length.
+const DATABASE_RETRY: Duration = Duration::from_secs(2);
+
 /// Whole seconds, rounded up: a client that waits this long finds what it waits for.
 fn seconds(wait: Duration) -> u64 {
     wait.as_secs_f64().ceil().max(1.0) as u64
@@ -110,13 +118,18 @@ fn seconds(wait: Duration) -> u64 {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if let Self::Internal(detail) = &self {
-            tracing::error!(%detail, "internal error");
+        match &self {
+            Self::Internal(detail) => tracing::error!(%detail, "internal error"),
+            Self::DatabaseUnavailable(detail) => tracing::warn!(%detail, "the database is unavailable"),
+            _ => {}
         }
         let body = ErrorBody { error: self.to_string(), detail: self.detail() };
         let mut response = (self.status(), Json(body)).into_response();
         if let Self::QueueFull { retry_after } | Self::ClientBusy { retry_after, .. } | Self::RateLimited { retry_after } = self {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds(retry_after)));
+        }
+        if let Self::DatabaseUnavailable(_) = self {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds(DATABASE_RETRY)));
         }
         if let Self::Unauthorized(_) = self {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

@@ -13,30 +13,36 @@ use unlearn_shared::api::{Layers, ProgressEvent, RunId, RunRequest, RunStatus, S
 #[derive(Debug, Clone)]
 pub(crate) struct WorkerInfo {
     pub(crate) device: String,
-    /// Applied to requests that leave `subsample` (or `test_limit`) out and run the whole
-    /// model on every image: evaluations, and unlearning past the classifier.
-    pub(crate) default_subsample: Subsample,
-    /// Applied to classifier-scope requests that leave `subsample` out: they read the base
-    /// model's cached features, so whole sets take seconds once those are computed.
-    pub(crate) classifier_subsample: Subsample,
+    pub(crate) subsamples: Subsamples,
+}
+
+/// What requests that leave `subsample` (or `test_limit`) out read.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Subsamples {
+    /// For runs of the whole model on every image: evaluations, and unlearning past the
+    /// classifier.
+    pub(crate) default: Subsample,
+    /// For classifier-scope runs: they read the base model's cached features, so whole sets
+    /// take seconds once those are computed.
+    pub(crate) classifier: Subsample,
 }
 
 /// Whether the base model's penultimate features are on disk: a classifier-scope run on whole
 /// sets takes seconds then, and before, a pass of the whole model over 60,000 images (about
-/// 25 minutes on a 2-core CPU).
+/// 14 minutes on a 2-core CPU).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum BaseFeatures {
     Cached,
     Missing,
 }
 
-impl WorkerInfo {
+impl Subsamples {
     /// What an unlearning request with `ssd` on a base model with `features` reads when it
     /// leaves `subsample` out; in public mode, also the most it may ask for without the token.
     pub(crate) fn subsample_for(&self, ssd: &SsdSettings, features: BaseFeatures) -> Subsample {
         match (ssd.layers, features) {
-            (Layers::Classifier, BaseFeatures::Cached) => self.classifier_subsample,
-            (Layers::Classifier, BaseFeatures::Missing) | (Layers::LastStage | Layers::All, _) => self.default_subsample,
+            (Layers::Classifier, BaseFeatures::Cached) => self.classifier,
+            (Layers::Classifier, BaseFeatures::Missing) | (Layers::LastStage | Layers::All, _) => self.default,
         }
     }
 }
@@ -189,10 +195,6 @@ impl Jobs {
         (jobs, receiver)
     }
 
-    pub(crate) fn capacity(&self) -> usize {
-        self.capacity
-    }
-
     pub(crate) fn waiting(&self) -> usize {
         self.waiting.load(Ordering::SeqCst)
     }
@@ -229,8 +231,7 @@ impl Jobs {
 
     /// Roughly when `ahead` runs, and the one running, will have finished.
     fn wait_for(&self, ahead: usize) -> Duration {
-        let per_run = *self.mean_run_s.lock().expect("timing lock");
-        Duration::from_secs_f64(((ahead + 1) as f64 * per_run).clamp(1.0, 3600.0))
+        retry_after(ahead, *self.mean_run_s.lock().expect("timing lock"))
     }
 
     /// Gives back a queue place: the worker took the run off the queue, or it was never
@@ -282,4 +283,10 @@ impl Jobs {
             *mean = 0.7 * *mean + 0.3 * seconds;
         }
     }
+}
+
+/// Roughly when `ahead` runs, and the one running, will have finished, if each takes
+/// `per_run_s`.
+pub(crate) fn retry_after(ahead: usize, per_run_s: f64) -> Duration {
+    Duration::from_secs_f64(((ahead + 1) as f64 * per_run_s).clamp(1.0, 3600.0))
 }

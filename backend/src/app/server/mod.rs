@@ -11,6 +11,7 @@ mod listener;
 mod openapi;
 mod policy;
 mod routes;
+mod shared;
 #[cfg(test)]
 mod tests;
 mod worker;
@@ -32,11 +33,13 @@ use unlearn_shared::api::{RunId, Subsample};
 use super::executor::Workspace;
 use crate::engine::device::{self, DeviceChoice};
 use crate::storage::history::History;
+use crate::storage::shared_history::SharedHistory;
 use catalog::BrowserModels;
 use error::ApiError;
 pub(crate) use guard::{Network, TrustedProxies};
-use jobs::Jobs;
+use jobs::{Jobs, Subsamples};
 pub(crate) use listener::ConnectionLimits;
+pub(crate) use shared::{work, WorkerConfig};
 
 /// How the server is deployed.
 #[derive(Debug, Clone)]
@@ -74,6 +77,21 @@ const UPLOAD_LIMIT: usize = 256 * 1024 * 1024;
 const URI_LIMIT: usize = 8 * 1024;
 
 impl ServerConfig {
+    fn run_files(&self) -> RunFiles {
+        RunFiles { data_dir: self.data_dir.clone(), run_models_budget: self.run_models_budget }
+    }
+}
+
+/// Where runs keep what they make, in the data folder (shared by every process of a
+/// deployment on PostgreSQL).
+#[derive(Debug, Clone)]
+pub(crate) struct RunFiles {
+    pub(crate) data_dir: PathBuf,
+    /// Disk space the unlearned models of runs may take; the oldest are deleted past it.
+    pub(crate) run_models_budget: u64,
+}
+
+impl RunFiles {
     /// What a run leaves behind besides its record: a trained model while it trains.
     fn run_dir(&self, id: RunId) -> PathBuf {
         self.runs_dir().join(id.to_string())
@@ -87,34 +105,88 @@ impl ServerConfig {
     fn run_weights_path(&self, id: RunId) -> PathBuf {
         self.runs_dir().join(format!("{id}.safetensors"))
     }
+
+    /// Makes the runs' folder, without what an earlier process left half-written.
+    fn prepare(&self) -> anyhow::Result<()> {
+        let runs = self.runs_dir();
+        std::fs::create_dir_all(&runs).with_context(|| format!("creating {}", runs.display()))?;
+        crate::storage::files::remove_partials(&runs);
+        Ok(())
+    }
 }
 
 pub(crate) struct AppState {
     config: ServerConfig,
     workspace: Workspace,
-    history: History,
-    jobs: Jobs,
+    runs: Runs,
     browser_models: BrowserModels,
     limits: guard::RateLimits,
 }
 
-/// Opens the history, and starts the worker on `device` in its own thread.
-pub(crate) fn start(config: ServerConfig, workspace: Workspace, device: DeviceChoice) -> anyhow::Result<Arc<AppState>> {
-    let runs = config.runs_dir();
-    std::fs::create_dir_all(&runs).with_context(|| format!("creating {}", runs.display()))?;
-    crate::storage::files::remove_partials(&runs);
-    let history = History::open(&config.data_dir.join("runs.sqlite"))?;
-    let (jobs, receiver) = Jobs::new(config.queue_capacity);
+/// Where runs wait, who carries them out, and where they are recorded.
+enum Runs {
+    /// This process alone: SQLite in the data folder, and a worker thread beside the server.
+    Embedded(Arc<Embedded>),
+    /// Any number of API servers and workers (`backend worker`) sharing PostgreSQL.
+    Shared(Arc<shared::Shared>),
+}
+
+/// The single-process deployment's history and queue.
+struct Embedded {
+    history: History,
+    jobs: Jobs,
+}
+
+/// Where the server records runs.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Database {
+    /// A file of its own, with the worker in the same process.
+    Sqlite(PathBuf),
+    /// A PostgreSQL URL: runs are carried out by `backend worker` processes.
+    Postgres(String),
+}
+
+impl std::str::FromStr for Database {
+    type Err = std::convert::Infallible;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(match text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            true => Self::Postgres(text.to_owned()),
+            false => Self::Sqlite(PathBuf::from(text.strip_prefix("sqlite://").unwrap_or(text))),
+        })
+    }
+}
+
+/// Opens the history, and on SQLite starts the worker on `device` in its own thread.
+pub(crate) fn start(config: ServerConfig, workspace: Workspace, database: &Database, device: DeviceChoice) -> anyhow::Result<Arc<AppState>> {
+    config.run_files().prepare()?;
     let limits = guard::RateLimits::new(config.rate_limit, config.asset_rate_limit);
-    let state = Arc::new(AppState { config, workspace, history, jobs, browser_models: BrowserModels::default(), limits });
-    let worker = worker::Worker { state: state.clone(), receiver };
-    std::thread::Builder::new().name("worker".into()).spawn(move || {
-        if let Err(error) = device::run(device, worker) {
-            tracing::error!(%error, "the worker could not start");
-            std::process::exit(1);
+    match database {
+        Database::Sqlite(path) => {
+            let history = History::open(path)?;
+            let (jobs, receiver) = Jobs::new(config.queue_capacity);
+            let embedded = Arc::new(Embedded { history, jobs });
+            let runs = Runs::Embedded(embedded.clone());
+            let state = Arc::new(AppState { config, workspace, runs, browser_models: BrowserModels::default(), limits });
+            let worker = worker::Worker { state: state.clone(), runs: embedded, receiver };
+            std::thread::Builder::new().name("worker".into()).spawn(move || {
+                if let Err(error) = device::run(device, worker) {
+                    tracing::error!(%error, "the worker could not start");
+                    std::process::exit(1);
+                }
+            })?;
+            Ok(state)
         }
-    })?;
-    Ok(state)
+        Database::Postgres(url) => {
+            let history = SharedHistory::open(url)?;
+            // Whole sets, unless limits were given; a public server keeps the CPU's ceiling, since
+            // any worker may be a CPU.
+            let subsample = config.subsample.unwrap_or(if config.public { worker::CPU_SUBSAMPLE } else { Subsample::default() });
+            let shared = Arc::new(shared::Shared { history, subsamples: Subsamples { default: subsample, classifier: subsample } });
+            shared::reap_in_background(shared.clone());
+            Ok(Arc::new(AppState { config, workspace, runs: Runs::Shared(shared), browser_models: BrowserModels::default(), limits }))
+        }
+    }
 }
 
 pub(crate) fn router(state: Arc<AppState>) -> Router {

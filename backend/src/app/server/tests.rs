@@ -16,7 +16,7 @@ use unlearn_shared::api::{ErrorBody, Health, ModelInfo, Run, RunAccepted, RunPag
 use unlearn_shared::model::weights;
 
 use super::worker::CPU_SUBSAMPLE;
-use super::{router, start as start_server, AppState, ServerConfig};
+use super::{router, start as start_server, AppState, Database, Runs, ServerConfig};
 use crate::app::executor::Workspace;
 use crate::engine::device::{CpuBackend, DeviceChoice};
 use crate::engine::unlearn::features_cache_names;
@@ -59,7 +59,8 @@ async fn start(adjust: impl FnOnce(&mut ServerConfig)) -> TestServer {
         models: ModelStore::open(&dir.path().join("models"), &dir.path().join("no-shipped-models")).expect("models"),
         cache: TensorCache::open(&dir.path().join("cache"), 1 << 30),
     };
-    let state = start_server(config, workspace, DeviceChoice::Cpu).expect("server starts");
+    let database = Database::Sqlite(dir.path().join("runs.sqlite"));
+    let state = start_server(config, workspace, &database, DeviceChoice::Cpu).expect("server starts");
     let server = TestServer { app: router(state.clone()), state, _dir: dir };
     let started = Instant::now();
     while server.get::<Health>("/api/health").await.device.is_none() {
@@ -411,7 +412,7 @@ async fn public_mode_guards_writes_with_the_token_and_limits_each_client() {
     assert_eq!(summary.epochs.len(), 1);
     let models: Vec<ModelInfo> = server.get("/api/models").await;
     assert!(models.iter().any(|m| m.id == "fresh" && m.width == 4), "the trained model is offered: {models:?}");
-    assert!(!server.state.config.run_dir(run.id).exists(), "the run's folder is gone");
+    assert!(!server.state.config.run_files().run_dir(run.id).exists(), "the run's folder is gone");
 
     // Another client still has its budget when this one has spent its own.
     let mut limited = None;
@@ -629,8 +630,9 @@ async fn a_full_disk_refuses_new_runs_with_507_and_keeps_answering_reads() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_busy_history_does_not_stall_requests_that_do_not_need_it() {
     let server = start(|_| {}).await;
-    let state = server.state.clone();
-    let busy = std::thread::spawn(move || state.history.hold_busy(Duration::from_millis(1500)));
+    let Runs::Embedded(runs) = &server.state.runs else { panic!("an embedded server") };
+    let runs = runs.clone();
+    let busy = std::thread::spawn(move || runs.history.hold_busy(Duration::from_millis(1500)));
     tokio::time::sleep(Duration::from_millis(100)).await;
     // On one runtime thread: the run lookup waits for the history, health must not.
     let lookup = server.send(Call::new(Method::GET, "/api/runs/1"));

@@ -8,18 +8,20 @@ use burn::tensor::backend::AutodiffBackend;
 use unlearn_shared::api::{ProgressEvent, RunId, RunRequest, RunResult, RunStatus, Subsample};
 
 use super::catalog::Download;
-use super::jobs::{Job, LiveRun, Unrecorded, WorkerInfo};
-use super::AppState;
-use crate::app::executor::{Executed, Executor, RunError, RunOptions, TrainStart};
+use super::jobs::{Job, LiveRun, Subsamples, Unrecorded, WorkerInfo};
+use super::{AppState, Embedded, RunFiles};
+use crate::app::executor::{Executed, Executor, RunError, RunOptions, TrainStart, Workspace};
 use crate::engine::device::{Device, Processor, Workload};
 use crate::engine::progress::Progress;
 use crate::storage::files::write_atomic;
-use crate::storage::history::Outcome;
+use crate::storage::history::{HistoryError, Outcome};
 use crate::storage::model_file::ModelFile;
 use crate::storage::retention;
 
+/// The embedded deployment's worker thread.
 pub(crate) struct Worker {
     pub(crate) state: Arc<AppState>,
+    pub(crate) runs: Arc<Embedded>,
     pub(crate) receiver: mpsc::Receiver<Job>,
 }
 
@@ -48,32 +50,65 @@ impl Workload for Worker {
 
     fn run<B: AutodiffBackend>(self, device: Device<B>) {
         let state = &*self.state;
-        let default_subsample = state.config.subsample.unwrap_or(if device.processor == Processor::Cpu { CPU_SUBSAMPLE } else { Subsample::default() });
-        let classifier_subsample = state.config.subsample.unwrap_or_default();
-        tracing::info!(device = %device.description, ?default_subsample, ?classifier_subsample, "worker ready; requests without a subsample use the default");
-        state.jobs.set_worker(WorkerInfo { device: device.description.clone(), default_subsample, classifier_subsample });
+        let runs = &*self.runs;
+        let default = state.config.subsample.unwrap_or(if device.processor == Processor::Cpu { CPU_SUBSAMPLE } else { Subsample::default() });
+        let subsamples = Subsamples { default, classifier: state.config.subsample.unwrap_or_default() };
+        tracing::info!(device = %device.description, ?subsamples, "worker ready; requests without a subsample use the default");
+        runs.jobs.set_worker(WorkerInfo { device: device.description.clone(), subsamples });
         let mut executor = Executor::new(&state.workspace, device);
+        let place = RunPlace { files: state.config.run_files(), workspace: &state.workspace, forget_weights: &|id| runs.history.remove_weights(id) };
         for job in self.receiver {
             if !job.live.leave_queue() {
                 continue; // Cancelled while queued: the cancel gave its place back and recorded it.
             }
-            state.jobs.release();
-            run_job(state, &mut executor, job);
+            runs.jobs.release();
+            run_job(runs, &place, &mut executor, job);
         }
     }
 }
 
-fn run_job<B: AutodiffBackend>(state: &AppState, executor: &mut Executor<B>, job: Job) {
+fn run_job<B: AutodiffBackend>(runs: &Embedded, place: &RunPlace<'_>, executor: &mut Executor<B>, job: Job) {
     let started = Instant::now();
-    match state.history.start(job.id) {
+    match runs.history.start(job.id) {
         Ok(true) => {}
         Ok(false) => return, // Cancelled between the queue and here; the cancel recorded it.
         Err(error) => tracing::error!(run = job.id, %error, "recording the start failed"),
     }
     job.live.set_status(RunStatus::Running);
-    let options = RunOptions { train_out: state.config.run_dir(job.id).join("model.safetensors"), train_start: TrainStart::Fresh, retrained_dir: None };
-    let executed = executor.execute(&job.request, &options, &mut RunProgress { live: &job.live });
-    let outcome = match executed.and_then(|executed| keep(state, &job, &options, executed)) {
+    let outcome = carry_out(place, executor, job.id, &job.request, &mut RunProgress { live: &job.live });
+    let status = match runs.history.finish(job.id, outcome) {
+        Ok(status) => status,
+        Err(error) => {
+            tracing::error!(run = job.id, %error, "recording the end failed");
+            let error = format!("the run ended, but the server could not record how: {error}");
+            runs.jobs.remember_unrecorded(job.id, Unrecorded { status: RunStatus::Failed, error });
+            RunStatus::Failed
+        }
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    tracing::info!(run = job.id, kind = job.request.kind(), status = status.as_str(), seconds, "run ended");
+    runs.jobs.finished(job.id, status, Some(seconds));
+}
+
+/// What a worker needs besides the device to carry out a run and keep what it made.
+pub(crate) struct RunPlace<'a> {
+    pub(crate) files: RunFiles,
+    pub(crate) workspace: &'a Workspace,
+    /// Records that a run's model was deleted to keep within the disk budget.
+    pub(crate) forget_weights: &'a dyn Fn(RunId) -> Result<(), HistoryError>,
+}
+
+/// Carries out run `id` and keeps what it made; returns the end to record.
+pub(crate) fn carry_out<B: AutodiffBackend>(
+    place: &RunPlace<'_>,
+    executor: &mut Executor<B>,
+    id: RunId,
+    request: &RunRequest,
+    progress: &mut dyn Progress,
+) -> Outcome {
+    let options = RunOptions { train_out: place.files.run_dir(id).join("model.safetensors"), train_start: TrainStart::Fresh, retrained_dir: None };
+    let executed = executor.execute(request, &options, progress);
+    let outcome = match executed.and_then(|executed| keep(place, id, request, &options, executed)) {
         Ok((result, weights_etag)) => Outcome { status: RunStatus::Succeeded, result: Some(result), error: None, weights_etag },
         Err(RunError::Cancelled(stopped)) => {
             let error = format!("cancelled by a request while running{stopped}");
@@ -81,29 +116,16 @@ fn run_job<B: AutodiffBackend>(state: &AppState, executor: &mut Executor<B>, job
         }
         Err(error) => {
             let error = format!("{:#}", anyhow::Error::new(error));
-            tracing::warn!(run = job.id, %error, "run failed");
-            Outcome { status: RunStatus::Failed, result: None, error: Some(without_data_dir(&error, &state.config.data_dir)), weights_etag: None }
+            tracing::warn!(run = id, %error, "run failed");
+            Outcome { status: RunStatus::Failed, result: None, error: Some(without_data_dir(&error, &place.files.data_dir)), weights_etag: None }
         }
     };
     // What the run left in its folder (a training checkpoint) was published on success and
     // is of no use otherwise.
-    if let Err(error) =
-        std::fs::remove_dir_all(state.config.run_dir(job.id)).or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
-    {
-        tracing::warn!(run = job.id, %error, "could not remove the run's folder");
+    if let Err(error) = std::fs::remove_dir_all(place.files.run_dir(id)).or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) }) {
+        tracing::warn!(run = id, %error, "could not remove the run's folder");
     }
-    let status = match state.history.finish(job.id, outcome) {
-        Ok(status) => status,
-        Err(error) => {
-            tracing::error!(run = job.id, %error, "recording the end failed");
-            let error = format!("the run ended, but the server could not record how: {error}");
-            state.jobs.remember_unrecorded(job.id, Unrecorded { status: RunStatus::Failed, error });
-            RunStatus::Failed
-        }
-    };
-    let seconds = started.elapsed().as_secs_f64();
-    tracing::info!(run = job.id, kind = job.request.kind(), status = status.as_str(), seconds, "run ended");
-    state.jobs.finished(job.id, status, Some(seconds));
+    outcome
 }
 
 /// A failure as clients read it: paths inside the data folder are shown relative to it, so
@@ -120,25 +142,25 @@ fn without_data_dir(error: &str, data_dir: &std::path::Path) -> String {
 
 /// Keeps what the run made: an unlearned model for the browser, a trained model among the
 /// models. Returns the result and the ETag of the run's weights, if it has any.
-fn keep(state: &AppState, job: &Job, options: &RunOptions, executed: Executed) -> Result<(RunResult, Option<String>), RunError> {
-    if let RunRequest::Train(request) = &job.request {
-        state.workspace.models.publish(&request.name, &options.train_out)?;
+fn keep(place: &RunPlace<'_>, id: RunId, request: &RunRequest, options: &RunOptions, executed: Executed) -> Result<(RunResult, Option<String>), RunError> {
+    if let RunRequest::Train(request) = request {
+        place.workspace.models.publish(&request.name, &options.train_out)?;
     }
-    let etag = executed.unlearned.map(|model| save_run_weights(state, job.id, &model)).transpose()?;
+    let etag = executed.unlearned.map(|model| save_run_weights(place, id, &model)).transpose()?;
     Ok((executed.result, etag))
 }
 
 /// The unlearned model in the browser's format, beside the run history; older runs' models
 /// are deleted past the disk budget (their records stay).
-fn save_run_weights(state: &AppState, id: RunId, model: &ModelFile) -> Result<String, RunError> {
+fn save_run_weights(place: &RunPlace<'_>, id: RunId, model: &ModelFile) -> Result<String, RunError> {
     let download = Download::new(model.browser_weights());
-    let path = state.config.run_weights_path(id);
+    let path = place.files.run_weights_path(id);
     write_atomic(&path, &download.bytes).map_err(|source| crate::storage::model_file::ModelFileError::Io { path: path.clone(), source })?;
-    for file in retention::to_delete_beside(&path, state.config.run_models_budget) {
+    for file in retention::to_delete_beside(&path, place.files.run_models_budget) {
         let Some(old) = file.path.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse::<RunId>().ok()) else { continue };
         // The record first: a model it no longer lists is never served half-deleted.
-        match state.history.remove_weights(old).map(|()| std::fs::remove_file(&file.path)) {
-            Ok(Ok(())) => tracing::info!(run = old, budget_mib = state.config.run_models_budget >> 20, "deleted a run's model to stay within the budget"),
+        match (place.forget_weights)(old).map(|()| std::fs::remove_file(&file.path)) {
+            Ok(Ok(())) => tracing::info!(run = old, budget_mib = place.files.run_models_budget >> 20, "deleted a run's model to stay within the budget"),
             Ok(Err(error)) => tracing::warn!(run = old, %error, "could not delete a run's model"),
             Err(error) => tracing::warn!(run = old, %error, "could not record the deletion of a run's model"),
         }

@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json as JsonResponse;
 use futures_util::stream::{self, Stream, StreamExt};
 use serde::Deserialize;
+use tokio::sync::watch;
 use unlearn_shared::api::{Run, RunAccepted, RunEvent, RunId, RunPage, RunRequest};
 
 use super::send;
@@ -15,6 +16,8 @@ use crate::app::server::error::ApiError;
 use crate::app::server::extract::{Json, Path, Query};
 use crate::app::server::guard::Caller;
 use crate::app::server::jobs::LiveState;
+use crate::app::server::lifecycle::Updates;
+use crate::app::server::shared::HEARTBEAT;
 use crate::app::server::AppState;
 use crate::storage::history::RunWeights;
 
@@ -32,12 +35,7 @@ pub(crate) async fn list(State(state): State<Arc<AppState>>, Query(query): Query
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(ApiError::Invalid(format!("limit must be between 1 and {MAX_PAGE}, got {limit}")));
     }
-    let mut runs = blocking(&state, move |state| Ok(state.history.page(query.before, limit)?)).await?;
-    for run in &mut runs {
-        if let Some(live) = state.jobs.live(run.id) {
-            run.status = live.status();
-        }
-    }
+    let runs = blocking(&state, move |state| state.page(query.before, limit)).await?;
     let next_before = (runs.len() == limit).then(|| runs.last().map(|r| r.id)).flatten();
     Ok(JsonResponse(RunPage { runs, next_before }))
 }
@@ -62,18 +60,18 @@ pub(crate) async fn cancel(State(state): State<Arc<AppState>>, caller: Caller, P
 /// run, then the stream ends. A finished run's stream is just `done`.
 pub(crate) async fn events(State(state): State<Arc<AppState>>, Path(id): Path<RunId>) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let run = blocking(&state, move |state| state.run(id)).await?;
-    let updates = state.jobs.live(id).filter(|_| !run.status.is_finished()).map(|live| live.subscribe());
-    let live_events = stream::unfold((updates, None::<LiveState>), |(updates, last)| async move {
-        let mut updates = updates?;
-        if last.is_some() && updates.changed().await.is_err() {
-            return None;
-        }
-        let now = updates.borrow_and_update().clone();
-        let events = changes(last.as_ref(), &now);
-        let next = (!now.status.is_finished()).then_some(updates);
-        Some((stream::iter(events), (next, Some(now))))
-    })
-    .flatten();
+    let states = match state.updates(&run) {
+        Updates::Watch(updates) => watched(updates).boxed(),
+        Updates::Poll => polled(state.clone(), id).boxed(),
+        Updates::Finished => stream::empty().boxed(),
+    };
+    let live_events = states
+        .scan(None::<LiveState>, |last, now| {
+            let events = changes(last.as_ref(), &now);
+            *last = Some(now);
+            std::future::ready(Some(stream::iter(events)))
+        })
+        .flatten();
     let done = stream::once(async move {
         let run = blocking(&state, move |state| state.run(id)).await.unwrap_or(run);
         RunEvent::Done(Box::new(run))
@@ -82,9 +80,50 @@ pub(crate) async fn events(State(state): State<Arc<AppState>>, Path(id): Path<Ru
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
-/// Runs `work` (SQLite queries and commits, which wait for the disk and for the worker's
-/// writes) on the blocking pool, off the threads that serve every other request.
-async fn blocking<T: Send + 'static>(state: &Arc<AppState>, work: impl FnOnce(&AppState) -> Result<T, ApiError> + Send + 'static) -> Result<T, ApiError> {
+/// The run's states from this process's worker, up to the first finished one.
+fn watched(updates: watch::Receiver<LiveState>) -> impl Stream<Item = LiveState> {
+    stream::unfold((Some(updates), true), |(updates, first)| async move {
+        let mut updates = updates?;
+        if !first && updates.changed().await.is_err() {
+            return None;
+        }
+        let now = updates.borrow_and_update().clone();
+        let next = (!now.status.is_finished()).then_some(updates);
+        Some((now, (next, false)))
+    })
+}
+
+/// The run's states as the shared database has them, read every heartbeat, up to the first
+/// finished one. While the database is unreachable the stream waits (its keep-alives go on).
+fn polled(state: Arc<AppState>, id: RunId) -> impl Stream<Item = LiveState> {
+    stream::unfold(Some(true), move |first| {
+        let state = state.clone();
+        async move {
+            if !first? {
+                tokio::time::sleep(HEARTBEAT).await;
+            }
+            loop {
+                match blocking(&state, move |state| state.run(id)).await {
+                    Ok(run) => {
+                        let next = (!run.status.is_finished()).then_some(false);
+                        return Some((LiveState { status: run.status, progress: run.progress }, next));
+                    }
+                    Err(error) => {
+                        tracing::warn!(run = id, ?error, "could not read the run for its event stream; trying again");
+                        tokio::time::sleep(HEARTBEAT * 4).await;
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Runs `work` (database queries and commits, which wait for the disk, the network and
+/// other writers) on the blocking pool, off the threads that serve every other request.
+pub(super) async fn blocking<T: Send + 'static>(
+    state: &Arc<AppState>,
+    work: impl FnOnce(&AppState) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
     let state = state.clone();
     tokio::task::spawn_blocking(move || work(&state)).await.map_err(ApiError::internal)?
 }
@@ -114,7 +153,7 @@ fn to_sse(event: &RunEvent) -> Event {
 }
 
 pub(crate) async fn weights(State(state): State<Arc<AppState>>, Path(id): Path<RunId>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let (run, weights) = blocking(&state, move |state| Ok((state.run(id)?, state.history.weights(id)?))).await?;
+    let (run, weights) = blocking(&state, move |state| Ok((state.run(id)?, state.weights(id)?))).await?;
     let etag = match weights {
         RunWeights::Kept { etag } => etag,
         RunWeights::Removed => {
@@ -126,7 +165,7 @@ pub(crate) async fn weights(State(state): State<Arc<AppState>>, Path(id): Path<R
             return Err(ApiError::NotFound(format!("run {id} has no unlearned model (a {} run, status {})", run.request.kind(), run.status.as_str())))
         }
     };
-    let path = state.config.run_weights_path(id);
+    let path = state.config.run_files().run_weights_path(id);
     crate::storage::retention::touch(&path);
     let file = tokio::fs::File::open(&path).await.map_err(|e| match e.kind() {
         // Deleted by the disk budget between the lookup and here.
