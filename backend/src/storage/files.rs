@@ -33,10 +33,11 @@ fn through_temporary(path: &Path, bytes: &[u8], install: impl FnOnce(&Path) -> s
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let mut name = std::ffi::OsString::from(".");
     name.push(path.file_name().unwrap_or_default());
-    name.push(format!(".{}-{}{PARTIAL_SUFFIX}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
+    // Random too: processes on other hosts sharing the folder may have the same pid.
+    name.push(format!(".{}-{}-{:016x}{PARTIAL_SUFFIX}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed), rand::random::<u64>()));
     let temporary = path.with_file_name(name);
     let written = (|| {
-        let mut file = std::fs::File::create(&temporary)?;
+        let mut file = std::fs::File::options().write(true).create_new(true).open(&temporary)?;
         file.write_all(bytes)?;
         file.sync_all()?;
         install(&temporary)

@@ -38,7 +38,8 @@ const MIGRATIONS: &[&str] = &[
          lease_until TIMESTAMPTZ,
          attempts INTEGER NOT NULL DEFAULT 0,
          cancel_requested BOOLEAN NOT NULL DEFAULT FALSE,
-         counts_to_quota BOOLEAN NOT NULL DEFAULT FALSE
+         counts_to_quota BOOLEAN NOT NULL DEFAULT FALSE,
+         claim_token TEXT
      );
      CREATE UNIQUE INDEX one_live_run_per_request ON runs (request_key) WHERE status IN ('queued', 'running');
      CREATE INDEX runs_queued ON runs (id) WHERE status = 'queued';
@@ -76,14 +77,15 @@ pub(crate) struct Claim {
     pub(crate) request: RunRequest,
 }
 
-/// One claim of a run: every write its worker makes names all three, so that it is void
+/// One claim of a run: every write its worker makes names its token, so that it is void
 /// once the run was claimed again, even by a worker of the same name.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Held {
     pub(crate) id: RunId,
-    pub(crate) worker: String,
     /// 1 for the first claim of the run.
     pub(crate) attempt: i32,
+    /// Random, made for this claim alone.
+    token: String,
 }
 
 /// What a heartbeat learnt.
@@ -134,8 +136,13 @@ impl SharedHistory {
             .tcp_user_timeout(Duration::from_secs(10))
             .keepalives_idle(Duration::from_secs(10))
             .keepalives_interval(Duration::from_secs(2))
-            .keepalives_retries(3)
-            .options("-c statement_timeout=30000");
+            .keepalives_retries(3);
+        // The server's side too: a session whose client vanished mid-transaction (holding the
+        // admission lock, say) is ended in seconds, not after the system's 2-hour keepalive.
+        let ours = "-c statement_timeout=30000 -c idle_in_transaction_session_timeout=10000 \
+                    -c tcp_keepalives_idle=10 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3";
+        let options = config.get_options().map_or_else(|| ours.to_owned(), |given| format!("{given} {ours}"));
+        config.options(&options);
         let history = Self { config, shown, idle: Mutex::default() };
         history.with(migrate)?.map_err(|found| HistoryError::Newer { place: history.shown.clone(), found, known: MIGRATIONS.len() as i64 })?;
         Ok(history)
@@ -216,30 +223,31 @@ impl SharedHistory {
         })
     }
 
-    /// Takes the oldest queued run for `worker`, leased for `lease`. A worker holds one run
-    /// at a time, so a run it already holds is its own claim whose answer was lost with the
-    /// connection: that one is given again rather than a second.
+    /// Takes the oldest queued run for `worker`, leased for `lease`. If the connection breaks
+    /// after the claim was committed, the retry finds it by its token and gives it again,
+    /// rather than a second run.
     pub(crate) fn claim(&self, worker: &str, lease: Duration) -> Result<Option<Claim>, HistoryError> {
+        let token = format!("{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>());
         let row = self.with(|client| {
-            let held = client.query_opt("SELECT id, request, attempts FROM runs WHERE worker = $1 AND status = 'running' ORDER BY id LIMIT 1", &[&worker])?;
+            let held = client.query_opt("SELECT id, request, attempts FROM runs WHERE claim_token = $1 AND status = 'running'", &[&token])?;
             if held.is_some() {
                 return Ok(held);
             }
             client.query_opt(
                 &format!(
-                    "UPDATE runs SET status = 'running', worker = $1, attempts = attempts + 1, progress = NULL,
+                    "UPDATE runs SET status = 'running', worker = $1, claim_token = $3, attempts = attempts + 1, progress = NULL,
                          started_ms = {NOW_MS}, lease_until = clock_timestamp() + $2 * interval '1 millisecond'
                      WHERE id = (SELECT id FROM runs WHERE status = 'queued' ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)
                      RETURNING id, request, attempts"
                 ),
-                &[&worker, &(lease.as_millis() as f64)],
+                &[&worker, &(lease.as_millis() as f64), &token],
             )
         })?;
         let Some(row) = row else { return Ok(None) };
         let id: RunId = row.get(0);
         let request: String = row.get(1);
         let request = serde_json::from_str(&request).map_err(|e| HistoryError::Record(format!("run {id}: request: {e}")))?;
-        Ok(Some(Claim { held: Held { id, worker: worker.to_owned(), attempt: row.get(2) }, request }))
+        Ok(Some(Claim { held: Held { id, attempt: row.get(2), token }, request }))
     }
 
     /// Extends the lease of a claim, storing its run's latest progress if there is news.
@@ -247,9 +255,9 @@ impl SharedHistory {
         let progress = progress.map(|p| serde_json::to_string(p).expect("progress serialises"));
         let row = self.with(|client| {
             client.query_opt(
-                "UPDATE runs SET lease_until = clock_timestamp() + $4 * interval '1 millisecond', progress = COALESCE($5, progress)
-                 WHERE id = $1 AND worker = $2 AND attempts = $3 AND status = 'running' RETURNING cancel_requested",
-                &[&held.id, &held.worker, &held.attempt, &(lease.as_millis() as f64), &progress],
+                "UPDATE runs SET lease_until = clock_timestamp() + $3 * interval '1 millisecond', progress = COALESCE($4, progress)
+                 WHERE id = $1 AND claim_token = $2 AND status = 'running' RETURNING cancel_requested",
+                &[&held.id, &held.token, &(lease.as_millis() as f64), &progress],
             )
         })?;
         Ok(row.map_or(Lease::Lost, |row| Lease::Held { cancel_requested: row.get(0) }))
@@ -267,9 +275,9 @@ impl SharedHistory {
                 &format!(
                     "UPDATE runs SET status = $3, finished_ms = {NOW_MS}, result = $4, error = $5, weights_etag = $6, headline = $7,
                          progress = NULL, lease_until = NULL
-                     WHERE id = $1 AND worker = $2 AND attempts = $8 AND status = 'running'"
+                     WHERE id = $1 AND claim_token = $2 AND status = 'running'"
                 ),
-                &[&held.id, &held.worker, &status, &result, &outcome.error, &outcome.weights_etag, &headline, &held.attempt],
+                &[&held.id, &held.token, &status, &result, &outcome.error, &outcome.weights_etag, &headline],
             )
         })?;
         Ok((changed == 1).then_some(outcome.status))
@@ -283,11 +291,11 @@ impl SharedHistory {
                 &format!(
                     "UPDATE runs SET status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END,
                          finished_ms = CASE WHEN cancel_requested THEN {NOW_MS} END,
-                         error = CASE WHEN cancel_requested THEN $4 ELSE error END,
+                         error = CASE WHEN cancel_requested THEN $3 ELSE error END,
                          attempts = attempts - 1, started_ms = NULL, progress = NULL, lease_until = NULL
-                     WHERE id = $1 AND worker = $2 AND attempts = $3 AND status = 'running'"
+                     WHERE id = $1 AND claim_token = $2 AND status = 'running'"
                 ),
-                &[&held.id, &held.worker, &held.attempt, &CANCELLED_RUNNING],
+                &[&held.id, &held.token, &CANCELLED_RUNNING],
             )
         })?;
         Ok(())
@@ -493,8 +501,16 @@ fn read_run(row: &Row, columns: Columns) -> Result<Run, HistoryError> {
     Ok(run)
 }
 
-/// `url` with its password, if any, replaced.
+/// `url` with its password, if any, replaced (in the user part or as a `password=` parameter).
 fn without_password(url: &str) -> String {
+    let url = match url.split_once('?') {
+        Some((base, query)) => {
+            let query: Vec<String> =
+                query.split('&').map(|pair| if pair.starts_with("password=") { "password=***".to_owned() } else { pair.to_owned() }).collect();
+            return format!("{}?{}", without_password(base), query.join("&"));
+        }
+        None => url,
+    };
     let Some((scheme, rest)) = url.split_once("://") else { return "the database".to_owned() };
     let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
     match authority.rsplit_once('@') {
@@ -580,7 +596,6 @@ mod tests {
         let id = inserted(history.admit(&request(1), "k", "me", 10, None).unwrap());
         let first = history.claim("dead", LEASE).unwrap().expect("a run");
         assert_eq!((first.held.id, first.held.attempt), (id, 1));
-        assert_eq!(history.claim("dead", LEASE).unwrap().map(|c| c.held), Some(first.held.clone()), "a worker's claim whose answer was lost is given again");
         assert_eq!(history.reap(2).unwrap(), [], "a lease in force is left alone");
         expire_leases(&url);
         assert_eq!(history.reap(2).unwrap(), [Reaped { id, status: RunStatus::Queued }]);
@@ -691,6 +706,8 @@ mod tests {
         assert!(error.contains("newer workbench (schema 99"), "{error}");
         let refused = SharedHistory::open("postgres://me:secret@127.0.0.1:1/none").err().expect("nothing listens there").to_string();
         assert!(refused.contains("me:***@127.0.0.1:1/none") && !refused.contains("secret"), "{refused}");
+        let refused = SharedHistory::open("postgres://me@127.0.0.1:1/none?password=secret&sslmode=disable").err().expect("nothing listens there").to_string();
+        assert!(refused.contains("password=***&sslmode=disable") && !refused.contains("secret"), "{refused}");
     }
 
     #[test]

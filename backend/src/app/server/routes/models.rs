@@ -14,8 +14,9 @@ use crate::app::server::guard::{Authorized, ImportModel};
 use crate::app::server::AppState;
 use crate::storage::model_store::ModelStoreError;
 
-pub(crate) async fn list(State(state): State<Arc<AppState>>) -> Json<Vec<ModelInfo>> {
-    Json(state.workspace.models.list())
+/// Off the runtime's threads: a listing may read models that another process added.
+pub(crate) async fn list(State(state): State<Arc<AppState>>) -> Result<Json<Vec<ModelInfo>>, ApiError> {
+    Ok(Json(tokio::task::spawn_blocking(move || state.workspace.models.list()).await.map_err(ApiError::internal)?))
 }
 
 #[derive(Deserialize)]
@@ -43,13 +44,12 @@ pub(crate) async fn import(
 }
 
 pub(crate) async fn weights(State(state): State<Arc<AppState>>, Path(id): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
-    if state.workspace.models.get(&id).is_none() {
-        return Err(ApiError::UnknownModel(id));
-    }
-    let download = tokio::task::spawn_blocking(move || state.browser_models.get(&state.workspace.models, &id))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)?;
+    let download = tokio::task::spawn_blocking(move || match state.workspace.models.get(&id) {
+        None => Err(ApiError::UnknownModel(id)),
+        Some(_) => state.browser_models.get(&state.workspace.models, &id).map_err(ApiError::internal),
+    })
+    .await
+    .map_err(ApiError::internal)??;
     // A model id can be re-imported with other weights, so clients revalidate.
     // The copy is made once and shared, so slow readers hold no memory of their own.
     Ok(send(&download.etag, download.bytes.clone().into(), &headers, "no-cache"))
