@@ -1,5 +1,6 @@
 //! The network: ResNet18 for CIFAR-10, its BatchNorm, and its weight format.
 
+mod conv;
 mod norm;
 mod resnet;
 pub mod weights;

@@ -10,6 +10,7 @@ use burn::prelude::*;
 use burn::tensor::activation::{relu, softmax};
 use burn::tensor::module::adaptive_avg_pool2d;
 
+use super::conv::convolve;
 use super::norm::{BatchNorm, BatchNormConfig, NormStats};
 use crate::cifar::{normalize_into, CHANNELS, IMAGE_BYTES, IMAGE_SIDE, NUM_CLASSES};
 
@@ -95,11 +96,11 @@ impl<B: Backend> BasicBlock<B> {
 
     fn forward(&self, x: Tensor<B, 4>, stats: NormStats) -> Tensor<B, 4> {
         let shortcut = match &self.downsample {
-            Some(down) => down.bn.forward(down.conv.forward(x.clone()), stats),
+            Some(down) => down.bn.forward(convolve(&down.conv, x.clone()), stats),
             None => x.clone(),
         };
-        let y = relu(self.bn1.forward(self.conv1.forward(x), stats));
-        let y = self.bn2.forward(self.conv2.forward(y), stats);
+        let y = relu(self.bn1.forward(convolve(&self.conv1, x), stats));
+        let y = self.bn2.forward(convolve(&self.conv2, y), stats);
         relu(y + shortcut)
     }
 }
@@ -113,7 +114,7 @@ impl<B: Backend> ResNet<B> {
     /// The penultimate features `[batch, 8 * width]`: everything before `fc`, whose input
     /// they are.
     pub fn features(&self, images: Tensor<B, 4>, stats: NormStats) -> Tensor<B, 2> {
-        let mut x = relu(self.bn1.forward(self.conv1.forward(images), stats));
+        let mut x = relu(self.bn1.forward(convolve(&self.conv1, images), stats));
         for block in self.blocks() {
             x = block.forward(x, stats);
         }

@@ -120,19 +120,23 @@ pub(crate) async fn serve(
             let mut http = hyper::server::conn::http1::Builder::new();
             // A request's head (URI included) is read into memory: bound it.
             http.timer(TokioTimer::new()).header_read_timeout(limits.read_timeout).max_header_size(MAX_HEAD);
-            let io = TokioIo::new(JsonParseErrors { inner: stream, pending: None });
+            let io = TokioIo::new(Connection { _place: admitted, inner: stream, pending: None });
             if let Err(error) = http.serve_connection(io, service).await {
                 tracing::debug!(%error, client = %peer, "connection ended with an error");
             }
-            drop(admitted);
         });
     }
 }
 
+/// An admitted connection as hyper serves it.
+///
 /// hyper answers what it cannot parse as a request (a URI over 64 KiB, headers too large,
 /// garbage) by itself, with 400, 414 or 431 and an empty body; this gives those answers the
 /// JSON error body that every other answer has. The app's own 400s always have a body.
-struct JsonParseErrors<IO> {
+struct Connection<IO> {
+    /// Declared before the socket, so dropped first: a client that sees its connection
+    /// closed finds its place free again.
+    _place: Admitted,
     inner: IO,
     pending: Option<Replacement>,
 }
@@ -167,13 +171,13 @@ fn json_answer(head: &[u8]) -> Option<Vec<u8>> {
     Some(answer.into_bytes())
 }
 
-impl<IO: AsyncRead + Unpin> AsyncRead for JsonParseErrors<IO> {
+impl<IO: AsyncRead + Unpin> AsyncRead for Connection<IO> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
-impl<IO: AsyncWrite + Unpin> AsyncWrite for JsonParseErrors<IO> {
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Connection<IO> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         let this = &mut *self;
         if this.pending.is_none() && buf.starts_with(b"HTTP/1.1 4") {

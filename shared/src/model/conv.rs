@@ -1,0 +1,625 @@
+//! The model's convolutions: Burn's, except on the server's CPU backend.
+//!
+//! Flex runs a convolution as many narrow matrix products (output tiles in the forward
+//! pass; and for the weight gradient, which Burn computes as a convolution over the
+//! batch-swapped input with only kernel-many output positions, one product per input
+//! channel), and they were most of a CPU training step (docs/performance.md). With the
+//! `flex-training` feature, Flex and `Autodiff<Flex>` (the server's CPU inference, training
+//! and importance) get the forward pass and both gradients as wide products of the unfolded
+//! input instead. Every other backend, and the browser, runs Burn's convolution unchanged.
+//! The choice is made by the backend's type at run time, so that the model, and all code
+//! generic over it, keeps asking only for a `Backend`.
+
+use burn::nn::conv::Conv2d;
+use burn::prelude::*;
+
+/// `conv` applied to `x`, as `conv.forward(x)` computes it.
+pub(crate) fn convolve<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    #[cfg(feature = "flex-training")]
+    let x = match flex::convolve(conv, x) {
+        Ok(output) => return output,
+        Err(x) => x,
+    };
+    conv.forward(x)
+}
+
+#[cfg(feature = "flex-training")]
+mod flex {
+    use std::any::{Any, TypeId};
+
+    use burn::backend::autodiff::checkpoint::base::Checkpointer;
+    use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+    use burn::backend::autodiff::grads::Gradients;
+    use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+    use burn::backend::autodiff::NodeId;
+    use burn::backend::{Autodiff, Flex};
+    use burn::nn::conv::Conv2d;
+    use burn::nn::PaddingConfig2d;
+    use burn::prelude::*;
+    use burn::tensor::ops::{ConvOptions, FloatTensor, ModuleOps};
+    use burn::tensor::{DType, TensorData, TensorPrimitive};
+    use burn_flex::FlexTensor;
+
+    use super::unfolded::{self, Geometry};
+
+    type Training = Autodiff<Flex>;
+
+    /// `Ok` with the output when `B` is Flex or `Autodiff<Flex>` and the convolution is a
+    /// plain one (no bias, groups or dilation, symmetric padding), else `Err` with `x`.
+    pub(super) fn convolve<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Result<Tensor<B, 4>, Tensor<B, 4>> {
+        let padding = match conv.padding {
+            PaddingConfig2d::Valid => [0, 0],
+            PaddingConfig2d::Explicit(top, left, bottom, right) if top == bottom && left == right => [top, left],
+            _ => return Err(x),
+        };
+        if conv.bias.is_some() || conv.groups != 1 || conv.dilation != [1, 1] {
+            return Err(x);
+        }
+        let options = ConvOptions::new(conv.stride, padding, [1, 1], 1);
+        let backend = TypeId::of::<B>();
+        if backend == TypeId::of::<Training>() {
+            let [x, weight] = [x, conv.weight.val()].map(|t| cast::<B, Training>(t).into_primitive().tensor());
+            return Ok(cast(Tensor::<Training, 4>::from_primitive(TensorPrimitive::Float(conv2d_tracked(x, weight, options)))));
+        }
+        if backend == TypeId::of::<Flex>() {
+            let [x, weight] = [x, conv.weight.val()].map(|t| cast::<B, Flex>(t).into_primitive().tensor());
+            return Ok(cast(Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(conv2d(&x, &weight, &options)))));
+        }
+        Err(x)
+    }
+
+    /// `tensor` as a tensor of `To`, which the caller checked is `From`.
+    fn cast<From: Backend, To: Backend>(tensor: Tensor<From, 4>) -> Tensor<To, 4> {
+        let mut slot = Some(tensor);
+        (&mut slot as &mut dyn Any).downcast_mut::<Option<Tensor<To, 4>>>().and_then(Option::take).expect("the same backend")
+    }
+
+    /// Burn's autodiff convolution, with this module's forward pass and gradients.
+    fn conv2d_tracked(x: FloatTensor<Training>, weight: FloatTensor<Training>, options: ConvOptions<2>) -> FloatTensor<Training> {
+        match Convolution.prepare::<NoCheckpointing>([x.node.clone(), weight.node.clone()]).compute_bound().stateful() {
+            OpsKind::Tracked(mut prep) => {
+                let state = (prep.checkpoint(&x), prep.checkpoint(&weight), options.clone());
+                prep.finish(state, conv2d(&x.primitive, &weight.primitive, &options))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(conv2d(&x.primitive, &weight.primitive, &options)),
+        }
+    }
+
+    #[derive(Debug)]
+    struct Convolution;
+
+    impl Backward<Flex, 2> for Convolution {
+        type State = (NodeId, NodeId, ConvOptions<2>);
+
+        fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+            let [node_x, node_weight] = ops.parents;
+            let grad = grads.consume::<Flex>(&ops.node);
+            let (x_state, weight_state, options) = ops.state;
+            let x = checkpointer.retrieve_node_output::<FlexTensor>(x_state);
+            let weight = checkpointer.retrieve_node_output::<FlexTensor>(weight_state);
+            if let Some(node) = node_x {
+                grads.register::<Flex>(node.id, input_gradient(&x, &weight, &grad, &options));
+            }
+            if let Some(node) = node_weight {
+                grads.register::<Flex>(node.id, weight_gradient(&x, &weight, &grad, &options));
+            }
+        }
+    }
+
+    fn geometry(x: &FlexTensor, weight: &FlexTensor, options: &ConvOptions<2>) -> Geometry {
+        Geometry::new(x.layout().shape().dims(), weight.layout().shape().dims(), options.stride, options.padding)
+    }
+
+    fn all_f32(tensors: &[&FlexTensor]) -> bool {
+        tensors.iter().all(|t| t.dtype() == DType::F32)
+    }
+
+    /// `op` on the values of `tensors`, contiguous.
+    fn on_values<const N: usize>(tensors: [&FlexTensor; N], op: impl FnOnce([&[f32]; N]) -> Vec<f32>) -> Vec<f32> {
+        let contiguous = tensors.map(FlexTensor::to_contiguous);
+        op(contiguous.each_ref().map(|t| t.as_slice().expect("contiguous f32")))
+    }
+
+    fn tensor(values: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
+        FlexTensor::from_data(TensorData::new(values, shape))
+    }
+
+    fn conv2d(x: &FlexTensor, weight: &FlexTensor, options: &ConvOptions<2>) -> FlexTensor {
+        if !all_f32(&[x, weight]) {
+            return Flex::conv2d(x.clone(), weight.clone(), None, options.clone());
+        }
+        let geometry = geometry(x, weight, options);
+        let values = on_values([x, weight], |[x, weight]| unfolded::forward(x, weight, &geometry));
+        tensor(values, geometry.output_shape())
+    }
+
+    fn input_gradient(x: &FlexTensor, weight: &FlexTensor, grad: &FlexTensor, options: &ConvOptions<2>) -> FlexTensor {
+        if !all_f32(&[weight, grad]) {
+            return Flex::conv2d_x_backward(x.clone(), weight.clone(), grad.clone(), options.clone());
+        }
+        let geometry = geometry(x, weight, options);
+        let values = on_values([weight, grad], |[weight, grad]| unfolded::input_gradient(weight, grad, &geometry));
+        tensor(values, x.layout().shape().dims())
+    }
+
+    fn weight_gradient(x: &FlexTensor, weight: &FlexTensor, grad: &FlexTensor, options: &ConvOptions<2>) -> FlexTensor {
+        if !all_f32(&[x, grad]) {
+            return Flex::conv2d_weight_backward(x.clone(), weight.clone(), grad.clone(), options.clone());
+        }
+        let geometry = geometry(x, weight, options);
+        let values = on_values([x, grad], |[x, grad]| unfolded::weight_gradient(x, grad, &geometry));
+        tensor(values, weight.layout().shape().dims())
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
+        use burn::nn::conv::Conv2dConfig;
+        use burn::tensor::Distribution;
+
+        use super::*;
+
+        fn plain<B: Backend>(channels: usize, kernel: usize, stride: usize, padding: usize) -> Conv2d<B> {
+            Conv2dConfig::new([channels, 7], [kernel, kernel])
+                .with_stride([stride, stride])
+                .with_padding(PaddingConfig2d::Explicit(padding, padding, padding, padding))
+                .with_bias(false)
+                .init(&Default::default())
+        }
+
+        fn assert_close<const D: usize>(ours: Tensor<Flex, D>, burns: Tensor<Flex, D>, what: &str) {
+            let scale = burns.clone().abs().max().into_scalar();
+            let error = (ours - burns).abs().max().into_scalar();
+            assert!(error <= 1e-5 * scale, "{what}: error {error} of {scale}");
+        }
+
+        type Forward = fn(&Conv2d<Training>, Tensor<Training, 4>) -> Tensor<Training, 4>;
+
+        fn ours(conv: &Conv2d<Training>, x: Tensor<Training, 4>) -> Tensor<Training, 4> {
+            convolve(conv, x).expect("a plain convolution on Training")
+        }
+
+        /// The output and the gradients of the input and the weight, for a fixed upstream gradient.
+        fn run(conv: &Conv2d<Training>, x: Tensor<Training, 4>, upstream: Tensor<Training, 4>, forward: Forward) -> [Tensor<Flex, 4>; 3] {
+            let x = x.require_grad();
+            let output = forward(conv, x.clone());
+            let grads = (output.clone() * upstream).sum().backward();
+            [output.inner(), x.grad(&grads).expect("x grad"), conv.weight.val().grad(&grads).expect("weight grad")]
+        }
+
+        // Odd sizes, strides 1 and 2, 3x3 padded and 1x1 unpadded, as in ResNet18.
+        const CASES: [(usize, usize, usize, usize, usize); 4] = [(3, 3, 1, 1, 9), (5, 3, 2, 1, 11), (4, 1, 2, 0, 7), (6, 3, 1, 0, 6)];
+
+        #[test]
+        fn training_outputs_and_gradients_equal_burns() {
+            let device = Default::default();
+            for (channels, kernel, stride, padding, side) in CASES {
+                let conv = plain::<Training>(channels, kernel, stride, padding);
+                let x = Tensor::<Training, 4>::random([3, channels, side, side + 2], Distribution::Normal(0.0, 1.0), &device);
+                let upstream = Tensor::random(conv.forward(x.clone()).dims(), Distribution::Normal(0.0, 1.0), &device);
+                let ours = run(&conv, x.clone(), upstream.clone(), ours);
+                let burns = run(&conv, x, upstream, Conv2d::forward);
+                for ((ours, burns), what) in ours.into_iter().zip(burns).zip(["output", "input gradient", "weight gradient"]) {
+                    assert_close(ours, burns, &format!("{what}, {channels} channels, {kernel}x{kernel} stride {stride}"));
+                }
+            }
+        }
+
+        #[test]
+        fn inference_outputs_equal_burns() {
+            let device = Default::default();
+            for (channels, kernel, stride, padding, side) in CASES {
+                let conv = plain::<Flex>(channels, kernel, stride, padding);
+                let x = Tensor::<Flex, 4>::random([2, channels, side + 1, side], Distribution::Normal(0.0, 1.0), &device);
+                let ours = convolve(&conv, x.clone()).expect("a plain convolution on Flex");
+                assert_close(ours, conv.forward(x), &format!("{channels} channels, {kernel}x{kernel} stride {stride}"));
+            }
+        }
+
+        /// A benchmark, not a check: each of ResNet18's convolution shapes at batches 32 and 64,
+        /// Flex's operation against this module's, in ms (docs/performance.md).
+        #[test]
+        #[ignore]
+        fn resnet18_convolutions_against_flex() {
+            use std::time::Instant;
+            let device = Default::default();
+            let random = |shape: [usize; 4]| Tensor::<Flex, 4>::random(shape, Distribution::Normal(0.0, 1.0), &device).into_primitive().tensor();
+            let time = |op: &dyn Fn()| {
+                op();
+                let started = Instant::now();
+                (0..3).for_each(|_| op());
+                started.elapsed().as_secs_f64() / 3.0 * 1e3
+            };
+            println!("batch, convolution, count in the model: forward, input gradient, weight gradient (ms, Flex / ours)");
+            for batch in [32, 64] {
+                let mut model = [0.0; 6];
+                // (input channels, output channels, input side, kernel, stride, count in ResNet18)
+                for (channels, out, side, kernel, stride, count) in [
+                    (3, 64, 32, 3, 1, 1),
+                    (64, 64, 32, 3, 1, 4),
+                    (64, 128, 32, 3, 2, 1),
+                    (128, 128, 16, 3, 1, 3),
+                    (64, 128, 32, 1, 2, 1),
+                    (128, 256, 16, 3, 2, 1),
+                    (256, 256, 8, 3, 1, 3),
+                    (128, 256, 16, 1, 2, 1),
+                    (256, 512, 8, 3, 2, 1),
+                    (512, 512, 4, 3, 1, 3),
+                    (256, 512, 8, 1, 2, 1),
+                ] {
+                    let padding = kernel / 2;
+                    let options = ConvOptions::new([stride, stride], [padding, padding], [1, 1], 1);
+                    let out_side = (side + 2 * padding - kernel) / stride + 1;
+                    let (x, weight, grad) =
+                        (random([batch, channels, side, side]), random([out, channels, kernel, kernel]), random([batch, out, out_side, out_side]));
+                    let timings = [
+                        time(&|| drop(Flex::conv2d(x.clone(), weight.clone(), None, options.clone()))),
+                        time(&|| drop(conv2d(&x, &weight, &options))),
+                        time(&|| drop(Flex::conv2d_x_backward(x.clone(), weight.clone(), grad.clone(), options.clone()))),
+                        time(&|| drop(input_gradient(&x, &weight, &grad, &options))),
+                        time(&|| drop(Flex::conv2d_weight_backward(x.clone(), weight.clone(), grad.clone(), options.clone()))),
+                        time(&|| drop(weight_gradient(&x, &weight, &grad, &options))),
+                    ];
+                    println!(
+                        "{batch}, {channels}->{out} {side}x{side} {kernel}x{kernel}/{stride}, x{count}: {:.1} / {:.1}, {:.1} / {:.1}, {:.1} / {:.1}",
+                        timings[0], timings[1], timings[2], timings[3], timings[4], timings[5]
+                    );
+                    model.iter_mut().zip(timings).for_each(|(sum, ms)| *sum += ms * count as f64);
+                }
+                println!(
+                    "{batch}, the model's 20 convolutions: {:.0} / {:.0}, {:.0} / {:.0}, {:.0} / {:.0}",
+                    model[0], model[1], model[2], model[3], model[4], model[5]
+                );
+            }
+        }
+
+        #[test]
+        fn other_backends_and_convolutions_are_left_to_burn() {
+            fn x<B: Backend>() -> Tensor<B, 4> {
+                Tensor::zeros([1, 2, 5, 5], &Default::default())
+            }
+            assert!(convolve(&plain::<Autodiff<Flex, BalancedCheckpointing>>(2, 3, 1, 1), x()).is_err(), "another backend");
+            assert!(convolve(&Conv2dConfig::new([2, 2], [3, 3]).init::<Training>(&Default::default()), x()).is_err(), "with a bias");
+            assert!(convolve(&Conv2dConfig::new([2, 2], [3, 3]).with_groups(2).with_bias(false).init::<Flex>(&Default::default()), x()).is_err(), "grouped");
+        }
+    }
+}
+
+/// Convolutions as wide matrix products of the unfolded input, on plain slices.
+#[cfg(feature = "flex-training")]
+mod unfolded {
+    use std::ops::Range;
+
+    use gemm::{gemm, Parallelism};
+    use rayon::prelude::*;
+
+    /// Unfolded input held at once, in values (32 MiB): images are taken in chunks that fit.
+    const UNFOLDED_VALUES: usize = 8 << 20;
+
+    /// A plain convolution's shapes (no groups or dilation), and how many images one
+    /// matrix product takes.
+    pub(super) struct Geometry {
+        batch: usize,
+        channels_in: usize,
+        input: [usize; 2],
+        channels_out: usize,
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        padding: [usize; 2],
+        output: [usize; 2],
+        images_per_product: usize,
+    }
+
+    impl Geometry {
+        /// For an input `[batch, channels_in, height, width]` and a weight
+        /// `[channels_out, channels_in, kernel_height, kernel_width]`.
+        pub(super) fn new(input: [usize; 4], weight: [usize; 4], stride: [usize; 2], padding: [usize; 2]) -> Self {
+            let [batch, channels_in, height, width] = input;
+            let [channels_out, _, kernel_height, kernel_width] = weight;
+            let out = |size: usize, kernel: usize, axis: usize| (size + 2 * padding[axis] - kernel) / stride[axis] + 1;
+            let output = [out(height, kernel_height, 0), out(width, kernel_width, 1)];
+            let mut geometry = Self {
+                batch,
+                channels_in,
+                input: [height, width],
+                channels_out,
+                kernel: [kernel_height, kernel_width],
+                stride,
+                padding,
+                output,
+                images_per_product: 1,
+            };
+            geometry.images_per_product = (UNFOLDED_VALUES / (geometry.patch() * geometry.positions())).clamp(1, batch.max(1));
+            geometry
+        }
+
+        pub(super) fn output_shape(&self) -> [usize; 4] {
+            [self.batch, self.channels_out, self.output[0], self.output[1]]
+        }
+
+        fn positions(&self) -> usize {
+            self.output[0] * self.output[1]
+        }
+
+        /// Values one kernel application reads: input channels times kernel size.
+        fn patch(&self) -> usize {
+            self.channels_in * self.kernel[0] * self.kernel[1]
+        }
+
+        fn plane(&self) -> usize {
+            self.input[0] * self.input[1]
+        }
+
+        fn chunks(&self) -> impl Iterator<Item = Range<usize>> + '_ {
+            (0..self.batch).step_by(self.images_per_product).map(|first| first..(first + self.images_per_product).min(self.batch))
+        }
+    }
+
+    /// `Y[n, o, p] = sum over taps t = (c, ky, kx) of W[o, t] * X[n, c, p + (ky, kx)]`.
+    pub(super) fn forward(x: &[f32], weight: &[f32], g: &Geometry) -> Vec<f32> {
+        let (patch, positions, channels_out) = (g.patch(), g.positions(), g.channels_out);
+        let mut output = vec![0.0; g.batch * channels_out * positions];
+        let mut unfolded = vec![0.0; patch * g.images_per_product * positions];
+        let mut product = vec![0.0; channels_out * g.images_per_product * positions];
+        for images in g.chunks() {
+            let depth = images.len() * positions;
+            unfold(x, g, images.clone(), &mut unfolded[..patch * depth]);
+            let weight = View { values: weight, rows: channels_out, cols: patch, row_stride: patch, col_stride: 1 };
+            let unfolded = View { values: &unfolded, rows: patch, cols: depth, row_stride: depth, col_stride: 1 };
+            multiply(&mut product[..channels_out * depth], weight, unfolded, Sum::Overwrite);
+            // Row o of the product holds Y[n, o, ..] for every image n of the chunk.
+            output[images.start * channels_out * positions..images.end * channels_out * positions]
+                .par_chunks_mut(channels_out * positions)
+                .enumerate()
+                .for_each(|(image, output)| {
+                    for (o, output) in output.chunks_exact_mut(positions).enumerate() {
+                        output.copy_from_slice(&product[o * depth + image * positions..][..positions]);
+                    }
+                });
+        }
+        output
+    }
+
+    /// `dX[n, c, q] = sum over o, taps (ky, kx) and the positions p they take to q of W[o, (c, ky, kx)] * dY[n, o, p]`.
+    pub(super) fn input_gradient(weight: &[f32], grad: &[f32], g: &Geometry) -> Vec<f32> {
+        let (patch, positions, channels_out) = (g.patch(), g.positions(), g.channels_out);
+        let mut result = vec![0.0; g.batch * g.channels_in * g.plane()];
+        let mut gathered = vec![0.0; channels_out * g.images_per_product * positions];
+        let mut unfolded = vec![0.0; patch * g.images_per_product * positions];
+        for images in g.chunks() {
+            let depth = images.len() * positions;
+            gather(grad, g, images.clone(), &mut gathered[..channels_out * depth]);
+            let transposed = View { values: weight, rows: patch, cols: channels_out, row_stride: 1, col_stride: patch };
+            let gathered = View { values: &gathered, rows: channels_out, cols: depth, row_stride: depth, col_stride: 1 };
+            multiply(&mut unfolded[..patch * depth], transposed, gathered, Sum::Overwrite);
+            fold(&unfolded[..patch * depth], g, images.clone(), &mut result[images.start * g.channels_in * g.plane()..images.end * g.channels_in * g.plane()]);
+        }
+        result
+    }
+
+    /// `dW[o, t] = sum over images n and positions p of dY[n, o, p] * X[n, c, p + (ky, kx)]`, t = (c, ky, kx).
+    pub(super) fn weight_gradient(x: &[f32], grad: &[f32], g: &Geometry) -> Vec<f32> {
+        let (patch, positions, channels_out) = (g.patch(), g.positions(), g.channels_out);
+        let mut result = vec![0.0; channels_out * patch];
+        let mut unfolded = vec![0.0; patch * g.images_per_product * positions];
+        let mut gathered = vec![0.0; channels_out * g.images_per_product * positions];
+        for images in g.chunks() {
+            let depth = images.len() * positions;
+            unfold(x, g, images.clone(), &mut unfolded[..patch * depth]);
+            gather(grad, g, images.clone(), &mut gathered[..channels_out * depth]);
+            let gathered = View { values: &gathered, rows: channels_out, cols: depth, row_stride: depth, col_stride: 1 };
+            let transposed = View { values: &unfolded, rows: depth, cols: patch, row_stride: 1, col_stride: depth };
+            let sum = if images.start == 0 { Sum::Overwrite } else { Sum::Accumulate };
+            multiply(&mut result, gathered, transposed, sum);
+        }
+        result
+    }
+
+    /// Row t = (c, ky, kx) of `out` (`[patch, images x positions]`) gets what tap t meets at
+    /// each output position of `images`: zero where it falls on the padding.
+    fn unfold(x: &[f32], g: &Geometry, images: Range<usize>, out: &mut [f32]) {
+        let depth = images.len() * g.positions();
+        out.par_chunks_mut(depth).enumerate().for_each(|(tap, row)| {
+            let (channel, ky, kx) = g.tap(tap);
+            for (image, part) in images.clone().zip(row.chunks_exact_mut(g.positions())) {
+                let plane = &x[(image * g.channels_in + channel) * g.plane()..][..g.plane()];
+                for (oy, out) in part.chunks_exact_mut(g.output[1]).enumerate() {
+                    match g.input_row(oy, ky) {
+                        Some(iy) => g.read_row(&plane[iy * g.input[1]..][..g.input[1]], kx, out),
+                        None => out.fill(0.0),
+                    }
+                }
+            }
+        });
+    }
+
+    /// The inverse of [`unfold`]'s layout, summing: plane (n, c) of `out` gets every tap of
+    /// channel c at every position of image n in `unfolded`.
+    fn fold(unfolded: &[f32], g: &Geometry, images: Range<usize>, out: &mut [f32]) {
+        let depth = images.len() * g.positions();
+        let taps = g.kernel[0] * g.kernel[1];
+        out.par_chunks_mut(g.plane()).enumerate().for_each(|(index, plane)| {
+            let (image, channel) = (index / g.channels_in, index % g.channels_in);
+            plane.fill(0.0);
+            for tap in channel * taps..(channel + 1) * taps {
+                let (_, ky, kx) = g.tap(tap);
+                let row = &unfolded[tap * depth + image * g.positions()..][..g.positions()];
+                for (oy, values) in row.chunks_exact(g.output[1]).enumerate() {
+                    if let Some(iy) = g.input_row(oy, ky) {
+                        g.add_row(values, kx, &mut plane[iy * g.input[1]..][..g.input[1]]);
+                    }
+                }
+            }
+        });
+    }
+
+    /// Row o of `out` (`[channels_out, images x positions]`) gets `dY[n, o, ..]` for every image n.
+    fn gather(grad: &[f32], g: &Geometry, images: Range<usize>, out: &mut [f32]) {
+        let positions = g.positions();
+        out.par_chunks_mut(images.len() * positions).enumerate().for_each(|(o, row)| {
+            for (image, part) in images.clone().zip(row.chunks_exact_mut(positions)) {
+                part.copy_from_slice(&grad[(image * g.channels_out + o) * positions..][..positions]);
+            }
+        });
+    }
+
+    impl Geometry {
+        /// Tap t's channel and kernel offsets.
+        fn tap(&self, tap: usize) -> (usize, usize, usize) {
+            let [height, width] = self.kernel;
+            (tap / (height * width), tap / width % height, tap % width)
+        }
+
+        /// The input row that output row `oy` reads at kernel row `ky`, if not padding.
+        fn input_row(&self, oy: usize, ky: usize) -> Option<usize> {
+            (oy * self.stride[0] + ky).checked_sub(self.padding[0]).filter(|&iy| iy < self.input[0])
+        }
+
+        /// The output columns whose reads at kernel column `kx` fall inside the input, and the
+        /// input column of the first; stride 1 only.
+        fn inside(&self, kx: usize) -> (Range<usize>, usize) {
+            let start = self.padding[1].saturating_sub(kx).min(self.output[1]);
+            let end = (self.input[1] + self.padding[1]).saturating_sub(kx).min(self.output[1]).max(start);
+            (start..end, (start + kx).saturating_sub(self.padding[1]).min(self.input[1]))
+        }
+
+        /// `out[ox]` = the input value output column `ox` reads at kernel column `kx` in `line`.
+        fn read_row(&self, line: &[f32], kx: usize, out: &mut [f32]) {
+            if self.stride[1] == 1 {
+                let (inside, from) = self.inside(kx);
+                out[..inside.start].fill(0.0);
+                out[inside.clone()].copy_from_slice(&line[from..][..inside.len()]);
+                out[inside.end..].fill(0.0);
+            } else {
+                for (ox, value) in out.iter_mut().enumerate() {
+                    *value = (ox * self.stride[1] + kx).checked_sub(self.padding[1]).and_then(|ix| line.get(ix)).copied().unwrap_or(0.0);
+                }
+            }
+        }
+
+        /// The transpose of [`Self::read_row`], summing into `line`.
+        fn add_row(&self, values: &[f32], kx: usize, line: &mut [f32]) {
+            if self.stride[1] == 1 {
+                let (inside, from) = self.inside(kx);
+                for (target, value) in line[from..][..inside.len()].iter_mut().zip(&values[inside]) {
+                    *target += value;
+                }
+            } else {
+                for (ox, value) in values.iter().enumerate() {
+                    if let Some(target) = (ox * self.stride[1] + kx).checked_sub(self.padding[1]).and_then(|ix| line.get_mut(ix)) {
+                        *target += value;
+                    }
+                }
+            }
+        }
+    }
+
+    /// A matrix in a slice: element (i, j) at `values[i * row_stride + j * col_stride]`.
+    #[derive(Clone, Copy)]
+    struct View<'a> {
+        values: &'a [f32],
+        rows: usize,
+        cols: usize,
+        row_stride: usize,
+        col_stride: usize,
+    }
+
+    impl View<'_> {
+        fn in_bounds(&self) -> bool {
+            self.rows == 0 || self.cols == 0 || (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride < self.values.len()
+        }
+    }
+
+    enum Sum {
+        Overwrite,
+        Accumulate,
+    }
+
+    /// `dst = lhs x rhs`, or `dst += lhs x rhs`, `dst` row-major.
+    fn multiply(dst: &mut [f32], lhs: View, rhs: View, sum: Sum) {
+        assert!(lhs.cols == rhs.rows && dst.len() == lhs.rows * rhs.cols && lhs.in_bounds() && rhs.in_bounds(), "matrix shapes");
+        // SAFETY: the asserts above keep every element gemm reads and writes in its slice.
+        unsafe {
+            gemm(
+                lhs.rows,
+                rhs.cols,
+                lhs.cols,
+                dst.as_mut_ptr(),
+                1,
+                rhs.cols as isize,
+                matches!(sum, Sum::Accumulate),
+                lhs.values.as_ptr(),
+                lhs.col_stride as isize,
+                lhs.row_stride as isize,
+                rhs.values.as_ptr(),
+                rhs.col_stride as isize,
+                rhs.row_stride as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                Parallelism::Rayon(0),
+            );
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        /// Every (n, o, output position, tap) with the input index it reads, if not padding.
+        fn terms(g: &Geometry) -> Vec<(usize, usize, usize, usize, usize)> {
+            let mut terms = Vec::new();
+            let [kh, kw] = g.kernel;
+            for n in 0..g.batch {
+                for o in 0..g.channels_out {
+                    for p in 0..g.positions() {
+                        let (oy, ox) = (p / g.output[1], p % g.output[1]);
+                        for tap in 0..g.patch() {
+                            let (c, ky, kx) = (tap / (kh * kw), tap / kw % kh, tap % kw);
+                            let (iy, ix) = ((oy * g.stride[0] + ky) as isize - g.padding[0] as isize, (ox * g.stride[1] + kx) as isize - g.padding[1] as isize);
+                            if (0..g.input[0] as isize).contains(&iy) && (0..g.input[1] as isize).contains(&ix) {
+                                let input = ((n * g.channels_in + c) * g.input[0] + iy as usize) * g.input[1] + ix as usize;
+                                terms.push((n, o, p, tap, input));
+                            }
+                        }
+                    }
+                }
+            }
+            terms
+        }
+
+        fn assert_close(got: &[f32], expected: &[f64], what: &str) {
+            assert_eq!(got.len(), expected.len(), "{what}");
+            for (got, expected) in got.iter().zip(expected) {
+                assert!((*got as f64 - expected).abs() <= 1e-4 * (1.0 + expected.abs()), "{what}: {got} vs {expected}");
+            }
+        }
+
+        #[test]
+        fn products_equal_the_definitions_term_by_term() {
+            // A 3x2 kernel, strides 2 and 1, paddings 1 and 0, on a 5x7 input: output 3x6.
+            let mut g = Geometry::new([5, 2, 5, 7], [3, 2, 3, 2], [2, 1], [1, 0]);
+            assert_eq!(g.output, [3, 6]);
+            let values = |count: usize, seed: usize| (0..count).map(|i| ((i * seed % 101) as f32 - 50.0) / 25.0).collect::<Vec<_>>();
+            let x = values(g.batch * g.channels_in * g.plane(), 37);
+            let weight = values(g.channels_out * g.patch(), 53);
+            let grad = values(g.batch * g.channels_out * g.positions(), 29);
+            let (mut output, mut input_grad, mut weight_grad) = (vec![0.0; grad.len()], vec![0.0; x.len()], vec![0.0; weight.len()]);
+            for (n, o, p, tap, input) in terms(&g) {
+                let out = (n * g.channels_out + o) * g.positions() + p;
+                output[out] += weight[o * g.patch() + tap] as f64 * x[input] as f64;
+                input_grad[input] += weight[o * g.patch() + tap] as f64 * grad[out] as f64;
+                weight_grad[o * g.patch() + tap] += grad[out] as f64 * x[input] as f64;
+            }
+            // One image per product, two (the last chunk short), and all at once.
+            for images in [1, 2, 5] {
+                g.images_per_product = images;
+                assert_close(&forward(&x, &weight, &g), &output, &format!("output, {images} images per product"));
+                assert_close(&input_gradient(&weight, &grad, &g), &input_grad, &format!("input gradient, {images} images per product"));
+                assert_close(&weight_gradient(&x, &grad, &g), &weight_grad, &format!("weight gradient, {images} images per product"));
+            }
+        }
+    }
+}
