@@ -1,21 +1,18 @@
 //! The model's convolutions: Burn's, except on the server's CPU backend.
 //!
-//! Flex runs a convolution as many narrow matrix products (output tiles in the forward
-//! pass; and for the weight gradient, which Burn computes as a convolution over the
-//! batch-swapped input with only kernel-many output positions, one product per input
-//! channel), and they were most of a CPU training step (docs/performance.md). With the
-//! `flex-training` feature, Flex and `Autodiff<Flex>` (the server's CPU inference, training
-//! and importance) get the forward pass and both gradients as wide products of the unfolded
-//! input instead. Every other backend, and the browser, runs Burn's convolution unchanged.
-//! The choice is made by the backend's type at run time, so that the model, and all code
-//! generic over it, keeps asking only for a `Backend`.
+//! Flex runs convolutions as many narrow matrix products (for the weight gradient, one
+//! 9-wide product per input channel), most of a CPU training step (docs/performance.md).
+//! With the `flex-convolutions` feature, Flex and `Autodiff<Flex>` get the forward pass and
+//! both gradients as wide products of the unfolded input instead; other backends and the
+//! browser keep Burn's. The backend is told apart by its type at run time, so that the model
+//! still asks only for a `Backend`.
 
 use burn::nn::conv::Conv2d;
 use burn::prelude::*;
 
 /// `conv` applied to `x`, as `conv.forward(x)` computes it.
 pub(crate) fn convolve<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
-    #[cfg(feature = "flex-training")]
+    #[cfg(feature = "flex-convolutions")]
     let x = match flex::convolve(conv, x) {
         Ok(output) => return output,
         Err(x) => x,
@@ -23,7 +20,7 @@ pub(crate) fn convolve<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<
     conv.forward(x)
 }
 
-#[cfg(feature = "flex-training")]
+#[cfg(feature = "flex-convolutions")]
 mod flex {
     use std::any::{Any, TypeId};
 
@@ -32,27 +29,32 @@ mod flex {
     use burn::backend::autodiff::grads::Gradients;
     use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
     use burn::backend::autodiff::NodeId;
+    use burn::backend::flex::FlexTensor;
     use burn::backend::{Autodiff, Flex};
     use burn::nn::conv::Conv2d;
     use burn::nn::PaddingConfig2d;
     use burn::prelude::*;
     use burn::tensor::ops::{ConvOptions, FloatTensor, ModuleOps};
     use burn::tensor::{DType, TensorData, TensorPrimitive};
-    use burn_flex::FlexTensor;
 
     use super::unfolded::{self, Geometry};
 
     type Training = Autodiff<Flex>;
 
     /// `Ok` with the output when `B` is Flex or `Autodiff<Flex>` and the convolution is a
-    /// plain one (no bias, groups or dilation, symmetric padding), else `Err` with `x`.
+    /// plain one (no bias, groups or dilation, symmetric padding) that fits `x`, else `Err`
+    /// with `x`.
     pub(super) fn convolve<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Result<Tensor<B, 4>, Tensor<B, 4>> {
         let padding = match conv.padding {
             PaddingConfig2d::Valid => [0, 0],
             PaddingConfig2d::Explicit(top, left, bottom, right) if top == bottom && left == right => [top, left],
             _ => return Err(x),
         };
-        if conv.bias.is_some() || conv.groups != 1 || conv.dilation != [1, 1] {
+        let [_, channels, height, width] = x.dims();
+        let [_, weight_channels, kernel_height, kernel_width] = conv.weight.dims();
+        let fits = kernel_height <= height + 2 * padding[0] && kernel_width <= width + 2 * padding[1];
+        // Anything else, mismatched shapes included, is Burn's to compute or to refuse.
+        if conv.bias.is_some() || conv.groups != 1 || conv.dilation != [1, 1] || conv.stride.contains(&0) || channels != weight_channels || !fits {
             return Err(x);
         }
         let options = ConvOptions::new(conv.stride, padding, [1, 1], 1);
@@ -68,10 +70,10 @@ mod flex {
         Err(x)
     }
 
-    /// `tensor` as a tensor of `To`, which the caller checked is `From`.
-    fn cast<From: Backend, To: Backend>(tensor: Tensor<From, 4>) -> Tensor<To, 4> {
+    /// `tensor` as a tensor of `Target`, which the caller checked is `Source`.
+    fn cast<Source: Backend, Target: Backend>(tensor: Tensor<Source, 4>) -> Tensor<Target, 4> {
         let mut slot = Some(tensor);
-        (&mut slot as &mut dyn Any).downcast_mut::<Option<Tensor<To, 4>>>().and_then(Option::take).expect("the same backend")
+        (&mut slot as &mut dyn Any).downcast_mut::<Option<Tensor<Target, 4>>>().and_then(Option::take).expect("the same backend")
     }
 
     /// Burn's autodiff convolution, with this module's forward pass and gradients.
@@ -134,7 +136,7 @@ mod flex {
     }
 
     fn input_gradient(x: &FlexTensor, weight: &FlexTensor, grad: &FlexTensor, options: &ConvOptions<2>) -> FlexTensor {
-        if !all_f32(&[weight, grad]) {
+        if !all_f32(&[x, weight, grad]) {
             return Flex::conv2d_x_backward(x.clone(), weight.clone(), grad.clone(), options.clone());
         }
         let geometry = geometry(x, weight, options);
@@ -143,7 +145,7 @@ mod flex {
     }
 
     fn weight_gradient(x: &FlexTensor, weight: &FlexTensor, grad: &FlexTensor, options: &ConvOptions<2>) -> FlexTensor {
-        if !all_f32(&[x, grad]) {
+        if !all_f32(&[x, weight, grad]) {
             return Flex::conv2d_weight_backward(x.clone(), weight.clone(), grad.clone(), options.clone());
         }
         let geometry = geometry(x, weight, options);
@@ -203,6 +205,28 @@ mod flex {
                     assert_close(ours, burns, &format!("{what}, {channels} channels, {kernel}x{kernel} stride {stride}"));
                 }
             }
+        }
+
+        #[test]
+        fn one_sided_gradients_equal_burns() {
+            // The importance pass tracks only weights; the model's first convolution gets an
+            // untracked input.
+            let device = Default::default();
+            let conv = plain::<Training>(5, 3, 2, 1);
+            let x = Tensor::<Training, 4>::random([2, 5, 9, 8], Distribution::Normal(0.0, 1.0), &device);
+            let upstream = Tensor::<Training, 4>::random(conv.forward(x.clone()).dims(), Distribution::Normal(0.0, 1.0), &device);
+            let weight_gradient = |forward: Forward| {
+                let grads = (forward(&conv, x.clone()) * upstream.clone()).sum().backward();
+                conv.weight.val().grad(&grads).expect("weight grad")
+            };
+            assert_close(weight_gradient(ours), weight_gradient(Conv2d::forward), "weight gradient, untracked input");
+            let frozen = conv.clone().no_grad();
+            let input_gradient = |forward: Forward| {
+                let x = x.clone().require_grad();
+                let grads = (forward(&frozen, x.clone()) * upstream.clone()).sum().backward();
+                x.grad(&grads).expect("x grad")
+            };
+            assert_close(input_gradient(ours), input_gradient(Conv2d::forward), "input gradient, untracked weight");
         }
 
         #[test]
@@ -281,12 +305,14 @@ mod flex {
             assert!(convolve(&plain::<Autodiff<Flex, BalancedCheckpointing>>(2, 3, 1, 1), x()).is_err(), "another backend");
             assert!(convolve(&Conv2dConfig::new([2, 2], [3, 3]).init::<Training>(&Default::default()), x()).is_err(), "with a bias");
             assert!(convolve(&Conv2dConfig::new([2, 2], [3, 3]).with_groups(2).with_bias(false).init::<Flex>(&Default::default()), x()).is_err(), "grouped");
+            assert!(convolve(&plain::<Flex>(2, 3, 1, 0), Tensor::zeros([1, 2, 2, 5], &Default::default())).is_err(), "a kernel taller than the input");
+            assert!(convolve(&plain::<Flex>(3, 3, 1, 1), x()).is_err(), "channels that do not match");
         }
     }
 }
 
 /// Convolutions as wide matrix products of the unfolded input, on plain slices.
-#[cfg(feature = "flex-training")]
+#[cfg(feature = "flex-convolutions")]
 mod unfolded {
     use std::ops::Range;
 
@@ -355,7 +381,9 @@ mod unfolded {
         }
     }
 
-    /// `Y[n, o, p] = sum over taps t = (c, ky, kx) of W[o, t] * X[n, c, p + (ky, kx)]`.
+    /// `Y[n, o, p] = sum over taps t = (c, ky, kx) of W[o, t] * X[n, c, at(p, ky, kx)]`, where
+    /// `at` is the input position output position p reads through kernel offset (ky, kx)
+    /// (stride and padding applied), and X is zero on the padding.
     pub(super) fn forward(x: &[f32], weight: &[f32], g: &Geometry) -> Vec<f32> {
         let (patch, positions, channels_out) = (g.patch(), g.positions(), g.channels_out);
         let mut output = vec![0.0; g.batch * channels_out * positions];
@@ -380,7 +408,7 @@ mod unfolded {
         output
     }
 
-    /// `dX[n, c, q] = sum over o, taps (ky, kx) and the positions p they take to q of W[o, (c, ky, kx)] * dY[n, o, p]`.
+    /// `dX[n, c, q] = sum over o, (ky, kx) and the p with at(p, ky, kx) = q of W[o, (c, ky, kx)] * dY[n, o, p]`.
     pub(super) fn input_gradient(weight: &[f32], grad: &[f32], g: &Geometry) -> Vec<f32> {
         let (patch, positions, channels_out) = (g.patch(), g.positions(), g.channels_out);
         let mut result = vec![0.0; g.batch * g.channels_in * g.plane()];
@@ -397,7 +425,7 @@ mod unfolded {
         result
     }
 
-    /// `dW[o, t] = sum over images n and positions p of dY[n, o, p] * X[n, c, p + (ky, kx)]`, t = (c, ky, kx).
+    /// `dW[o, t] = sum over images n and positions p of dY[n, o, p] * X[n, c, at(p, ky, kx)]`, t = (c, ky, kx).
     pub(super) fn weight_gradient(x: &[f32], grad: &[f32], g: &Geometry) -> Vec<f32> {
         let (patch, positions, channels_out) = (g.patch(), g.positions(), g.channels_out);
         let mut result = vec![0.0; channels_out * patch];
@@ -526,7 +554,8 @@ mod unfolded {
 
     impl View<'_> {
         fn in_bounds(&self) -> bool {
-            self.rows == 0 || self.cols == 0 || (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride < self.values.len()
+            let last = || (self.rows - 1).checked_mul(self.row_stride)?.checked_add((self.cols - 1).checked_mul(self.col_stride)?);
+            self.rows == 0 || self.cols == 0 || last().is_some_and(|last| last < self.values.len())
         }
     }
 
@@ -537,7 +566,8 @@ mod unfolded {
 
     /// `dst = lhs x rhs`, or `dst += lhs x rhs`, `dst` row-major.
     fn multiply(dst: &mut [f32], lhs: View, rhs: View, sum: Sum) {
-        assert!(lhs.cols == rhs.rows && dst.len() == lhs.rows * rhs.cols && lhs.in_bounds() && rhs.in_bounds(), "matrix shapes");
+        let dst_fits = lhs.rows.checked_mul(rhs.cols) == Some(dst.len());
+        assert!(lhs.cols == rhs.rows && dst_fits && lhs.in_bounds() && rhs.in_bounds(), "matrix shapes");
         // SAFETY: the asserts above keep every element gemm reads and writes in its slice.
         unsafe {
             gemm(
@@ -568,8 +598,15 @@ mod unfolded {
     mod tests {
         use super::*;
 
-        /// Every (n, o, output position, tap) with the input index it reads, if not padding.
-        fn terms(g: &Geometry) -> Vec<(usize, usize, usize, usize, usize)> {
+        /// One product of the convolution: output (n, o, p) takes tap `tap` times input `input`.
+        struct Term {
+            output: usize,
+            weight: usize,
+            input: usize,
+        }
+
+        /// Every product that does not fall on the padding, by flat index.
+        fn terms(g: &Geometry) -> Vec<Term> {
             let mut terms = Vec::new();
             let [kh, kw] = g.kernel;
             for n in 0..g.batch {
@@ -581,7 +618,7 @@ mod unfolded {
                             let (iy, ix) = ((oy * g.stride[0] + ky) as isize - g.padding[0] as isize, (ox * g.stride[1] + kx) as isize - g.padding[1] as isize);
                             if (0..g.input[0] as isize).contains(&iy) && (0..g.input[1] as isize).contains(&ix) {
                                 let input = ((n * g.channels_in + c) * g.input[0] + iy as usize) * g.input[1] + ix as usize;
-                                terms.push((n, o, p, tap, input));
+                                terms.push(Term { output: (n * g.channels_out + o) * g.positions() + p, weight: o * g.patch() + tap, input });
                             }
                         }
                     }
@@ -607,11 +644,10 @@ mod unfolded {
             let weight = values(g.channels_out * g.patch(), 53);
             let grad = values(g.batch * g.channels_out * g.positions(), 29);
             let (mut output, mut input_grad, mut weight_grad) = (vec![0.0; grad.len()], vec![0.0; x.len()], vec![0.0; weight.len()]);
-            for (n, o, p, tap, input) in terms(&g) {
-                let out = (n * g.channels_out + o) * g.positions() + p;
-                output[out] += weight[o * g.patch() + tap] as f64 * x[input] as f64;
-                input_grad[input] += weight[o * g.patch() + tap] as f64 * grad[out] as f64;
-                weight_grad[o * g.patch() + tap] += grad[out] as f64 * x[input] as f64;
+            for Term { output: out, weight: w, input } in terms(&g) {
+                output[out] += weight[w] as f64 * x[input] as f64;
+                input_grad[input] += weight[w] as f64 * grad[out] as f64;
+                weight_grad[w] += grad[out] as f64 * x[input] as f64;
             }
             // One image per product, two (the last chunk short), and all at once.
             for images in [1, 2, 5] {

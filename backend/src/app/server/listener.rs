@@ -120,7 +120,7 @@ pub(crate) async fn serve(
             let mut http = hyper::server::conn::http1::Builder::new();
             // A request's head (URI included) is read into memory: bound it.
             http.timer(TokioTimer::new()).header_read_timeout(limits.read_timeout).max_header_size(MAX_HEAD);
-            let io = TokioIo::new(Connection { _place: admitted, inner: stream, pending: None });
+            let io = TokioIo::new(Connection { place: Some(admitted), inner: stream, pending: None });
             if let Err(error) = http.serve_connection(io, service).await {
                 tracing::debug!(%error, client = %peer, "connection ended with an error");
             }
@@ -134,9 +134,9 @@ pub(crate) async fn serve(
 /// garbage) by itself, with 400, 414 or 431 and an empty body; this gives those answers the
 /// JSON error body that every other answer has. The app's own 400s always have a body.
 struct Connection<IO> {
-    /// Declared before the socket, so dropped first: a client that sees its connection
-    /// closed finds its place free again.
-    _place: Admitted,
+    /// Freed before the socket is shut down or dropped (so declared before it): a client
+    /// that sees its connection closed finds its place free again.
+    place: Option<Admitted>,
     inner: IO,
     pending: Option<Replacement>,
 }
@@ -198,6 +198,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Connection<IO> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.place = None;
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
