@@ -49,9 +49,20 @@ impl TensorCache {
         }
     }
 
-    /// Whether there is an entry `name`, readable or not: enough to plan by.
+    /// Whether there is a whole entry `name`: its header reads and the file is as long as
+    /// the header says. Read from the header alone, to plan by: an entry cut short (a full
+    /// disk, a copy interrupted) or that is not safetensors counts as missing, so that a
+    /// request is not planned (or admitted) as cached and then has to compute it.
     pub(crate) fn contains(&self, name: &str) -> bool {
-        self.path(name).exists()
+        let path = self.path(name);
+        match whole_entry(&path) {
+            Ok(whole) => whole,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => false,
+            Err(error) => {
+                tracing::warn!(entry = %path.display(), %error, "ignoring an unreadable cache entry");
+                false
+            }
+        }
     }
 
     pub(crate) fn put(&self, name: &str, tensors: &StateDict) -> Result<(), CacheError> {
@@ -72,6 +83,34 @@ impl TensorCache {
             }
         }
     }
+}
+
+/// Headers longer than this are not a cache entry's (ours are a few hundred bytes).
+const MAX_HEADER_BYTES: u64 = 1 << 20;
+
+/// Whether the safetensors file at `path` is whole: an 8-byte little-endian header length, a
+/// JSON header whose tensors' `data_offsets` end where the file does.
+fn whole_entry(path: &Path) -> std::io::Result<bool> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let length = file.metadata()?.len();
+    let mut prefix = [0; 8];
+    if length < 8 || file.read_exact(&mut prefix).is_err() {
+        return Ok(false);
+    }
+    let header_bytes = u64::from_le_bytes(prefix);
+    if header_bytes > MAX_HEADER_BYTES.min(length - 8) {
+        return Ok(false);
+    }
+    let mut header = vec![0; header_bytes as usize];
+    file.read_exact(&mut header)?;
+    let Ok(serde_json::Value::Object(header)) = serde_json::from_slice(&header) else {
+        return Ok(false);
+    };
+    let ends: Option<Vec<u64>> =
+        header.iter().filter(|(key, _)| *key != "__metadata__").map(|(_, tensor)| tensor.get("data_offsets")?.get(1)?.as_u64()).collect();
+    let end = ends.map(|ends| ends.into_iter().max().unwrap_or(0).checked_add(8 + header_bytes));
+    Ok(end == Some(Some(length)))
 }
 
 #[cfg(test)]
@@ -102,5 +141,41 @@ mod tests {
         let big = TensorCache::open(dir.path(), 1);
         big.put("d", &tensors(1024)).unwrap();
         assert!(big.get("d").is_some(), "the entry just written stays, even alone over the budget");
+    }
+
+    /// An entry cut short, emptied or overwritten with something else is not planned by as
+    /// cached; a whole one is, and reads.
+    #[test]
+    fn only_whole_entries_count_as_cached() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = TensorCache::open(dir.path(), 1 << 30);
+        let mut tensors = StateDict::new();
+        tensors.insert("features".into(), weights::NamedTensor { shape: vec![4, 8], values: vec![0.25; 32] });
+        tensors.insert("other".into(), weights::NamedTensor { shape: vec![3], values: vec![1.0; 3] });
+        cache.put("entry", &tensors).unwrap();
+        assert!(cache.contains("entry") && cache.get("entry").is_some());
+        let whole = std::fs::read(cache.path("entry")).unwrap();
+        let damaged: [(&str, Vec<u8>); 7] = [
+            ("cut short", whole[..whole.len() - 1].to_vec()),
+            ("with bytes after the data", [&whole[..], &[0]].concat()),
+            ("empty", Vec::new()),
+            ("a header length past the file", [&u64::MAX.to_le_bytes()[..], &whole[8..]].concat()),
+            ("not safetensors", b"{\"features\": [1, 2, 3]}".to_vec()),
+            ("a header without data offsets", header(r#"{"features":{"dtype":"F32","shape":[1]}}"#, 4)),
+            ("an end offset past any file", header(&format!(r#"{{"features":{{"dtype":"F32","shape":[1],"data_offsets":[0,{}]}}}}"#, u64::MAX), 4)),
+        ];
+        for (what, bytes) in damaged {
+            std::fs::write(cache.path("entry"), bytes).unwrap();
+            assert!(!cache.contains("entry"), "{what}");
+            assert!(cache.get("entry").is_none(), "{what}");
+        }
+        assert!(!cache.contains("missing"));
+        std::fs::write(cache.path("entry"), header(r#"{"features":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#, 4)).unwrap();
+        assert!(cache.contains("entry"), "a hand-made whole entry");
+    }
+
+    /// A safetensors file: the length of `json`, `json`, then `data` zero bytes.
+    fn header(json: &str, data: usize) -> Vec<u8> {
+        [&(json.len() as u64).to_le_bytes()[..], json.as_bytes(), &vec![0; data]].concat()
     }
 }

@@ -2,17 +2,16 @@
 //!
 //! Flex runs convolutions as many narrow matrix products (for the weight gradient, one
 //! 9-wide product per input channel), most of a CPU training step (docs/performance.md).
-//! With the `flex-convolutions` feature, Flex and `Autodiff<Flex>` get the forward pass and
-//! both gradients as wide products of the unfolded input instead; other backends and the
-//! browser keep Burn's. The backend is told apart by its type at run time, so that the model
-//! still asks only for a `Backend`.
+//! With the `flex-kernels` feature, Flex and `Autodiff<Flex>` get the forward pass and both
+//! gradients as wide products of the unfolded input instead; other backends and the browser
+//! keep Burn's (see `super::flex`).
 
 use burn::nn::conv::Conv2d;
 use burn::prelude::*;
 
 /// `conv` applied to `x`, as `conv.forward(x)` computes it.
 pub(crate) fn convolve<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
-    #[cfg(feature = "flex-convolutions")]
+    #[cfg(feature = "flex-kernels")]
     let x = match flex::convolve(conv, x) {
         Ok(output) => return output,
         Err(x) => x,
@@ -20,26 +19,23 @@ pub(crate) fn convolve<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<
     conv.forward(x)
 }
 
-#[cfg(feature = "flex-convolutions")]
+#[cfg(feature = "flex-kernels")]
 mod flex {
-    use std::any::{Any, TypeId};
-
     use burn::backend::autodiff::checkpoint::base::Checkpointer;
     use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
     use burn::backend::autodiff::grads::Gradients;
     use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
     use burn::backend::autodiff::NodeId;
     use burn::backend::flex::FlexTensor;
-    use burn::backend::{Autodiff, Flex};
+    use burn::backend::Flex;
     use burn::nn::conv::Conv2d;
     use burn::nn::PaddingConfig2d;
     use burn::prelude::*;
     use burn::tensor::ops::{ConvOptions, FloatTensor, ModuleOps};
     use burn::tensor::{DType, TensorData, TensorPrimitive};
 
+    use super::super::flex::{cast, OnFlex, Training};
     use super::unfolded::{self, Geometry};
-
-    type Training = Autodiff<Flex>;
 
     /// `Ok` with the output when `B` is Flex or `Autodiff<Flex>` and the convolution is a
     /// plain one (no bias, groups or dilation, symmetric padding) that fits `x`, else `Err`
@@ -58,22 +54,17 @@ mod flex {
             return Err(x);
         }
         let options = ConvOptions::new(conv.stride, padding, [1, 1], 1);
-        let backend = TypeId::of::<B>();
-        if backend == TypeId::of::<Training>() {
-            let [x, weight] = [x, conv.weight.val()].map(|t| cast::<B, Training>(t).into_primitive().tensor());
-            return Ok(cast(Tensor::<Training, 4>::from_primitive(TensorPrimitive::Float(conv2d_tracked(x, weight, options)))));
+        match OnFlex::of::<B>() {
+            Some(OnFlex::Training) => {
+                let [x, weight] = [x, conv.weight.val()].map(|t| cast::<B, Training, 4>(t).into_primitive().tensor());
+                Ok(cast(Tensor::<Training, 4>::from_primitive(TensorPrimitive::Float(conv2d_tracked(x, weight, options)))))
+            }
+            Some(OnFlex::Plain) => {
+                let [x, weight] = [x, conv.weight.val()].map(|t| cast::<B, Flex, 4>(t).into_primitive().tensor());
+                Ok(cast(Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(conv2d(&x, &weight, &options)))))
+            }
+            None => Err(x),
         }
-        if backend == TypeId::of::<Flex>() {
-            let [x, weight] = [x, conv.weight.val()].map(|t| cast::<B, Flex>(t).into_primitive().tensor());
-            return Ok(cast(Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(conv2d(&x, &weight, &options)))));
-        }
-        Err(x)
-    }
-
-    /// `tensor` as a tensor of `Target`, which the caller checked is `Source`.
-    fn cast<Source: Backend, Target: Backend>(tensor: Tensor<Source, 4>) -> Tensor<Target, 4> {
-        let mut slot = Some(tensor);
-        (&mut slot as &mut dyn Any).downcast_mut::<Option<Tensor<Target, 4>>>().and_then(Option::take).expect("the same backend")
     }
 
     /// Burn's autodiff convolution, with this module's forward pass and gradients.
@@ -156,6 +147,7 @@ mod flex {
     #[cfg(test)]
     mod tests {
         use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
+        use burn::backend::Autodiff;
         use burn::nn::conv::Conv2dConfig;
         use burn::tensor::Distribution;
 
@@ -312,7 +304,7 @@ mod flex {
 }
 
 /// Convolutions as wide matrix products of the unfolded input, on plain slices.
-#[cfg(feature = "flex-convolutions")]
+#[cfg(feature = "flex-kernels")]
 mod unfolded {
     use std::ops::Range;
 
@@ -564,34 +556,60 @@ mod unfolded {
         Accumulate,
     }
 
-    /// `dst = lhs x rhs`, or `dst += lhs x rhs`, `dst` row-major.
+    /// Output columns below which a product is not split between threads.
+    const MIN_COLUMNS_PER_THREAD: usize = 64;
+
+    /// A matrix's first element, shared by the threads that write its disjoint column blocks.
+    #[derive(Clone, Copy)]
+    struct Destination(*mut f32);
+
+    // SAFETY: `multiply` hands each thread its own columns of the matrix.
+    unsafe impl Send for Destination {}
+    unsafe impl Sync for Destination {}
+
+    impl Destination {
+        fn at(self, offset: usize) -> *mut f32 {
+            self.0.wrapping_add(offset)
+        }
+    }
+
+    /// `dst = lhs x rhs`, or `dst += lhs x rhs`, `dst` row-major. The output columns are split
+    /// into one block per thread, each a product of its own: gemm's own threading splits
+    /// rows, and ran the products with 64 rows (64 output channels) on one thread.
     fn multiply(dst: &mut [f32], lhs: View, rhs: View, sum: Sum) {
         let dst_fits = lhs.rows.checked_mul(rhs.cols) == Some(dst.len());
         assert!(lhs.cols == rhs.rows && dst_fits && lhs.in_bounds() && rhs.in_bounds(), "matrix shapes");
-        // SAFETY: the asserts above keep every element gemm reads and writes in its slice.
-        unsafe {
-            gemm(
-                lhs.rows,
-                rhs.cols,
-                lhs.cols,
-                dst.as_mut_ptr(),
-                1,
-                rhs.cols as isize,
-                matches!(sum, Sum::Accumulate),
-                lhs.values.as_ptr(),
-                lhs.col_stride as isize,
-                lhs.row_stride as isize,
-                rhs.values.as_ptr(),
-                rhs.col_stride as isize,
-                rhs.row_stride as isize,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                Parallelism::Rayon(0),
-            );
-        }
+        let threads = rayon::current_num_threads().min(rhs.cols / MIN_COLUMNS_PER_THREAD).max(1);
+        let width = rhs.cols.div_ceil(threads).max(1);
+        let destination = Destination(dst.as_mut_ptr());
+        (0..rhs.cols).into_par_iter().step_by(width).for_each(|first| {
+            let cols = width.min(rhs.cols - first);
+            // SAFETY: the asserts above keep every element gemm reads and writes in its slice,
+            // and each thread writes only columns `first..first + cols` of `dst`.
+            unsafe {
+                gemm(
+                    lhs.rows,
+                    cols,
+                    lhs.cols,
+                    destination.at(first),
+                    1,
+                    rhs.cols as isize,
+                    matches!(sum, Sum::Accumulate),
+                    lhs.values.as_ptr(),
+                    lhs.col_stride as isize,
+                    lhs.row_stride as isize,
+                    rhs.values.as_ptr().wrapping_add(first * rhs.col_stride),
+                    rhs.col_stride as isize,
+                    rhs.row_stride as isize,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    Parallelism::None,
+                );
+            }
+        });
     }
 
     #[cfg(test)]
@@ -632,6 +650,39 @@ mod unfolded {
             for (got, expected) in got.iter().zip(expected) {
                 assert!((*got as f64 - expected).abs() <= 1e-4 * (1.0 + expected.abs()), "{what}: {got} vs {expected}");
             }
+        }
+
+        /// Products wide enough to be split between threads (three blocks, one shorter),
+        /// either operand read transposed, overwriting and accumulating, equal the sums of
+        /// their definition.
+        #[test]
+        fn split_products_equal_their_definitions() {
+            let (rows, depth, cols) = (5, 7, 3 * MIN_COLUMNS_PER_THREAD + 5);
+            let lhs: Vec<f32> = (0..rows * depth).map(|i| (i % 11) as f32 - 5.0).collect();
+            let rhs: Vec<f32> = (0..depth * cols).map(|i| (i % 13) as f32 / 4.0 - 1.5).collect();
+            // The same matrices stored column by column, as the gradients read them.
+            let transpose = |values: &[f32], rows: usize, cols: usize| (0..rows * cols).map(|i| values[(i % rows) * cols + i / rows]).collect::<Vec<_>>();
+            let (lhs_transposed, rhs_transposed) = (transpose(&lhs, rows, depth), transpose(&rhs, depth, cols));
+            let lhs_views = [
+                View { values: &lhs, rows, cols: depth, row_stride: depth, col_stride: 1 },
+                View { values: &lhs_transposed, rows, cols: depth, row_stride: 1, col_stride: rows },
+            ];
+            let rhs_views = [
+                View { values: &rhs, rows: depth, cols, row_stride: cols, col_stride: 1 },
+                View { values: &rhs_transposed, rows: depth, cols, row_stride: 1, col_stride: depth },
+            ];
+            let expected: Vec<f64> =
+                (0..rows * cols).map(|index| (0..depth).map(|k| lhs[index / cols * depth + k] as f64 * rhs[k * cols + index % cols] as f64).sum()).collect();
+            let doubled: Vec<f64> = expected.iter().map(|value| 2.0 * value).collect();
+            rayon::ThreadPoolBuilder::new().num_threads(3).build().expect("a thread pool").install(|| {
+                for (lhs_view, rhs_view) in lhs_views.iter().flat_map(|lhs| rhs_views.iter().map(move |rhs| (*lhs, *rhs))) {
+                    let mut dst = vec![f32::NAN; rows * cols];
+                    multiply(&mut dst, lhs_view, rhs_view, Sum::Overwrite);
+                    assert_close(&dst, &expected, "overwritten");
+                    multiply(&mut dst, lhs_view, rhs_view, Sum::Accumulate);
+                    assert_close(&dst, &doubled, "accumulated");
+                }
+            });
         }
 
         #[test]

@@ -1,6 +1,8 @@
 //! The network: ResNet18 for CIFAR-10, its BatchNorm, and its weight format.
 
 mod conv;
+#[cfg(feature = "flex-kernels")]
+mod flex;
 mod norm;
 mod resnet;
 pub mod weights;
