@@ -297,14 +297,11 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
         let route = Route::of(settings);
         let mut timings = Timings::default();
         let forget_indices = self.forget_indices(class);
-        let forget_sample = sample(forget_indices.clone(), Some(FORGET_SAMPLE_IMAGES), SUBSAMPLE_SEED);
+        let forget_sample = forget_sample(&forget_indices);
 
-        if route == Route::Features {
-            let started = Instant::now();
-            let needed = [self.full_indices(settings.full_order), forget_indices.clone(), self.train_indices.clone()].concat();
-            self.prepare_features(&needed, progress)?;
-            timings.features_s = started.elapsed().as_secs_f64();
-        }
+        let started = Instant::now();
+        self.prepare_features(&self.features_needed(route, settings, &forget_indices), progress)?;
+        timings.features_s = started.elapsed().as_secs_f64();
 
         let started = Instant::now();
         let key = (route, settings.full_order, settings.importance_batch);
@@ -342,7 +339,7 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
         let layers = settings.layers;
 
         let started = Instant::now();
-        self.evaluate_base(class, &forget_sample, route, progress)?;
+        self.evaluate_base(class, &forget_sample, progress)?;
         let base = self.base_evaluation.as_ref().expect("the base model was evaluated");
         let before =
             Measured { test: Cow::Borrowed(&base.test), train: Cow::Borrowed(&base.train), forget_sample: Cow::Borrowed(&self.base_forget_sample[&class]) };
@@ -412,10 +409,11 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
         Ok((report, unlearned))
     }
 
-    /// Evaluates the base model where it has not been: on the test and training subsets (and
-    /// the probe on its features) once, on the forget sample of `class` once per class.
-    fn evaluate_base(&mut self, class: usize, forget_sample: &[usize], route: Route, progress: &mut dyn Progress) -> Result<(), Cancelled> {
-        let phases = EvaluationPhases::of(BASE);
+    /// Evaluates the base model where it has not been, from its features on either route: on
+    /// the test and training subsets (and the probe on its features) once, on the forget
+    /// sample of `class` once per class.
+    fn evaluate_base(&mut self, class: usize, forget_sample: &[usize], progress: &mut dyn Progress) -> Result<(), Cancelled> {
+        let (phases, route) = (EvaluationPhases::of(BASE), Route::Features);
         if self.base_evaluation.is_none() {
             let model = self.model.valid();
             let (test, train) = self.evaluate_both(&model, &phases, route, progress)?;
@@ -519,6 +517,17 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
         Ok(())
     }
 
+    /// The training images whose features a run reads: on either route those the base model
+    /// is evaluated on (its features give its outputs through `fc` alone, and whole splits
+    /// come from the cache); on the features route also those the importances are taken
+    /// over. The test subset always needs them.
+    fn features_needed(&self, route: Route, settings: &SsdSettings, forget_indices: &[usize]) -> Vec<usize> {
+        match route {
+            Route::Features => [&self.full_indices(settings.full_order)[..], forget_indices, &self.train_indices].concat(),
+            Route::Pixels => [&self.train_indices[..], &forget_sample(forget_indices)].concat(),
+        }
+    }
+
     /// The training images of `class` that the forget-set importance is taken over.
     fn forget_indices(&self, class: usize) -> Vec<usize> {
         sample(self.data.train.indices_of(class), self.subsample.forget, SUBSAMPLE_SEED)
@@ -548,11 +557,9 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
             let probe = |model: &str| Step::new(EvaluationPhases::of(model).probe, PROBE_STEPS, STEP_COST_PER_IMAGE * self.train_indices.len() as f64);
             let relearning = |model: &str| relearn::plan(EvaluationPhases::of(model).relearning, self.test_indices.len());
             let mut phases = Vec::new();
-            if route == Route::Features {
-                let [train, test] = &mut features;
-                phases.extend(train.steps([&full_indices[..], &forget_indices, &self.train_indices].concat()));
-                phases.extend(test.steps(self.test_indices.clone()));
-            }
+            let [train, test] = &mut features;
+            phases.extend(train.steps(self.features_needed(route, settings, &forget_indices)));
+            phases.extend(test.steps(self.test_indices.clone()));
             if !full_ready && on_disk {
                 phases.push(Step::new(LOAD_FULL_IMPORTANCE, 1, IMPORTANCE_FILE_COST));
             } else if !full_ready {
@@ -567,11 +574,11 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
                 phases.push(calibrate::plan(sample_images, route.forward_cost()));
             }
             if !base_ready {
-                let [test, train, forget_sample] = evaluation(BASE, route.forward_cost());
+                let [test, train, forget_sample] = evaluation(BASE, CLASSIFIER_ONLY);
                 phases.extend([test, train, probe(BASE), forget_sample]);
                 base_ready = true;
             } else if !self.base_forget_sample.contains_key(&class.index()) {
-                phases.push(Step::new(EvaluationPhases::of(BASE).forget_sample, sample_images, route.forward_cost()));
+                phases.push(Step::new(EvaluationPhases::of(BASE).forget_sample, sample_images, CLASSIFIER_ONLY));
             }
             phases.extend(evaluation(UNLEARNED, route.forward_cost()));
             if route == Route::Pixels {
@@ -636,6 +643,12 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
     }
 }
 
+/// The images of the forget set that calibration, the membership attack and the reports'
+/// forget-sample figures classify.
+fn forget_sample(forget_indices: &[usize]) -> Vec<usize> {
+    sample(forget_indices.to_vec(), Some(FORGET_SAMPLE_IMAGES), SUBSAMPLE_SEED)
+}
+
 /// The cache entry of the base model's features of one whole split.
 fn features_cache_name(digest: &str, phases: &FeaturePhases) -> String {
     format!("features-v{FEATURES_CACHE_VERSION}-{}-{}", &digest[..16.min(digest.len())], phases.split)
@@ -696,13 +709,22 @@ mod tests {
     use super::*;
     use crate::engine::device::{CpuBackend, Processor};
     use crate::engine::progress::tests::Recorder;
-    use crate::engine::progress::Planned;
+    use crate::engine::progress::{Planned, Silent};
     use unlearn_shared::cifar::IMAGE_BYTES;
     use unlearn_shared::model::weights::NamedTensor;
 
     use crate::storage::dataset::{prepare, Source, Split};
     use crate::storage::model_file::ModelFile;
     use crate::testing;
+
+    /// A scratch data folder with the dataset, a tiny model in it, and a cache.
+    fn tiny_setup() -> (tempfile::TempDir, Cifar10, std::path::PathBuf, TensorCache) {
+        let dir = testing::scratch_data_dir();
+        let data = prepare(dir.path(), &Source::Npm).unwrap();
+        let model = testing::tiny_model(dir.path(), "tiny");
+        let cache = TensorCache::open(&dir.path().join("cache"), 1 << 30);
+        (dir, data, model, cache)
+    }
 
     fn tiny_unlearner<'a>(data: &'a Cifar10, cache: &'a TensorCache, model: &std::path::Path, subsample: Subsample) -> Unlearner<'a, Autodiff<CpuBackend>> {
         let device = Device::<Autodiff<CpuBackend>> { handle: Default::default(), description: "cpu".into(), processor: Processor::Cpu };
@@ -720,10 +742,7 @@ mod tests {
     /// back.
     #[test]
     fn every_phase_has_a_total_and_the_run_fraction_climbs_to_one() {
-        let dir = testing::scratch_data_dir();
-        let data = prepare(dir.path(), &Source::Npm).unwrap();
-        let model = testing::tiny_model(dir.path(), "tiny");
-        let cache = TensorCache::open(&dir.path().join("cache"), 1 << 30);
+        let (_dir, data, model, cache) = tiny_setup();
         let subsample = Subsample { forget: Some(32), full: Some(64), test: Some(50) };
         let class = ClassId::new(5).unwrap();
         for settings in [Preset::Default.settings(), SsdSettings { layers: Layers::LastStage, ..Preset::Default.settings() }] {
@@ -732,8 +751,9 @@ mod tests {
             for round in ["first", "cached"] {
                 let plan = unlearner.plan(&[class], &settings, |_, phase| phase.to_owned());
                 assert_eq!(plan.iter().any(|step| step.phase == FULL_IMPORTANCE), round == "first", "{round}: {plan:?}");
+                // The base model is evaluated from its features on either route.
                 let extracts = plan.iter().any(|step| step.phase == TRAIN_FEATURES.extract);
-                assert_eq!(extracts, round == "first" && route == Route::Features, "{route:?} {round}: {plan:?}");
+                assert_eq!(extracts, round == "first", "{route:?} {round}: {plan:?}");
                 let mut recorder = Recorder::default();
                 let (report, _) = unlearner.forget(class, &settings, &mut Planned::new(plan, &mut recorder)).unwrap();
                 let events = &recorder.events;
@@ -770,6 +790,33 @@ mod tests {
         let plan = tiny_unlearner(&data, &cache, &model, subsample).plan(&[class], &Preset::Default.settings(), |_, phase| phase.to_owned());
         assert!(phases(&plan).contains(&FULL_IMPORTANCE) && phases(&plan).contains(&TRAIN_FEATURES.extract), "{plan:?}");
         assert!(!phases(&plan).contains(&TRAIN_FEATURES.store), "a subsample's features are not cached: {plan:?}");
+    }
+
+    /// The base model's figures from its features, as every run takes them, equal its
+    /// figures from the images.
+    #[test]
+    fn the_base_model_from_its_features_equals_it_from_the_images() {
+        let (_dir, data, model, cache) = tiny_setup();
+        let mut unlearner = tiny_unlearner(&data, &cache, &model, Subsample { forget: Some(32), full: Some(64), test: Some(50) });
+        let train = unlearner.train_indices.clone();
+        unlearner.prepare_features(&train, &mut Silent).unwrap();
+        let base = unlearner.model.valid();
+        let [from_features, from_images] = [Route::Features, Route::Pixels].map(|route| {
+            let (test, train) = unlearner.evaluate_both(&base, &EvaluationPhases::of(BASE), route, &mut Silent).unwrap();
+            [test, train].map(|evaluation| (evaluation.confusion.clone(), evaluation.loss_sum.clone(), evaluation.outputs))
+        });
+        for ((features, images), split) in from_features.into_iter().zip(from_images).zip(["test", "train"]) {
+            assert_eq!(features.0, images.0, "{split}: the confusion matrix");
+            assert_eq!(features.0.iter().flatten().sum::<u64>(), 50, "{split}: every image counted");
+            for (a, b) in features.1.iter().zip(&images.1) {
+                assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{split}: summed loss {a} vs {b}");
+            }
+            let (features, images) = (features.2, images.2);
+            assert_eq!((&features.indices, features.features.len()), (&images.indices, images.features.len()), "{split}: the same images, with features");
+            for (a, b) in features.features.iter().zip(&images.features) {
+                assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{split}: feature {a} vs {b}");
+            }
+        }
     }
 
     /// A dataset of the first `train` training and `test` test images of the real one.

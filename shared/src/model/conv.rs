@@ -306,13 +306,15 @@ mod flex {
 /// Convolutions as wide matrix products of the unfolded input, on plain slices.
 #[cfg(feature = "flex-kernels")]
 mod unfolded {
-    use std::ops::Range;
+    use std::cell::RefCell;
+    use std::ops::{Deref, DerefMut, Range};
 
     use gemm::{gemm, Parallelism};
     use rayon::prelude::*;
 
-    /// Unfolded input held at once, in values (32 MiB): images are taken in chunks that fit.
-    const UNFOLDED_VALUES: usize = 8 << 20;
+    /// Values one scratch buffer (the unfolded input, a product's output) holds at once
+    /// (32 MiB): images are taken in chunks that fit.
+    const SCRATCH_VALUES: usize = 8 << 20;
 
     /// A plain convolution's shapes (no groups or dilation), and how many images one
     /// matrix product takes.
@@ -347,7 +349,8 @@ mod unfolded {
                 output,
                 images_per_product: 1,
             };
-            geometry.images_per_product = (UNFOLDED_VALUES / (geometry.patch() * geometry.positions())).clamp(1, batch.max(1));
+            let per_image = geometry.positions() * geometry.patch().max(channels_out);
+            geometry.images_per_product = (SCRATCH_VALUES / per_image.max(1)).clamp(1, batch.max(1));
             geometry
         }
 
@@ -379,8 +382,8 @@ mod unfolded {
     pub(super) fn forward(x: &[f32], weight: &[f32], g: &Geometry) -> Vec<f32> {
         let (patch, positions, channels_out) = (g.patch(), g.positions(), g.channels_out);
         let mut output = vec![0.0; g.batch * channels_out * positions];
-        let mut unfolded = vec![0.0; patch * g.images_per_product * positions];
-        let mut product = vec![0.0; channels_out * g.images_per_product * positions];
+        let mut unfolded = Scratch::take(patch * g.images_per_product * positions);
+        let mut product = Scratch::take(channels_out * g.images_per_product * positions);
         for images in g.chunks() {
             let depth = images.len() * positions;
             unfold(x, g, images.clone(), &mut unfolded[..patch * depth]);
@@ -404,8 +407,8 @@ mod unfolded {
     pub(super) fn input_gradient(weight: &[f32], grad: &[f32], g: &Geometry) -> Vec<f32> {
         let (patch, positions, channels_out) = (g.patch(), g.positions(), g.channels_out);
         let mut result = vec![0.0; g.batch * g.channels_in * g.plane()];
-        let mut gathered = vec![0.0; channels_out * g.images_per_product * positions];
-        let mut unfolded = vec![0.0; patch * g.images_per_product * positions];
+        let mut gathered = Scratch::take(channels_out * g.images_per_product * positions);
+        let mut unfolded = Scratch::take(patch * g.images_per_product * positions);
         for images in g.chunks() {
             let depth = images.len() * positions;
             gather(grad, g, images.clone(), &mut gathered[..channels_out * depth]);
@@ -421,8 +424,8 @@ mod unfolded {
     pub(super) fn weight_gradient(x: &[f32], grad: &[f32], g: &Geometry) -> Vec<f32> {
         let (patch, positions, channels_out) = (g.patch(), g.positions(), g.channels_out);
         let mut result = vec![0.0; channels_out * patch];
-        let mut unfolded = vec![0.0; patch * g.images_per_product * positions];
-        let mut gathered = vec![0.0; channels_out * g.images_per_product * positions];
+        let mut unfolded = Scratch::take(patch * g.images_per_product * positions);
+        let mut gathered = Scratch::take(channels_out * g.images_per_product * positions);
         for images in g.chunks() {
             let depth = images.len() * positions;
             unfold(x, g, images.clone(), &mut unfolded[..patch * depth]);
@@ -433,6 +436,60 @@ mod unfolded {
             multiply(&mut result, gathered, transposed, sum);
         }
         result
+    }
+
+    thread_local! {
+        static SPARE_SCRATCH: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// Buffers a convolution takes from the spares its thread keeps, and gives back:
+    /// fresh buffers of tens of MiB fault in and zero their pages at every call, about a
+    /// third of a 64-channel convolution's time (docs/performance.md). Each convolution
+    /// takes two, so two are kept, those within `SCRATCH_VALUES`: the worker thread holds at
+    /// most 64 MiB between requests.
+    struct Scratch {
+        values: Vec<f32>,
+        len: usize,
+    }
+
+    const SPARES_KEPT: usize = 2;
+
+    impl Scratch {
+        /// `len` values left over from earlier use: callers write every value they read.
+        fn take(len: usize) -> Self {
+            let spare = SPARE_SCRATCH.with_borrow_mut(|spares| {
+                let fitting = spares.iter().position(|values| values.len() >= len)?;
+                Some(spares.swap_remove(fitting))
+            });
+            Self { values: spare.unwrap_or_else(|| vec![0.0; len]), len }
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let values = std::mem::take(&mut self.values);
+            if values.len() <= SCRATCH_VALUES {
+                SPARE_SCRATCH.with_borrow_mut(|spares| {
+                    spares.push(values);
+                    spares.sort_by_key(|values| std::cmp::Reverse(values.len()));
+                    spares.truncate(SPARES_KEPT);
+                });
+            }
+        }
+    }
+
+    impl Deref for Scratch {
+        type Target = [f32];
+
+        fn deref(&self) -> &[f32] {
+            &self.values[..self.len]
+        }
+    }
+
+    impl DerefMut for Scratch {
+        fn deref_mut(&mut self) -> &mut [f32] {
+            &mut self.values[..self.len]
+        }
     }
 
     /// Row t = (c, ky, kx) of `out` (`[patch, images x positions]`) gets what tap t meets at
@@ -683,6 +740,24 @@ mod unfolded {
                     assert_close(&dst, &doubled, "accumulated");
                 }
             });
+        }
+
+        /// A spare is reused at the length asked for, the two largest are kept, and none
+        /// larger than `SCRATCH_VALUES`. (Stale values in reused buffers are what
+        /// `products_equal_the_definitions_term_by_term` meets from its second product on.)
+        #[test]
+        fn scratch_buffers_are_reused_within_bounds() {
+            let spares = || SPARE_SCRATCH.with_borrow(|spares| spares.iter().map(Vec::len).collect::<Vec<_>>());
+            let first = Scratch::take(100);
+            let address = first.as_ptr();
+            drop(first);
+            let again = Scratch::take(60);
+            assert_eq!((again.len(), again.as_ptr()), (60, address), "the spare, at the length asked for");
+            drop(again);
+            drop([Scratch::take(10), Scratch::take(200), Scratch::take(300)]);
+            assert_eq!(spares(), [300, 200], "the two largest");
+            drop(Scratch::take(SCRATCH_VALUES + 1));
+            assert_eq!(spares(), [300, 200], "nothing larger than the bound");
         }
 
         #[test]
