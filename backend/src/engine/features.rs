@@ -1,6 +1,7 @@
 //! Penultimate features: what `fc` reads. A run that changes only `fc` (the classifier
-//! scope) compares models that all share them, so each image's features are computed once
-//! per base model, and whole splits are kept on disk.
+//! scope) compares models that all share them, and every run evaluates the base model
+//! through them, so each image's features are computed once per base model, and whole
+//! splits are kept on disk.
 
 use std::collections::{HashMap, HashSet};
 

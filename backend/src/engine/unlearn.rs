@@ -215,6 +215,14 @@ impl Measured<'_> {
     }
 }
 
+/// The training images of the forget class a run reads.
+struct ForgetImages {
+    /// The forget set: the forget-set importance is taken over it.
+    all: Vec<usize>,
+    /// What calibration, the membership attack and the forget-sample figures classify.
+    sample: Vec<usize>,
+}
+
 /// The base model on the test and training subsets (with their features), and the linear
 /// probe on its features: the same for every class.
 struct BaseEvaluation {
@@ -296,11 +304,11 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
         let class = class.index();
         let route = Route::of(settings);
         let mut timings = Timings::default();
-        let forget_indices = self.forget_indices(class);
-        let forget_sample = forget_sample(&forget_indices);
+        let forget = self.forget_images(class);
+        let ForgetImages { all: forget_indices, sample: forget_sample } = &forget;
 
         let started = Instant::now();
-        self.prepare_features(&self.features_needed(route, settings, &forget_indices), progress)?;
+        self.prepare_features(&self.features_needed(route, settings, &forget), progress)?;
         timings.features_s = started.elapsed().as_secs_f64();
 
         let started = Instant::now();
@@ -316,7 +324,7 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
 
         let started = Instant::now();
         let forget =
-            importance(&self.model, self.train_inputs(route, &forget_indices), settings.importance_batch, FORGET_IMPORTANCE, &self.device.handle, progress)?;
+            importance(&self.model, self.train_inputs(route, forget_indices), settings.importance_batch, FORGET_IMPORTANCE, &self.device.handle, progress)?;
         timings.forget_importance_s = started.elapsed().as_secs_f64();
 
         let importances = Importances { class, forget: &forget, full: &self.full_importance[&key] };
@@ -330,7 +338,7 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
             Alpha::Auto => {
                 let started = Instant::now();
                 let config = CalibrationConfig::default();
-                let sample = self.train_inputs(route, &forget_sample);
+                let sample = self.train_inputs(route, forget_sample);
                 let found = calibrate(&self.model.valid(), &importances, settings, &config, sample, &self.device.handle, progress)?;
                 timings.calibrate_s = started.elapsed().as_secs_f64();
                 (found.model, found.alpha, Some(found.calibration), found.dampened)
@@ -339,12 +347,12 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
         let layers = settings.layers;
 
         let started = Instant::now();
-        self.evaluate_base(class, &forget_sample, progress)?;
+        self.evaluate_base(class, forget_sample, progress)?;
         let base = self.base_evaluation.as_ref().expect("the base model was evaluated");
         let before =
             Measured { test: Cow::Borrowed(&base.test), train: Cow::Borrowed(&base.train), forget_sample: Cow::Borrowed(&self.base_forget_sample[&class]) };
         let phases = EvaluationPhases::of(UNLEARNED);
-        let after = self.measure(&unlearned, &forget_sample, &phases, route, progress)?;
+        let after = self.measure(&unlearned, forget_sample, &phases, route, progress)?;
         let after_probe = match route {
             // Only `fc` changed: the features, and so the probe, are the base model's.
             Route::Features => base.probe.clone(),
@@ -357,7 +365,7 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
         let retrained = match self.retrained.get(&class) {
             Some((name, model)) => {
                 let phases = EvaluationPhases::of(RETRAINED);
-                let measured = self.measure(model, &forget_sample, &phases, Route::Pixels, progress)?;
+                let measured = self.measure(model, forget_sample, &phases, Route::Pixels, progress)?;
                 let probe = self.probe(&measured.test, &measured.train, &phases.probe, progress)?;
                 Some(RetrainedReport {
                     model: name.clone(),
@@ -521,16 +529,18 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
     /// is evaluated on (its features give its outputs through `fc` alone, and whole splits
     /// come from the cache); on the features route also those the importances are taken
     /// over. The test subset always needs them.
-    fn features_needed(&self, route: Route, settings: &SsdSettings, forget_indices: &[usize]) -> Vec<usize> {
+    fn features_needed(&self, route: Route, settings: &SsdSettings, forget: &ForgetImages) -> Vec<usize> {
         match route {
-            Route::Features => [&self.full_indices(settings.full_order)[..], forget_indices, &self.train_indices].concat(),
-            Route::Pixels => [&self.train_indices[..], &forget_sample(forget_indices)].concat(),
+            Route::Features => [&self.full_indices(settings.full_order)[..], &forget.all, &self.train_indices].concat(),
+            Route::Pixels => [&self.train_indices[..], &forget.sample].concat(),
         }
     }
 
-    /// The training images of `class` that the forget-set importance is taken over.
-    fn forget_indices(&self, class: usize) -> Vec<usize> {
-        sample(self.data.train.indices_of(class), self.subsample.forget, SUBSAMPLE_SEED)
+    /// The training images of `class` a run reads.
+    fn forget_images(&self, class: usize) -> ForgetImages {
+        let all = sample(self.data.train.indices_of(class), self.subsample.forget, SUBSAMPLE_SEED);
+        let sample = sample(all.clone(), Some(FORGET_SAMPLE_IMAGES), SUBSAMPLE_SEED);
+        ForgetImages { all, sample }
     }
 
     /// The phases of forgetting each of `classes` in turn, with their costs, named by `name`
@@ -547,8 +557,8 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
             .map(|(phases, split, features)| FeaturePlan::new(phases, split.len(), features, self.cache, &self.digest));
         let mut steps = Vec::new();
         for &class in classes {
-            let forget_indices = self.forget_indices(class.index());
-            let sample_images = forget_indices.len().min(FORGET_SAMPLE_IMAGES);
+            let forget = self.forget_images(class.index());
+            let sample_images = forget.sample.len();
             let evaluation = |model: &str, cost: f64| {
                 let phases = EvaluationPhases::of(model);
                 [(phases.test, self.test_indices.len()), (phases.train, self.train_indices.len()), (phases.forget_sample, sample_images)]
@@ -558,7 +568,7 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
             let relearning = |model: &str| relearn::plan(EvaluationPhases::of(model).relearning, self.test_indices.len());
             let mut phases = Vec::new();
             let [train, test] = &mut features;
-            phases.extend(train.steps(self.features_needed(route, settings, &forget_indices)));
+            phases.extend(train.steps(self.features_needed(route, settings, &forget)));
             phases.extend(test.steps(self.test_indices.clone()));
             if !full_ready && on_disk {
                 phases.push(Step::new(LOAD_FULL_IMPORTANCE, 1, IMPORTANCE_FILE_COST));
@@ -569,7 +579,7 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
                 }
             }
             full_ready = true;
-            phases.push(Step::new(FORGET_IMPORTANCE, forget_indices.len(), route.importance_cost()));
+            phases.push(Step::new(FORGET_IMPORTANCE, forget.all.len(), route.importance_cost()));
             if settings.alpha == Alpha::Auto {
                 phases.push(calibrate::plan(sample_images, route.forward_cost()));
             }
@@ -641,12 +651,6 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
         }
         Ok((full, false))
     }
-}
-
-/// The images of the forget set that calibration, the membership attack and the reports'
-/// forget-sample figures classify.
-fn forget_sample(forget_indices: &[usize]) -> Vec<usize> {
-    sample(forget_indices.to_vec(), Some(FORGET_SAMPLE_IMAGES), SUBSAMPLE_SEED)
 }
 
 /// The cache entry of the base model's features of one whole split.
@@ -803,7 +807,7 @@ mod tests {
         let base = unlearner.model.valid();
         let [from_features, from_images] = [Route::Features, Route::Pixels].map(|route| {
             let (test, train) = unlearner.evaluate_both(&base, &EvaluationPhases::of(BASE), route, &mut Silent).unwrap();
-            [test, train].map(|evaluation| (evaluation.confusion.clone(), evaluation.loss_sum.clone(), evaluation.outputs))
+            [test, train].map(|Evaluation { confusion, loss_sum, outputs, .. }| (confusion, loss_sum, outputs))
         });
         for ((features, images), split) in from_features.into_iter().zip(from_images).zip(["test", "train"]) {
             assert_eq!(features.0, images.0, "{split}: the confusion matrix");
@@ -868,6 +872,21 @@ mod tests {
         let own = |split: &unlearn_shared::api::ForgetRetain| (split.forget.accuracy, split.retain.accuracy);
         assert_eq!(own(&relearning.after[0].split), own(&first[0].after.test.split), "before any step, the unlearned model itself");
         assert_eq!(own(&relearning.before[0].split), own(&first[0].before.test.split), "and the original");
+
+        // A run on the images route reads the cached features for the base model's figures,
+        // extracts none, and does just what it planned.
+        let last_stage = SsdSettings { layers: Layers::LastStage, ..settings };
+        let mut unlearner = tiny_unlearner(&data, &cache, &model, Subsample::default());
+        let plan = unlearner.plan(&classes[..1], &last_stage, |_, phase| phase.to_owned());
+        assert!(!phases(&plan).iter().any(|phase| phase.contains("penultimate features")), "{plan:?}");
+        assert_eq!(phases(&plan).iter().filter(|phase| phase.contains("load the cached features")).count(), 2, "{plan:?}");
+        let mut recorder = Recorder::default();
+        let (report, _) = unlearner.forget(classes[0], &last_stage, &mut Planned::new(plan.clone(), &mut recorder)).unwrap();
+        let reported: std::collections::BTreeSet<&str> = recorder.events.iter().map(|event| event.phase.as_str()).collect();
+        let planned = |phase: &str| plan.iter().any(|step| phase.starts_with(&step.phase));
+        assert!(reported.iter().all(|phase| planned(phase)), "reported but not planned: {reported:?} {plan:?}");
+        assert!(plan.iter().all(|step| reported.iter().any(|phase| phase.starts_with(&step.phase))), "planned but not done: {reported:?} {plan:?}");
+        assert_eq!(report.before, first[0].before, "the base model's figures, whichever the route");
 
         // A damaged entry (another width, as a different model would leave) is computed again.
         let name = features_cache_name(&"0".repeat(64), &TRAIN_FEATURES);

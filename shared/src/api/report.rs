@@ -93,7 +93,9 @@ pub struct DampenStats {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Timings {
-    /// Computing or loading the base model's penultimate features (classifier scope).
+    /// Computing or loading the base model's penultimate features: on the classifier scope
+    /// those of every image the run reads, on the others those the base model is evaluated
+    /// on (which before 2026-12-06 counted in `evaluate_s`).
     #[serde(default)]
     pub features_s: f64,
     pub full_importance_s: f64,
