@@ -205,6 +205,27 @@ mod tests {
         assert_eq!(prediction.engine, Engine::Cpu);
     }
 
+    /// A benchmark, not a check: the reference-sized ResNet18's time per image on the CPU
+    /// engine, the figure the page shows (docs/performance.md).
+    #[wasm_bindgen_test]
+    #[ignore]
+    async fn full_size_model_per_image_on_the_cpu() {
+        let model = ResNetConfig::new().init::<Flex>(&Default::default());
+        let file = weights::encode(&weights::export(&model), Default::default(), weights::Precision::Half);
+        let model = Model::load(Engine::Cpu, &file).await.expect("loaded");
+        let mut times = Vec::new();
+        for _ in 0..8 {
+            times.push(predict(&model, &image()).await.expect("ran").milliseconds);
+        }
+        times.sort_by(f64::total_cmp);
+        wasm_bindgen_test::console_log!(
+            "ResNet18 on the CPU engine, ms per image: median {:.1}, fastest {:.1}, slowest {:.1}",
+            times[times.len() / 2],
+            times[0],
+            times[times.len() - 1]
+        );
+    }
+
     /// The browser tests run Chromium with WebGPU on (`webdriver.json`), in software
     /// (SwiftShader), so it must be found and ranked after the CPU, and the GPU must compute
     /// what the CPU computes.
