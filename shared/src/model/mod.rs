@@ -6,6 +6,8 @@ mod flex;
 mod norm;
 mod resnet;
 pub mod weights;
+#[cfg(feature = "flex-kernels")]
+mod wide;
 
 pub use norm::{BatchNorm, BatchNormConfig, NormStats};
 pub use resnet::{BasicBlock, Downsample, ResNet, ResNetConfig, RESNET18_PARAMETERS};

@@ -273,6 +273,7 @@ mod flex {
         use rayon::prelude::*;
 
         use super::{FlexTensor, NormStats, Normalized};
+        use crate::model::wide::wide_fn;
 
         pub(super) struct Planes {
             channels: usize,
@@ -309,9 +310,9 @@ mod flex {
             /// the mean (two passes, as Burn's).
             pub(super) fn moments(&self, values: &[f32]) -> (Vec<f32>, Vec<f32>) {
                 let count = self.count(values);
-                let mean: Vec<f32> = self.channel_sums(values, |_, part| sum_by(part, |value| value)).into_iter().map(|sum| (sum / count) as f32).collect();
+                let mean: Vec<f32> = self.channel_sums(values, |_, part| sum(part)).into_iter().map(|sum| (sum / count) as f32).collect();
                 let var = self
-                    .channel_sums(values, |plane, part| sum_by(part, |value| (value - mean[self.channel(plane)]).powi(2)))
+                    .channel_sums(values, |plane, part| squared_deviations(part, mean[self.channel(plane)]))
                     .into_iter()
                     .map(|sum| (sum / count) as f32)
                     .collect();
@@ -322,19 +323,15 @@ mod flex {
             pub(super) fn affine(&self, values: &[f32], scale: &[f32], shift: &[f32]) -> Vec<f32> {
                 let mut output = vec![0.0; values.len()];
                 output.par_chunks_mut(self.size).zip(values.par_chunks(self.size)).enumerate().for_each(|(plane, (output, values))| {
-                    let (scale, shift) = (scale[self.channel(plane)], shift[self.channel(plane)]);
-                    output.iter_mut().zip(values).for_each(|(output, value)| *output = value * scale + shift);
+                    affine(output, values, scale[self.channel(plane)], shift[self.channel(plane)]);
                 });
                 output
             }
 
             /// Per channel: the sum of `grad`, and of `grad` times `x` minus the channel's mean.
             pub(super) fn gradient_sums(&self, grad: &[f32], x: &[f32], mean: &[f32]) -> (Vec<f32>, Vec<f32>) {
-                let grad_sums = self.channel_sums(grad, |_, part| sum_by(part, |grad| grad));
-                let centred = self.channel_sums(grad, |plane, part| {
-                    let (x, mean) = (&x[plane * self.size..][..self.size], mean[self.channel(plane)]);
-                    sum_pairs_by(part, x, |grad, x| grad * (x - mean))
-                });
+                let grad_sums = self.channel_sums(grad, |_, part| sum(part));
+                let centred = self.channel_sums(grad, |plane, part| centred_products(part, &x[plane * self.size..][..self.size], mean[self.channel(plane)]));
                 let narrow = |sums: Vec<f64>| sums.into_iter().map(|sum| sum as f32).collect();
                 (narrow(grad_sums), narrow(centred))
             }
@@ -354,11 +351,9 @@ mod flex {
                                 // d/dx of gamma * (x - mean) / std + beta with the batch's mean and std:
                                 // scale * (grad - mean of grad - x_hat * mean of grad * x_hat).
                                 let (grad_mean, gamma_grad_mean) = (grad_sums[channel] / count, gamma_grad[channel] / count);
-                                for ((output, grad), x) in output.iter_mut().zip(grad).zip(x) {
-                                    *output = scale * (grad - grad_mean - (x - mean) * inverse_std * gamma_grad_mean);
-                                }
+                                batch_input_gradient(output, grad, x, [scale, grad_mean, mean, inverse_std * gamma_grad_mean]);
                             }
-                            NormStats::Running => output.iter_mut().zip(grad).for_each(|(output, grad)| *output = scale * grad),
+                            NormStats::Running => affine(output, grad, scale, 0.0),
                         }
                     },
                 );
@@ -370,7 +365,47 @@ mod flex {
         /// reordered).
         const LANES: usize = 16;
 
+        wide_fn! {
+            /// The sum of `values`.
+            fn sum(values: &[f32]) -> f32 {
+                sum_by(values, |value| value)
+            }
+        }
+
+        wide_fn! {
+            /// The sum of the squared deviations of `values` from `mean`.
+            fn squared_deviations(values: &[f32], mean: f32) -> f32 {
+                sum_by(values, |value| (value - mean).powi(2))
+            }
+        }
+
+        wide_fn! {
+            /// The sum of `grad` times `x` minus `mean`.
+            fn centred_products(grad: &[f32], x: &[f32], mean: f32) -> f32 {
+                sum_pairs_by(grad, x, |grad, x| grad * (x - mean))
+            }
+        }
+
+        wide_fn! {
+            /// `output = values * scale + shift`.
+            fn affine(output: &mut [f32], values: &[f32], scale: f32, shift: f32) {
+                output.iter_mut().zip(values).for_each(|(output, value)| *output = value * scale + shift);
+            }
+        }
+
+        wide_fn! {
+            /// `output = scale * (grad - grad_mean - (x - mean) * slope)`: the input gradient
+            /// through the batch's moments.
+            fn batch_input_gradient(output: &mut [f32], grad: &[f32], x: &[f32], terms: [f32; 4]) {
+                let [scale, grad_mean, mean, slope] = terms;
+                for ((output, grad), x) in output.iter_mut().zip(grad).zip(x) {
+                    *output = scale * (grad - grad_mean - (x - mean) * slope);
+                }
+            }
+        }
+
         /// The sum of `f` over `values`.
+        #[inline(always)]
         fn sum_by(values: &[f32], f: impl Fn(f32) -> f32) -> f32 {
             let chunks = values.chunks_exact(LANES);
             let rest: f32 = chunks.remainder().iter().map(|&value| f(value)).sum();
@@ -382,6 +417,7 @@ mod flex {
         }
 
         /// The sum of `f` over the pairs of `a` and `b`, of equal length.
+        #[inline(always)]
         fn sum_pairs_by(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
             let (chunks_a, chunks_b) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
             let rest: f32 = chunks_a.remainder().iter().zip(chunks_b.remainder()).map(|(&a, &b)| f(a, b)).sum();
@@ -402,6 +438,7 @@ mod flex {
 
         use super::super::BatchNormConfig;
         use super::*;
+        use crate::model::wide::tests::in_every_width;
 
         /// Three channels whose learned values and running statistics are not the initial ones.
         fn norm<B: Backend>() -> BatchNorm<B> {
@@ -436,26 +473,29 @@ mod flex {
             // A mean far from zero, as after a convolution, and odd sizes.
             let x = Tensor::<Training, 4>::random([4, 3, 5, 7], Distribution::Normal(3.0, 2.0), &device);
             let upstream = Tensor::<Training, 4>::random([4, 3, 5, 7], Distribution::Normal(0.0, 1.0), &device);
-            for stats in [NormStats::Batch, NormStats::Running] {
-                let run = |forward: Forward<Training>| {
-                    let (norm, x) = (norm::<Training>(), x.clone().require_grad());
-                    let output = forward(&norm, x.clone(), stats);
-                    let grads = (output.clone() * upstream.clone()).sum().backward();
-                    let [gamma, beta] = [&norm.weight, &norm.bias].map(|param| param.val().grad(&grads).expect("a parameter's gradient"));
-                    let running = [norm.running_mean.value_sync(), norm.running_var.value_sync()].map(|t| t.inner());
-                    (output.inner(), x.grad(&grads).expect("the input's gradient"), [gamma, beta], running)
-                };
-                let (output, input_grad, params, running) = run(ours);
-                let (burns_output, burns_input_grad, burns_params, burns_running) = run(burns);
-                assert_close(output, burns_output, &format!("{stats:?}: output"));
-                assert_close(input_grad, burns_input_grad, &format!("{stats:?}: input gradient"));
-                for ((ours, burns), what) in params.into_iter().zip(burns_params).zip(["gamma", "beta"]) {
-                    assert_close(ours, burns, &format!("{stats:?}: {what}'s gradient"));
+            // Every form of the passes' loops, on planes of 35 values (two lanes of 16 and a rest).
+            in_every_width(|vectors| {
+                for stats in [NormStats::Batch, NormStats::Running] {
+                    let run = |forward: Forward<Training>| {
+                        let (norm, x) = (norm::<Training>(), x.clone().require_grad());
+                        let output = forward(&norm, x.clone(), stats);
+                        let grads = (output.clone() * upstream.clone()).sum().backward();
+                        let [gamma, beta] = [&norm.weight, &norm.bias].map(|param| param.val().grad(&grads).expect("a parameter's gradient"));
+                        let running = [norm.running_mean.value_sync(), norm.running_var.value_sync()].map(|t| t.inner());
+                        (output.inner(), x.grad(&grads).expect("the input's gradient"), [gamma, beta], running)
+                    };
+                    let (output, input_grad, params, running) = run(ours);
+                    let (burns_output, burns_input_grad, burns_params, burns_running) = run(burns);
+                    assert_close(output, burns_output, &format!("{stats:?}, {vectors}: output"));
+                    assert_close(input_grad, burns_input_grad, &format!("{stats:?}, {vectors}: input gradient"));
+                    for ((ours, burns), what) in params.into_iter().zip(burns_params).zip(["gamma", "beta"]) {
+                        assert_close(ours, burns, &format!("{stats:?}, {vectors}: {what}'s gradient"));
+                    }
+                    for ((ours, burns), what) in running.into_iter().zip(burns_running).zip(["mean", "variance"]) {
+                        assert_close(ours, burns, &format!("{stats:?}, {vectors}: running {what}"));
+                    }
                 }
-                for ((ours, burns), what) in running.into_iter().zip(burns_running).zip(["mean", "variance"]) {
-                    assert_close(ours, burns, &format!("{stats:?}: running {what}"));
-                }
-            }
+            });
         }
 
         #[test]

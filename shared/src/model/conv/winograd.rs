@@ -13,8 +13,9 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::matrix::{multiply, Scratch, Sum, View, SCRATCH_VALUES};
+use super::matrix::{multiply, Scratch, Sum, View};
 use super::unfolded::{image_chunks, Geometry};
+use crate::model::wide::wide_fn;
 
 /// Values of a transformed tile (4x4).
 const TILE: usize = 16;
@@ -23,11 +24,11 @@ const TILE: usize = 16;
 /// channels of the model's first convolution are too thin to pay for the transforms.
 const MIN_CHANNELS: usize = 16;
 
-/// Transformed values (input and output of the products) one round of the forward pass keeps
+/// Transformed values (the two sides of the products, or input and output) one round keeps
 /// (2 MiB): small enough to stay in a core's cache between the transforms and the products.
 const ROUND_VALUES: usize = 1 << 19;
 
-/// Blocks below which a round of the forward pass is not cut: the products get too narrow
+/// Blocks below which a round is not cut: the products get too narrow
 /// for gemm.
 const MIN_ROUND_TILES: usize = 256;
 
@@ -36,12 +37,9 @@ pub(super) struct Plan {
     g: Geometry,
     /// Tile rows and columns per image; the last may reach past the output's edge.
     tile_grid: [usize; 2],
-    /// Forward pass (and input gradient): rounds run in parallel, each through its
-    /// transforms and products while their values are in cache.
+    /// Images whose transformed values stay in cache through their transforms and products:
+    /// rounds run in parallel.
     images_per_round: usize,
-    /// Weight gradient: its 16 products summed over the blocks of this many images at a time,
-    /// as deep as the scratch buffers allow.
-    images_per_product: usize,
 }
 
 impl Plan {
@@ -72,8 +70,7 @@ impl Plan {
         let images = |count: usize| count.clamp(1, g.batch.max(1));
         let round_tiles = (ROUND_VALUES / (TILE * (g.channels_in + g.channels_out))).max(MIN_ROUND_TILES);
         let images_per_round = images(round_tiles / per_image);
-        let images_per_product = images(SCRATCH_VALUES / (TILE * g.channels_in.max(g.channels_out) * per_image));
-        Some(Plan { g, tile_grid, images_per_round, images_per_product })
+        Some(Plan { g, tile_grid, images_per_round })
     }
 
     fn tiles_per_image(&self) -> usize {
@@ -104,31 +101,40 @@ pub(super) fn input_gradient(weight: &[f32], grad: &[f32], plan: &Plan) -> Vec<f
 }
 
 /// The weight gradient, as `unfolded::weight_gradient` computes it, for the plan
-/// [`Plan::forward`] made.
+/// [`Plan::forward`] made. Each thread sums the 16 products over its own run of rounds, each
+/// round's transformed values while they are in cache; the threads' sums are added last.
 pub(super) fn weight_gradient(x: &[f32], grad: &[f32], plan: &Plan) -> Vec<f32> {
     let g = &plan.g;
     let (channels_in, channels_out, per_image) = (g.channels_in, g.channels_out, plan.tiles_per_image());
-    if g.batch == 0 {
-        return vec![0.0; channels_out * channels_in * 9];
-    }
+    let kernels = channels_out * channels_in;
+    let rounds: Vec<Range<usize>> = image_chunks(g.batch, plan.images_per_round).collect();
+    let runs = rounds.len().div_ceil(rayon::current_num_threads()).max(1);
     // `[TILE][channels_out][channels_in]`: value `value` of every kernel's transformed gradient.
-    let mut sums = Scratch::take(TILE * channels_out * channels_in);
-    let mut inputs = Scratch::take(channels_in * TILE * plan.images_per_product * per_image);
-    let mut grads = Scratch::take(channels_out * TILE * plan.images_per_product * per_image);
-    for images in image_chunks(g.batch, plan.images_per_product) {
-        let tiles = images.len() * per_image;
-        let (inputs, grads) = (&mut inputs[..channels_in * TILE * tiles], &mut grads[..channels_out * TILE * tiles]);
-        transform_input(x, plan, images.clone(), inputs);
-        transform_gradient(grad, plan, images.clone(), grads);
-        let (inputs, grads) = (&*inputs, &*grads);
-        let sum = if images.start == 0 { Sum::Overwrite } else { Sum::Accumulate };
-        sums.par_chunks_mut(channels_out * channels_in).enumerate().for_each(|(value, sums)| {
-            let grads = View { values: &grads[value * tiles..], rows: channels_out, cols: tiles, row_stride: TILE * tiles, col_stride: 1 };
-            let inputs = View { values: &inputs[value * tiles..], rows: tiles, cols: channels_in, row_stride: 1, col_stride: TILE * tiles };
-            multiply(sums, grads, inputs, sum);
-        });
-    }
-    let mut result = vec![0.0; channels_out * channels_in * 9];
+    let sums = rounds.par_chunks(runs).map(|rounds| {
+        let mut sums = Scratch::take(TILE * kernels);
+        for (index, images) in rounds.iter().enumerate() {
+            let tiles = images.len() * per_image;
+            let mut inputs = Scratch::take(channels_in * TILE * tiles);
+            let mut grads = Scratch::take(channels_out * TILE * tiles);
+            transform_input(x, plan, images.clone(), &mut inputs);
+            transform_gradient(grad, plan, images.clone(), &mut grads);
+            let (inputs, grads) = (&*inputs, &*grads);
+            let sum = if index == 0 { Sum::Overwrite } else { Sum::Accumulate };
+            sums.par_chunks_mut(kernels).enumerate().for_each(|(value, sums)| {
+                let grads = View { values: &grads[value * tiles..], rows: channels_out, cols: tiles, row_stride: TILE * tiles, col_stride: 1 };
+                let inputs = View { values: &inputs[value * tiles..], rows: tiles, cols: channels_in, row_stride: 1, col_stride: TILE * tiles };
+                multiply(sums, grads, inputs, sum);
+            });
+        }
+        sums
+    });
+    let Some(sums) = sums.reduce_with(|mut sums, other| {
+        sums.par_iter_mut().zip(&*other).for_each(|(sum, other)| *sum += other);
+        sums
+    }) else {
+        return vec![0.0; kernels * 9];
+    };
+    let mut result = vec![0.0; kernels * 9];
     result.par_chunks_mut(channels_in * 9).enumerate().for_each(|(o, kernels)| {
         for (c, kernel) in kernels.chunks_exact_mut(9).enumerate() {
             let tile = std::array::from_fn(|value| sums[(value * channels_out + o) * channels_in + c]);
@@ -207,119 +213,130 @@ fn kernel_gradient(u: &[f32; TILE]) -> [f32; 9] {
 /// row and tile column. Blocks start at every second row and column, `padding` before the
 /// input; values outside it are zero.
 fn transform_input(x: &[f32], plan: &Plan, images: Range<usize>, out: &mut [f32]) {
-    let (g, [rows, cols]) = (&plan.g, plan.tile_grid);
-    let tiles = images.len() * rows * cols;
-    // The padded lines the blocks read, each split into even and odd columns: a block's
-    // columns 0 and 2 are even columns k and k + 1 of its lines, 1 and 3 odd ones.
+    let [rows, cols] = plan.tile_grid;
     let (lines, span) = (2 * rows + 2, cols + 1);
-    out.par_chunks_mut(TILE * tiles).enumerate().for_each_init(
-        || vec![0.0; (2 * lines + 2 + 8) * span],
-        |buffer, (channel, out)| {
-            let (split, rest) = buffer.split_at_mut(2 * lines * span);
-            let (padded, combined) = rest.split_at_mut(2 * span);
-            for (index, image) in images.clone().enumerate() {
-                let plane = &x[(image * g.channels_in + channel) * g.plane()..][..g.plane()];
-                for (line, split) in split.chunks_exact_mut(2 * span).enumerate() {
-                    padded.fill(0.0);
-                    if let Some(iy) = line.checked_sub(g.padding[0]).filter(|&iy| iy < g.input[0]) {
-                        padded[g.padding[1]..][..g.input[1]].copy_from_slice(&plane[iy * g.input[1]..][..g.input[1]]);
-                    }
-                    let (even, odd) = split.split_at_mut(span);
-                    for ((pair, even), odd) in padded.chunks_exact(2).zip(even).zip(odd) {
-                        (*even, *odd) = (pair[0], pair[1]);
+    out.par_chunks_mut(TILE * images.len() * rows * cols)
+        .enumerate()
+        .for_each_init(|| vec![0.0; (2 * lines + 2 + 8) * span], |buffer, (channel, out)| input_channel(x, plan, images.clone(), channel, buffer, out));
+}
+
+wide_fn! {
+    /// [`transform_input`] of one channel.
+    fn input_channel(x: &[f32], plan: &Plan, images: Range<usize>, channel: usize, buffer: &mut [f32], out: &mut [f32]) {
+        let (g, [rows, cols]) = (&plan.g, plan.tile_grid);
+        let tiles = images.len() * rows * cols;
+        // The padded lines the blocks read, each split into even and odd columns: a block's
+        // columns 0 and 2 are even columns k and k + 1 of its lines, 1 and 3 odd ones.
+        let (lines, span) = (2 * rows + 2, cols + 1);
+        let (split, rest) = buffer.split_at_mut(2 * lines * span);
+        let (padded, combined) = rest.split_at_mut(2 * span);
+        for (index, image) in images.clone().enumerate() {
+            let plane = &x[(image * g.channels_in + channel) * g.plane()..][..g.plane()];
+            for (line, split) in split.chunks_exact_mut(2 * span).enumerate() {
+                padded.fill(0.0);
+                if let Some(iy) = line.checked_sub(g.padding[0]).filter(|&iy| iy < g.input[0]) {
+                    padded[g.padding[1]..][..g.input[1]].copy_from_slice(&plane[iy * g.input[1]..][..g.input[1]]);
+                }
+                let (even, odd) = split.split_at_mut(span);
+                for ((pair, even), odd) in padded.chunks_exact(2).zip(even).zip(odd) {
+                    (*even, *odd) = (pair[0], pair[1]);
+                }
+            }
+            for ty in 0..rows {
+                // Bᵀ down the block's four lines, even columns then odd.
+                let (even, odd) = combined.split_at_mut(4 * span);
+                for (parity, combined) in [even, odd].into_iter().enumerate() {
+                    let line = |l: usize| &split[(2 * (2 * ty + l) + parity) * span..][..span];
+                    let (c0, rest) = combined.split_at_mut(span);
+                    let (c1, rest) = rest.split_at_mut(span);
+                    let (c2, c3) = rest.split_at_mut(span);
+                    let lines = line(0).iter().zip(line(1)).zip(line(2)).zip(line(3));
+                    for (((((((a, b), c), d), c0), c1), c2), c3) in lines.zip(c0).zip(c1).zip(c2).zip(c3) {
+                        (*c0, *c1, *c2, *c3) = (a - c, b + c, c - b, b - d);
                     }
                 }
-                for ty in 0..rows {
-                    // Bᵀ down the block's four lines, even columns then odd.
-                    let (even, odd) = combined.split_at_mut(4 * span);
-                    for (parity, combined) in [even, odd].into_iter().enumerate() {
-                        let line = |l: usize| &split[(2 * (2 * ty + l) + parity) * span..][..span];
-                        let (c0, rest) = combined.split_at_mut(span);
-                        let (c1, rest) = rest.split_at_mut(span);
-                        let (c2, c3) = rest.split_at_mut(span);
-                        let lines = line(0).iter().zip(line(1)).zip(line(2)).zip(line(3));
-                        for (((((((a, b), c), d), c0), c1), c2), c3) in lines.zip(c0).zip(c1).zip(c2).zip(c3) {
-                            (*c0, *c1, *c2, *c3) = (a - c, b + c, c - b, b - d);
-                        }
+                // And across: row i of every block of the tile row.
+                let first = (index * rows + ty) * cols;
+                for i in 0..4 {
+                    let (e, o) = (&combined[i * span..][..span], &combined[(4 + i) * span..][..span]);
+                    let run = |j: usize| (4 * i + j) * tiles + first;
+                    for ((v, a), b) in out[run(0)..][..cols].iter_mut().zip(&e[..cols]).zip(&e[1..]) {
+                        *v = a - b;
                     }
-                    // And across: row i of every block of the tile row.
-                    let first = (index * rows + ty) * cols;
-                    for i in 0..4 {
-                        let (e, o) = (&combined[i * span..][..span], &combined[(4 + i) * span..][..span]);
-                        let run = |j: usize| (4 * i + j) * tiles + first;
-                        for ((v, a), b) in out[run(0)..][..cols].iter_mut().zip(&e[..cols]).zip(&e[1..]) {
-                            *v = a - b;
-                        }
-                        for ((v, a), b) in out[run(1)..][..cols].iter_mut().zip(&o[..cols]).zip(&e[1..]) {
-                            *v = a + b;
-                        }
-                        for ((v, a), b) in out[run(2)..][..cols].iter_mut().zip(&e[1..]).zip(&o[..cols]) {
-                            *v = a - b;
-                        }
-                        for ((v, a), b) in out[run(3)..][..cols].iter_mut().zip(&o[..cols]).zip(&o[1..]) {
-                            *v = a - b;
-                        }
+                    for ((v, a), b) in out[run(1)..][..cols].iter_mut().zip(&o[..cols]).zip(&e[1..]) {
+                        *v = a + b;
+                    }
+                    for ((v, a), b) in out[run(2)..][..cols].iter_mut().zip(&e[1..]).zip(&o[..cols]) {
+                        *v = a - b;
+                    }
+                    for ((v, a), b) in out[run(3)..][..cols].iter_mut().zip(&o[..cols]).zip(&o[1..]) {
+                        *v = a - b;
                     }
                 }
             }
-        },
-    );
+        }
+    }
 }
 
 /// `A y Aᵀ` of every 2x2 block y of the output gradient of `images` (zero past the output's
 /// edge), the transpose of [`transform_output`], laid out `[channels_out][TILE][tiles]`.
 fn transform_gradient(grad: &[f32], plan: &Plan, images: Range<usize>, out: &mut [f32]) {
-    let (g, [rows, cols]) = (&plan.g, plan.tile_grid);
-    let [height, width] = g.output;
-    let tiles = images.len() * rows * cols;
-    // Row r of A, for the block's values i = 0..4 down a column: (y0, y0 + y1, y0 - y1, -y1).
-    const A: [[f32; 2]; 4] = [[1.0, 0.0], [1.0, 1.0], [1.0, -1.0], [0.0, -1.0]];
-    out.par_chunks_mut(TILE * tiles).enumerate().for_each_init(
-        || vec![0.0; 12 * cols],
-        |buffer, (o, out)| {
-            // The block's two rows split into even and odd columns, then A down them.
-            let (lines, down) = buffer.split_at_mut(4 * cols);
-            for (index, image) in images.clone().enumerate() {
-                let plane = &grad[(image * g.channels_out + o) * height * width..][..height * width];
-                for ty in 0..rows {
-                    for (r, line) in lines.chunks_exact_mut(2 * cols).enumerate() {
-                        let (even, odd) = line.split_at_mut(cols);
-                        match plane.get((2 * ty + r) * width..(2 * ty + r + 1) * width) {
-                            Some(row) => {
-                                for (t, (even, odd)) in even.iter_mut().zip(odd).enumerate() {
-                                    (*even, *odd) = (row[2 * t], row.get(2 * t + 1).copied().unwrap_or(0.0));
-                                }
+    let [rows, cols] = plan.tile_grid;
+    out.par_chunks_mut(TILE * images.len() * rows * cols)
+        .enumerate()
+        .for_each_init(|| vec![0.0; 12 * cols], |buffer, (o, out)| gradient_channel(grad, plan, images.clone(), o, buffer, out));
+}
+
+wide_fn! {
+    /// [`transform_gradient`] of output channel `o`.
+    fn gradient_channel(grad: &[f32], plan: &Plan, images: Range<usize>, o: usize, buffer: &mut [f32], out: &mut [f32]) {
+        let (g, [rows, cols]) = (&plan.g, plan.tile_grid);
+        let [height, width] = g.output;
+        let tiles = images.len() * rows * cols;
+        // Row r of A, for the block's values i = 0..4 down a column: (y0, y0 + y1, y0 - y1, -y1).
+        const A: [[f32; 2]; 4] = [[1.0, 0.0], [1.0, 1.0], [1.0, -1.0], [0.0, -1.0]];
+        // The block's two rows split into even and odd columns, then A down them.
+        let (lines, down) = buffer.split_at_mut(4 * cols);
+        for (index, image) in images.clone().enumerate() {
+            let plane = &grad[(image * g.channels_out + o) * height * width..][..height * width];
+            for ty in 0..rows {
+                for (r, line) in lines.chunks_exact_mut(2 * cols).enumerate() {
+                    let (even, odd) = line.split_at_mut(cols);
+                    match plane.get((2 * ty + r) * width..(2 * ty + r + 1) * width) {
+                        Some(row) => {
+                            for (t, (even, odd)) in even.iter_mut().zip(odd).enumerate() {
+                                (*even, *odd) = (row[2 * t], row.get(2 * t + 1).copied().unwrap_or(0.0));
                             }
-                            None => line.fill(0.0),
                         }
+                        None => line.fill(0.0),
                     }
-                    for (at, down) in down.chunks_exact_mut(cols).enumerate() {
-                        let ([top, bottom], parity) = (A[at / 2], at % 2);
-                        let (first, second) = (&lines[parity * cols..][..cols], &lines[(2 + parity) * cols..][..cols]);
-                        for ((v, a), b) in down.iter_mut().zip(first).zip(second) {
-                            *v = top * a + bottom * b;
-                        }
+                }
+                for (at, down) in down.chunks_exact_mut(cols).enumerate() {
+                    let ([top, bottom], parity) = (A[at / 2], at % 2);
+                    let (first, second) = (&lines[parity * cols..][..cols], &lines[(2 + parity) * cols..][..cols]);
+                    for ((v, a), b) in down.iter_mut().zip(first).zip(second) {
+                        *v = top * a + bottom * b;
                     }
-                    // And across: row i of every block, into its four values.
-                    let first = (index * rows + ty) * cols;
-                    for i in 0..4 {
-                        let (even, odd) = (&down[2 * i * cols..][..cols], &down[(2 * i + 1) * cols..][..cols]);
-                        let run = |j: usize| (4 * i + j) * tiles + first;
-                        out[run(0)..][..cols].copy_from_slice(even);
-                        for ((v, a), b) in out[run(1)..][..cols].iter_mut().zip(even).zip(odd) {
-                            *v = a + b;
-                        }
-                        for ((v, a), b) in out[run(2)..][..cols].iter_mut().zip(even).zip(odd) {
-                            *v = a - b;
-                        }
-                        for (v, b) in out[run(3)..][..cols].iter_mut().zip(odd) {
-                            *v = -b;
-                        }
+                }
+                // And across: row i of every block, into its four values.
+                let first = (index * rows + ty) * cols;
+                for i in 0..4 {
+                    let (even, odd) = (&down[2 * i * cols..][..cols], &down[(2 * i + 1) * cols..][..cols]);
+                    let run = |j: usize| (4 * i + j) * tiles + first;
+                    out[run(0)..][..cols].copy_from_slice(even);
+                    for ((v, a), b) in out[run(1)..][..cols].iter_mut().zip(even).zip(odd) {
+                        *v = a + b;
+                    }
+                    for ((v, a), b) in out[run(2)..][..cols].iter_mut().zip(even).zip(odd) {
+                        *v = a - b;
+                    }
+                    for (v, b) in out[run(3)..][..cols].iter_mut().zip(odd) {
+                        *v = -b;
                     }
                 }
             }
-        },
-    );
+        }
+    }
 }
 
 /// `Aᵀ m A` of every transformed product tile m, with Aᵀ = [[1, 1, 1, 0], [0, 1, -1, -1]],
@@ -329,42 +346,50 @@ fn transform_output(products: &[f32], plan: &Plan, out: &mut [f32]) {
     let (g, [rows, cols]) = (&plan.g, plan.tile_grid);
     let (channels_out, [height, width]) = (g.channels_out, g.output);
     let tiles = out.len() / (channels_out * height * width) * rows * cols;
-    out.par_chunks_mut(height * width).enumerate().for_each_init(
-        || vec![0.0; 10 * cols],
-        |sums, (index, plane)| {
-            let (image, o) = (index / channels_out, index % channels_out);
-            let (across, line) = sums.split_at_mut(8 * cols);
-            for ty in 0..rows {
-                let first = (image * rows + ty) * cols;
-                let value = |v: usize| &products[(v * channels_out + o) * tiles + first..][..cols];
-                // Across row i of the blocks: its left and right output columns.
-                for (i, across) in across.chunks_exact_mut(2 * cols).enumerate() {
-                    let (left, right) = across.split_at_mut(cols);
-                    let values = value(4 * i).iter().zip(value(4 * i + 1)).zip(value(4 * i + 2)).zip(value(4 * i + 3));
-                    for ((((m0, m1), m2), m3), (left, right)) in values.zip(left.iter_mut().zip(right)) {
-                        (*left, *right) = (m0 + m1 + m2, m1 - m2 - m3);
-                    }
-                }
-                // Down: the blocks' two output rows.
-                let part = |i: usize, column: usize| &across[(2 * i + column) * cols..][..cols];
-                for r in 0..2.min(height - 2 * ty) {
-                    for column in 0..2 {
-                        let sums = part(0, column).iter().zip(part(1, column)).zip(part(2, column)).zip(part(3, column));
-                        for ((((a, b), c), d), pair) in sums.zip(line.chunks_exact_mut(2)) {
-                            pair[column] = if r == 0 { a + b + c } else { b - c - d };
-                        }
-                    }
-                    plane[(2 * ty + r) * width..][..width].copy_from_slice(&line[..width]);
+    out.par_chunks_mut(height * width)
+        .enumerate()
+        .for_each_init(|| vec![0.0; 10 * cols], |sums, (index, plane)| output_plane(products, plan, tiles, index, sums, plane));
+}
+
+wide_fn! {
+    /// [`transform_output`] of plane `index` (image by output channel) of `products`, which
+    /// holds `tiles` blocks.
+    fn output_plane(products: &[f32], plan: &Plan, tiles: usize, index: usize, sums: &mut [f32], plane: &mut [f32]) {
+        let (g, [rows, cols]) = (&plan.g, plan.tile_grid);
+        let (channels_out, [height, width]) = (g.channels_out, g.output);
+        let (image, o) = (index / channels_out, index % channels_out);
+        let (across, line) = sums.split_at_mut(8 * cols);
+        for ty in 0..rows {
+            let first = (image * rows + ty) * cols;
+            let value = |v: usize| &products[(v * channels_out + o) * tiles + first..][..cols];
+            // Across row i of the blocks: its left and right output columns.
+            for (i, across) in across.chunks_exact_mut(2 * cols).enumerate() {
+                let (left, right) = across.split_at_mut(cols);
+                let values = value(4 * i).iter().zip(value(4 * i + 1)).zip(value(4 * i + 2)).zip(value(4 * i + 3));
+                for ((((m0, m1), m2), m3), (left, right)) in values.zip(left.iter_mut().zip(right)) {
+                    (*left, *right) = (m0 + m1 + m2, m1 - m2 - m3);
                 }
             }
-        },
-    );
+            // Down: the blocks' two output rows.
+            let part = |i: usize, column: usize| &across[(2 * i + column) * cols..][..cols];
+            for r in 0..2.min(height - 2 * ty) {
+                for column in 0..2 {
+                    let sums = part(0, column).iter().zip(part(1, column)).zip(part(2, column)).zip(part(3, column));
+                    for ((((a, b), c), d), pair) in sums.zip(line.chunks_exact_mut(2)) {
+                        pair[column] = if r == 0 { a + b + c } else { b - c - d };
+                    }
+                }
+                plane[(2 * ty + r) * width..][..width].copy_from_slice(&line[..width]);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::super::unfolded;
     use super::*;
+    use crate::model::wide::tests::in_every_width;
 
     fn values(count: usize, seed: usize) -> Vec<f32> {
         (0..count).map(|i| ((i * seed % 101) as f32 - 50.0) / 25.0).collect()
@@ -379,9 +404,11 @@ mod tests {
 
     /// Against the unfolded products (checked term by term against the definition): odd
     /// and even sizes (blocks past the edge), paddings 0 to 2, unequal ones too, one image
-    /// per round, two (the last round short) and all.
+    /// per round, two (the last round short) and all, and every form of the transforms'
+    /// loops.
     #[test]
     fn outputs_and_gradients_equal_the_unfolded_products() {
+        let threads = rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("a thread pool");
         for (padding, height, width) in [([1, 1], 7, 5), ([0, 0], 6, 9), ([2, 2], 3, 4), ([1, 1], 1, 1), ([0, 1], 5, 6), ([2, 1], 4, 7)] {
             let g = Geometry::new([3, MIN_CHANNELS, height, width], [MIN_CHANNELS + 1, MIN_CHANNELS, 3, 3], [1, 1], padding);
             let x = values(3 * MIN_CHANNELS * height * width, 37);
@@ -390,15 +417,19 @@ mod tests {
             let (output, input_grad, weight_grad) =
                 (unfolded::forward(&x, &weight, &g), unfolded::input_gradient(&weight, &grad, &g), unfolded::weight_gradient(&x, &grad, &g));
             let [mut forward_plan, mut gradient_plan] = [Plan::forward(&g), Plan::input_gradient(&g)].map(|plan| plan.expect("a Winograd plan"));
-            for images in [1, 2, 3] {
-                forward_plan.images_per_round = images;
-                forward_plan.images_per_product = images;
-                gradient_plan.images_per_round = images;
-                let what = format!("padding {padding:?}, {height}x{width}, {images} images per round");
-                assert_close(&forward(&x, &weight, &forward_plan), &output, &format!("output, {what}"));
-                assert_close(&input_gradient(&weight, &grad, &gradient_plan), &input_grad, &format!("input gradient, {what}"));
-                assert_close(&weight_gradient(&x, &grad, &forward_plan), &weight_grad, &format!("weight gradient, {what}"));
-            }
+            // Two threads, so that one image per round sums two runs of rounds (two and one).
+            threads.install(|| {
+                in_every_width(|vectors| {
+                    for images in [1, 2, 3] {
+                        forward_plan.images_per_round = images;
+                        gradient_plan.images_per_round = images;
+                        let what = format!("padding {padding:?}, {height}x{width}, {images} images per round, {vectors}");
+                        assert_close(&forward(&x, &weight, &forward_plan), &output, &format!("output, {what}"));
+                        assert_close(&input_gradient(&weight, &grad, &gradient_plan), &input_grad, &format!("input gradient, {what}"));
+                        assert_close(&weight_gradient(&x, &grad, &forward_plan), &weight_grad, &format!("weight gradient, {what}"));
+                    }
+                })
+            });
         }
     }
 
