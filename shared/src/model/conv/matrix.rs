@@ -18,8 +18,8 @@ thread_local! {
 /// fresh buffers of tens of MiB have their pages faulted in and zeroed by the kernel at
 /// every call; with spares the forward pass at batch 250 ran 12 % faster
 /// (docs/performance.md). A convolution takes up to three, so three are kept, those within
-/// `SCRATCH_VALUES`: a thread holds at most 96 MiB between requests (the Winograd forward
-/// pass takes its small ones on rayon's threads).
+/// `SCRATCH_VALUES`: a thread holds at most 96 MiB between requests (Winograd's passes take
+/// theirs on rayon's threads).
 pub(super) struct Scratch {
     values: Vec<f32>,
     len: usize,

@@ -24,12 +24,13 @@ const TILE: usize = 16;
 /// channels of the model's first convolution are too thin to pay for the transforms.
 const MIN_CHANNELS: usize = 16;
 
-/// Transformed values (the two sides of the products, or input and output) one round keeps
-/// (2 MiB): small enough to stay in a core's cache between the transforms and the products.
+/// Transformed values one round keeps (2 MiB): the input and the products (forward pass), or
+/// the input and the output gradient (weight gradient); small enough to stay in a core's
+/// cache between the transforms and the products.
 const ROUND_VALUES: usize = 1 << 19;
 
-/// Blocks below which a round is not cut: the products get too narrow
-/// for gemm.
+/// Blocks below which a round is not cut: the products get too narrow (forward pass) or
+/// too shallow (weight gradient) for gemm.
 const MIN_ROUND_TILES: usize = 256;
 
 /// A convolution in F(2x2, 3x3) tiles: its shapes, and how many images a round takes.
@@ -81,36 +82,28 @@ impl Plan {
 /// The convolution of `x` with `weight`, as `unfolded::forward` computes it, for the plan
 /// [`Plan::forward`] made.
 pub(super) fn forward(x: &[f32], weight: &[f32], plan: &Plan) -> Vec<f32> {
-    let channels_in = plan.g.channels_in;
-    let kernels = transform_kernels(plan, |o, c| weight[(o * channels_in + c) * 9..][..9].try_into().expect("a 3x3 kernel"));
-    convolve(x, &kernels, plan)
+    convolve(x, &transform_kernels(weight, plan), plan)
 }
 
 /// The input gradient, as `unfolded::input_gradient` computes it, for the plan
 /// [`Plan::input_gradient`] made: kernel (o, c) of `weight` becomes kernel (c, o) of the
 /// gradient's convolution, turned half a circle.
 pub(super) fn input_gradient(weight: &[f32], grad: &[f32], plan: &Plan) -> Vec<f32> {
-    // The gradient's output channels are the convolution's input channels.
-    let channels_in = plan.g.channels_out;
-    let kernels = transform_kernels(plan, |c, o| {
-        let mut kernel: [f32; 9] = weight[(o * channels_in + c) * 9..][..9].try_into().expect("a 3x3 kernel");
-        kernel.reverse();
-        kernel
-    });
-    convolve(grad, &kernels, plan)
+    convolve(grad, &transform_kernels(&flip_kernels(weight, plan), plan), plan)
 }
 
 /// The weight gradient, as `unfolded::weight_gradient` computes it, for the plan
-/// [`Plan::forward`] made. Each thread sums the 16 products over its own run of rounds, each
-/// round's transformed values while they are in cache; the threads' sums are added last.
+/// [`Plan::forward`] made. Each of at most one run of rounds per thread sums the 16 products, each
+/// round's transformed values while they are in cache; the runs' sums are added last, so
+/// the rounding depends on the thread count.
 pub(super) fn weight_gradient(x: &[f32], grad: &[f32], plan: &Plan) -> Vec<f32> {
     let g = &plan.g;
     let (channels_in, channels_out, per_image) = (g.channels_in, g.channels_out, plan.tiles_per_image());
     let kernels = channels_out * channels_in;
     let rounds: Vec<Range<usize>> = image_chunks(g.batch, plan.images_per_round).collect();
-    let runs = rounds.len().div_ceil(rayon::current_num_threads()).max(1);
+    let rounds_per_run = rounds.len().div_ceil(rayon::current_num_threads()).max(1);
     // `[TILE][channels_out][channels_in]`: value `value` of every kernel's transformed gradient.
-    let sums = rounds.par_chunks(runs).map(|rounds| {
+    let run_sums = rounds.par_chunks(rounds_per_run).map(|rounds| {
         let mut sums = Scratch::take(TILE * kernels);
         for (index, images) in rounds.iter().enumerate() {
             let tiles = images.len() * per_image;
@@ -128,19 +121,14 @@ pub(super) fn weight_gradient(x: &[f32], grad: &[f32], plan: &Plan) -> Vec<f32> 
         }
         sums
     });
-    let Some(sums) = sums.reduce_with(|mut sums, other| {
+    let Some(sums) = run_sums.reduce_with(|mut sums, other| {
         sums.par_iter_mut().zip(&*other).for_each(|(sum, other)| *sum += other);
         sums
     }) else {
         return vec![0.0; kernels * 9];
     };
     let mut result = vec![0.0; kernels * 9];
-    result.par_chunks_mut(channels_in * 9).enumerate().for_each(|(o, kernels)| {
-        for (c, kernel) in kernels.chunks_exact_mut(9).enumerate() {
-            let tile = std::array::from_fn(|value| sums[(value * channels_out + o) * channels_in + c]);
-            kernel.copy_from_slice(&kernel_gradient(&tile));
-        }
-    });
+    result.par_chunks_mut(channels_in * 9).enumerate().for_each(|(o, kernels)| gradient_row(&sums, o, channels_out, kernels));
     result
 }
 
@@ -169,26 +157,100 @@ fn convolve(x: &[f32], kernels: &[f32], plan: &Plan) -> Vec<f32> {
     output
 }
 
-/// Every 3x3 kernel `k` as `G k Gᵀ`, laid out `[channels_out][TILE][channels_in]`; `kernel(o, c)`
-/// gives the kernel from input channel c to output channel o.
-fn transform_kernels(plan: &Plan, kernel: impl Fn(usize, usize) -> [f32; 9] + Sync) -> Scratch {
+/// Every 3x3 kernel `k` of `weights` (`[channels_out][channels_in][9]` of the plan) as
+/// `G k Gᵀ`, laid out `[channels_out][TILE][channels_in]`.
+fn transform_kernels(weights: &[f32], plan: &Plan) -> Scratch {
     let channels_in = plan.g.channels_in;
     let mut kernels = Scratch::take(plan.g.channels_out * TILE * channels_in);
-    kernels.par_chunks_mut(TILE * channels_in).enumerate().for_each(|(o, out)| {
-        for c in 0..channels_in {
-            for (value, transformed) in kernel_tile(&kernel(o, c)).into_iter().enumerate() {
-                out[value * channels_in + c] = transformed;
-            }
-        }
-    });
+    kernels.par_chunks_mut(TILE * channels_in).zip(weights.par_chunks(channels_in * 9)).for_each(|(out, row)| kernel_row(row, out));
     kernels
 }
 
+/// Kernels transformed at once, one per vector lane (an AVX-512 vector holds 16 f32).
+const LANES: usize = 16;
+
+wide_fn! {
+    /// [`transform_kernels`] of one output channel: `out[value][c]` from `kernels[c][9]`.
+    fn kernel_row(kernels: &[f32], out: &mut [f32]) {
+        let channels = kernels.len() / 9;
+        for first in (0..channels).step_by(LANES) {
+            let lanes = LANES.min(channels - first);
+            // Tap by lane, so that the transform runs on every lane at once.
+            let mut taps = [[0.0; LANES]; 9];
+            for (lane, kernel) in kernels[first * 9..][..lanes * 9].chunks_exact(9).enumerate() {
+                for (tap, &value) in kernel.iter().enumerate() {
+                    taps[tap][lane] = value;
+                }
+            }
+            let mut tile = [[0.0; LANES]; TILE];
+            for lane in 0..LANES {
+                for (value, transformed) in kernel_tile(&std::array::from_fn(|tap| taps[tap][lane])).into_iter().enumerate() {
+                    tile[value][lane] = transformed;
+                }
+            }
+            for (value, transformed) in tile.iter().enumerate() {
+                out[value * channels + first..][..lanes].copy_from_slice(&transformed[..lanes]);
+            }
+        }
+    }
+}
+
+wide_fn! {
+    /// The weight gradient's kernels of output channel `o`, `out[c][9]`, from the sums
+    /// `[TILE][channels_out][channels_in]`: `Gᵀ u G` of each.
+    fn gradient_row(sums: &[f32], o: usize, channels_out: usize, out: &mut [f32]) {
+        let channels_in = out.len() / 9;
+        for first in (0..channels_in).step_by(LANES) {
+            let lanes = LANES.min(channels_in - first);
+            let mut tile = [[0.0; LANES]; TILE];
+            for (value, tile) in tile.iter_mut().enumerate() {
+                tile[..lanes].copy_from_slice(&sums[(value * channels_out + o) * channels_in + first..][..lanes]);
+            }
+            let mut taps = [[0.0; LANES]; 9];
+            for lane in 0..LANES {
+                for (tap, kernel) in kernel_gradient(&std::array::from_fn(|value| tile[value][lane])).into_iter().enumerate() {
+                    taps[tap][lane] = kernel;
+                }
+            }
+            for (lane, kernel) in out[first * 9..][..lanes * 9].chunks_exact_mut(9).enumerate() {
+                for (tap, value) in kernel.iter_mut().enumerate() {
+                    *value = taps[tap][lane];
+                }
+            }
+        }
+    }
+}
+
+/// Rows of the flipped kernels [`flip_kernels`] writes at once, reading each output channel's
+/// kernels from `weight` in runs of this many.
+const FLIP_ROWS: usize = 16;
+
+/// The input gradient's kernels, `[c][o][9]` for the plan [`Plan::input_gradient`] made: kernel
+/// (o, c) of `weight` as kernel (c, o), turned half a circle. In blocks of rows, as reading
+/// `weight` down its columns one kernel at a time, a page apart, missed the cache.
+fn flip_kernels(weight: &[f32], plan: &Plan) -> Scratch {
+    // The plan's output channels are the convolution's input channels.
+    let (channels_in, channels_out) = (plan.g.channels_out, plan.g.channels_in);
+    let mut flipped = Scratch::take(weight.len());
+    flipped.par_chunks_mut(FLIP_ROWS * channels_out * 9).enumerate().for_each(|(block, rows)| {
+        for o in 0..channels_out {
+            let run = &weight[(o * channels_in + block * FLIP_ROWS) * 9..];
+            for (row, kernel) in rows.chunks_exact_mut(channels_out * 9).zip(run.chunks_exact(9)) {
+                let flipped = &mut row[o * 9..][..9];
+                flipped.copy_from_slice(kernel);
+                flipped.reverse();
+            }
+        }
+    });
+    flipped
+}
+
 /// `G k Gᵀ` of a 3x3 kernel, row-major, with G = [[1, 0, 0], [½, ½, ½], [½, -½, ½], [0, 0, 1]].
+#[inline(always)]
 fn kernel_tile(k: &[f32; 9]) -> [f32; TILE] {
     let g = |a: f32, b: f32, c: f32| [a, (a + b + c) * 0.5, (a - b + c) * 0.5, c];
     // Column j of G k.
-    let columns = [0, 1, 2].map(|j| g(k[j], k[3 + j], k[6 + j]));
+    let columns: [[f32; 4]; 3] = std::array::from_fn(|j| g(k[j], k[3 + j], k[6 + j]));
     let mut tile = [0.0; TILE];
     for (i, row) in tile.chunks_exact_mut(4).enumerate() {
         row.copy_from_slice(&g(columns[0][i], columns[1][i], columns[2][i]));
@@ -197,10 +259,11 @@ fn kernel_tile(k: &[f32; 9]) -> [f32; TILE] {
 }
 
 /// `Gᵀ u G` of a 4x4 tile's gradient: the 3x3 kernel's, the transpose of [`kernel_tile`].
+#[inline(always)]
 fn kernel_gradient(u: &[f32; TILE]) -> [f32; 9] {
     let g = |a: f32, b: f32, c: f32, d: f32| [a + (b + c) * 0.5, (b - c) * 0.5, (b + c) * 0.5 + d];
     // Column j of Gᵀ u.
-    let columns = [0, 1, 2, 3].map(|j| g(u[j], u[4 + j], u[8 + j], u[12 + j]));
+    let columns: [[f32; 3]; 4] = std::array::from_fn(|j| g(u[j], u[4 + j], u[8 + j], u[12 + j]));
     let mut kernel = [0.0; 9];
     for (a, row) in kernel.chunks_exact_mut(3).enumerate() {
         row.copy_from_slice(&g(columns[0][a], columns[1][a], columns[2][a], columns[3][a]));
@@ -397,6 +460,8 @@ mod tests {
 
     fn assert_close(got: &[f32], expected: &[f32], what: &str) {
         assert_eq!(got.len(), expected.len(), "{what}");
+        // The folds below would drop a NaN.
+        assert!(got.iter().all(|value| value.is_finite()), "{what}: not finite");
         let scale = expected.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         let error = got.iter().zip(expected).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
         assert!(error <= 1e-5 * scale, "{what}: error {error} of {scale}");
@@ -404,15 +469,18 @@ mod tests {
 
     /// Against the unfolded products (checked term by term against the definition): odd
     /// and even sizes (blocks past the edge), paddings 0 to 2, unequal ones too, one image
-    /// per round, two (the last round short) and all, and every form of the transforms'
-    /// loops.
+    /// per round, two (the last round short) and all, every form of the transforms' loops
+    /// (a row of 66 blocks, long enough for their vector bodies), and channel counts that
+    /// leave the kernels' last lanes and blocks short.
     #[test]
     fn outputs_and_gradients_equal_the_unfolded_products() {
         let threads = rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("a thread pool");
-        for (padding, height, width) in [([1, 1], 7, 5), ([0, 0], 6, 9), ([2, 2], 3, 4), ([1, 1], 1, 1), ([0, 1], 5, 6), ([2, 1], 4, 7)] {
-            let g = Geometry::new([3, MIN_CHANNELS, height, width], [MIN_CHANNELS + 1, MIN_CHANNELS, 3, 3], [1, 1], padding);
-            let x = values(3 * MIN_CHANNELS * height * width, 37);
-            let weight = values((MIN_CHANNELS + 1) * MIN_CHANNELS * 9, 53);
+        for (padding, height, width) in [([1, 1], 7, 5), ([0, 0], 6, 9), ([2, 2], 3, 4), ([1, 1], 1, 1), ([0, 1], 5, 6), ([2, 1], 4, 7), ([1, 1], 3, 131)] {
+            // Channels past a multiple of the kernels' lanes and blocks, both ways.
+            let (channels_in, channels_out) = (2 * LANES + 3, LANES + 1);
+            let g = Geometry::new([3, channels_in, height, width], [channels_out, channels_in, 3, 3], [1, 1], padding);
+            let x = values(3 * channels_in * height * width, 37);
+            let weight = values(channels_out * channels_in * 9, 53);
             let grad = values(g.output_shape().iter().product(), 29);
             let (output, input_grad, weight_grad) =
                 (unfolded::forward(&x, &weight, &g), unfolded::input_gradient(&weight, &grad, &g), unfolded::weight_gradient(&x, &grad, &g));
@@ -439,8 +507,6 @@ mod tests {
         let plan = Plan::forward(&g).expect("a Winograd plan");
         let weight = values(MIN_CHANNELS * MIN_CHANNELS * 9, 53);
         assert!(forward(&[], &weight, &plan).is_empty());
-        // A spare left by another convolution (NaN in tests) must not reach the gradient.
-        drop(Scratch::take(TILE * MIN_CHANNELS * MIN_CHANNELS));
         assert!(weight_gradient(&[], &[], &plan).iter().all(|&value| value == 0.0));
     }
 
