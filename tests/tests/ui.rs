@@ -137,8 +137,12 @@ fn a_second_viewer_follows_runs_live_through_a_lost_connection() {
     viewer.wait_for_text("#health", Duration::from_secs(30), |t| t.contains("cpu"));
     viewer.wait_for_text("#history", Duration::from_secs(30), |t| t.contains("No runs yet"));
 
-    // Long enough to be caught running: every class on large subsets.
-    let long_sweep = json!({ "kind": "sweep", "model": "tiny", "subsample": { "forget": 1000, "full": 5000, "test": 5000 } });
+    // Long enough to be caught running: every class on large subsets, every layer dampened
+    // (the default preset's classifier-only runs read cached features, and took 5 s in all).
+    let long_sweep = json!({
+        "kind": "sweep", "model": "tiny", "subsample": { "forget": 1000, "full": 5000, "test": 5000 },
+        "ssd": { "alpha": 10, "lambda": 1, "layers": "all" },
+    });
     let (_, sweep) = server.submit(long_sweep.clone());
     let row = format!(".history li[data-run='{}']", sweep.id);
     viewer.wait_for_text(&format!("{row} .status"), Duration::from_secs(30), |t| t == "running");
