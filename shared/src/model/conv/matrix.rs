@@ -6,9 +6,9 @@ use std::ops::{Deref, DerefMut};
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
-/// Values one scratch buffer (the unfolded input, a product's output) holds at once
-/// (32 MiB): images are taken in chunks that fit.
-pub(super) const SCRATCH_VALUES: usize = 8 << 20;
+/// Values one scratch buffer (the unfolded input, a product's output, the 512-channel
+/// stage's transformed kernels) holds at once (40 MiB): images are taken in chunks that fit.
+pub(super) const SCRATCH_VALUES: usize = 10 << 20;
 
 thread_local! {
     static SPARE_SCRATCH: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
@@ -18,7 +18,7 @@ thread_local! {
 /// fresh buffers of tens of MiB have their pages faulted in and zeroed by the kernel at
 /// every call; with spares the forward pass at batch 250 ran 12 % faster
 /// (docs/performance.md). A convolution takes up to three, so three are kept, those within
-/// `SCRATCH_VALUES`: a thread holds at most 96 MiB between requests (Winograd's passes take
+/// `SCRATCH_VALUES`: a thread holds at most 120 MiB between requests (Winograd's passes take
 /// theirs on rayon's threads).
 pub(super) struct Scratch {
     values: Vec<f32>,

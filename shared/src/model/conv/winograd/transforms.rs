@@ -1,0 +1,290 @@
+//! Winograd's transforms of kernels, inputs, output gradients and products, a row of kernels
+//! or a channel's planes at a time in parallel, each in the CPU's widest vectors.
+
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+use super::super::matrix::Scratch;
+use super::tile::{both_sides, gradient_side, input_side, kernel_gradient_side, kernel_side, output_side, Lanes, BLOCK, SIDE, TILE};
+use super::Plan;
+use crate::model::wide::wide_fn;
+
+/// Kernels transformed at once, one per vector lane (an AVX-512 vector holds 16 f32).
+pub(super) const KERNEL_LANES: usize = 16;
+
+/// Blocks of a tile row transformed at once, one per vector lane: the 32x32 planes' rows of
+/// blocks, in one AVX2 vector.
+const RUN: usize = 8;
+
+/// Every 3x3 kernel `k` of `weights` (`[channels_out][channels_in][9]` of the plan) as
+/// `G k Gᵀ`, laid out `[channels_out][TILE][channels_in]`.
+pub(super) fn transform_kernels(weights: &[f32], plan: &Plan) -> Scratch {
+    let channels_in = plan.g.channels_in;
+    let mut kernels = Scratch::take(plan.g.channels_out * TILE * channels_in);
+    kernels.par_chunks_mut(TILE * channels_in).zip(weights.par_chunks(channels_in * 9)).for_each(|(out, row)| kernel_row(row, out));
+    kernels
+}
+
+wide_fn! {
+    /// [`transform_kernels`] of one output channel: `out[value][c]` from `kernels[c][9]`.
+    fn kernel_row(kernels: &[f32], out: &mut [f32]) {
+        let channels = kernels.len() / 9;
+        for first in (0..channels).step_by(KERNEL_LANES) {
+            let lanes = KERNEL_LANES.min(channels - first);
+            // Tap by lane, so that the transform runs on every lane at once.
+            let mut taps = [[0.0; KERNEL_LANES]; 9];
+            for (lane, kernel) in kernels[first * 9..][..lanes * 9].chunks_exact(9).enumerate() {
+                for (tap, &value) in kernel.iter().enumerate() {
+                    taps[tap][lane] = value;
+                }
+            }
+            let tile = both_sides(std::array::from_fn(|row| std::array::from_fn(|column| Lanes(taps[3 * row + column]))), kernel_side);
+            for (value, transformed) in tile.iter().flatten().enumerate() {
+                transformed.store(&mut out[value * channels + first..], lanes);
+            }
+        }
+    }
+}
+
+wide_fn! {
+    /// The weight gradient's kernels of output channel `o`, `out[c][9]`, from the sums
+    /// `[TILE][channels_out][channels_in]`: `Gᵀ u G` of each.
+    pub(super) fn gradient_row(sums: &[f32], o: usize, channels_out: usize, out: &mut [f32]) {
+        let channels_in = out.len() / 9;
+        for first in (0..channels_in).step_by(KERNEL_LANES) {
+            let lanes = KERNEL_LANES.min(channels_in - first);
+            let tile: [[Lanes<KERNEL_LANES>; SIDE]; SIDE] =
+                std::array::from_fn(|i| std::array::from_fn(|j| Lanes::load(&sums[((SIDE * i + j) * channels_out + o) * channels_in + first..])));
+            let kernel = both_sides(tile, kernel_gradient_side);
+            for (lane, out) in out[first * 9..][..lanes * 9].chunks_exact_mut(9).enumerate() {
+                for (tap, value) in out.iter_mut().zip(kernel.iter().flatten()) {
+                    *tap = value.0[lane];
+                }
+            }
+        }
+    }
+}
+
+/// The input gradient's kernels, `[c][o][9]` for the plan [`Plan::input_gradient`] made: kernel
+/// (o, c) of `weight` as kernel (c, o), turned half a circle. In blocks of rows, as reading
+/// `weight` down its columns one kernel at a time, a page apart, missed the cache.
+pub(super) fn flip_kernels(weight: &[f32], plan: &Plan) -> Scratch {
+    /// Rows written at once, reading each output channel's kernels in runs of this many.
+    const FLIP_ROWS: usize = 16;
+    // The plan's output channels are the convolution's input channels.
+    let (channels_in, channels_out) = (plan.g.channels_out, plan.g.channels_in);
+    let mut flipped = Scratch::take(weight.len());
+    flipped.par_chunks_mut(FLIP_ROWS * channels_out * 9).enumerate().for_each(|(block, rows)| {
+        for o in 0..channels_out {
+            let run = &weight[(o * channels_in + block * FLIP_ROWS) * 9..];
+            for (row, kernel) in rows.chunks_exact_mut(channels_out * 9).zip(run.chunks_exact(9)) {
+                let flipped = &mut row[o * 9..][..9];
+                flipped.copy_from_slice(kernel);
+                flipped.reverse();
+            }
+        }
+    });
+    flipped
+}
+
+/// `line`'s columns by their index modulo 4, `split[p][k] = line[4k + p]` (`span` of each),
+/// so that a tile's column j is `split[j mod 4][t + j div 4]`, t the tile's column in the grid.
+#[inline(always)]
+fn split_columns(line: &[f32], split: &mut [f32], span: usize) {
+    let (first, rest) = split.split_at_mut(span);
+    let (second, rest) = rest.split_at_mut(span);
+    let (third, fourth) = rest.split_at_mut(span);
+    let columns = first.iter_mut().zip(second).zip(third).zip(fourth);
+    for (quad, (((first, second), third), fourth)) in line.chunks_exact(BLOCK).zip(columns) {
+        (*first, *second, *third, *fourth) = (quad[0], quad[1], quad[2], quad[3]);
+    }
+}
+
+/// One channel's planes of a round's images, `lines` padded lines each, split by
+/// [`split_columns`], for the tiles [`Split::transform`] reads.
+struct Split<'a> {
+    values: &'a [f32],
+    grid: [usize; 2],
+    lines: usize,
+    span: usize,
+}
+
+impl<'a> Split<'a> {
+    /// `planes` (`size` each) into `buffer`, each with `lines` lines from `padding[0]` before
+    /// its first, `padding[1]` columns before its first, zero elsewhere.
+    #[inline(always)]
+    fn of<'p>(planes: impl Iterator<Item = &'p [f32]>, size: [usize; 2], padding: [usize; 2], plan: &Plan, lines: usize, buffer: &'a mut [f32]) -> Self {
+        let (grid, span) = (plan.tile_grid, plan.tile_grid[1] + 1);
+        let (split, padded) = buffer.split_at_mut(buffer.len() - BLOCK * span);
+        for (plane, split) in planes.zip(split.chunks_exact_mut(lines * BLOCK * span)) {
+            for (line, split) in split.chunks_exact_mut(BLOCK * span).enumerate() {
+                padded.fill(0.0);
+                if let Some(y) = line.checked_sub(padding[0]).filter(|&y| y < size[0]) {
+                    padded[padding[1]..][..size[1]].copy_from_slice(&plane[y * size[1]..][..size[1]]);
+                }
+                split_columns(padded, split, span);
+            }
+        }
+        Split { values: split, grid, lines, span }
+    }
+
+    /// The values a buffer for [`Split::of`] holds.
+    fn buffer_len(plan: &Plan, images: usize, lines: usize) -> usize {
+        (images * lines + 1) * BLOCK * (plan.tile_grid[1] + 1)
+    }
+
+    /// `F d Fᵀ` of every `N`x`N` tile d (starting at every fourth line and column), `f`
+    /// multiplying a column by F, into `out[value][tile]`, tiles by image, tile row and tile
+    /// column; [`RUN`] tiles at once, read in runs of the `S` of a tile row that follow each
+    /// other (`S` divides the grid's columns).
+    #[inline(always)]
+    fn transform<const N: usize, const M: usize, const S: usize>(&self, f: impl Fn([Lanes<RUN>; N]) -> [Lanes<RUN>; M], out: &mut [f32]) {
+        let ([rows, cols], span) = (self.grid, self.span);
+        let tiles = out.len() / (M * M);
+        for first in (0..tiles).step_by(RUN) {
+            // Where each run's first tile starts (any tile past the last).
+            let starts: [usize; RUN] = std::array::from_fn(|run| {
+                let tile = first + run * S;
+                if run * S >= RUN || tile >= tiles {
+                    return 0;
+                }
+                let (image, ty, tx) = (tile / (rows * cols), tile / cols % rows, tile % cols);
+                (image * self.lines + BLOCK * ty) * BLOCK * span + tx
+            });
+            let tile = std::array::from_fn(|i| std::array::from_fn(|j| self.gather::<S>(&starts, (i * BLOCK + j % BLOCK) * span + j / BLOCK)));
+            for (value, transformed) in both_sides(tile, &f).iter().flatten().enumerate() {
+                transformed.store(&mut out[value * tiles + first..], RUN.min(tiles - first));
+            }
+        }
+    }
+
+    /// The values `offset` past each run's start.
+    #[inline(always)]
+    fn gather<const S: usize>(&self, starts: &[usize; RUN], offset: usize) -> Lanes<RUN> {
+        let mut lanes = [0.0; RUN];
+        for (run, lanes) in lanes.chunks_exact_mut(S).enumerate() {
+            lanes.copy_from_slice(&self.values[starts[run] + offset..][..S]);
+        }
+        Lanes(lanes)
+    }
+}
+
+/// The tiles a run of [`Split::transform`] reads: the most of a tile row's that divides it.
+fn run_of(plan: &Plan) -> usize {
+    [RUN, 4, 2].into_iter().find(|&run| plan.tile_grid[1] % run == 0).unwrap_or(1)
+}
+
+/// `Bᵀ d B` of every 6x6 input tile d of `images`, laid out `[channels_in][TILE][tiles]`, tiles
+/// by image, tile row and tile column. Tiles start at every fourth row and column, `padding`
+/// before the input; values outside it are zero.
+pub(super) fn transform_input(x: &[f32], plan: &Plan, images: Range<usize>, out: &mut [f32]) {
+    let lines = BLOCK * plan.tile_grid[0] + 2;
+    let tiles = images.len() * plan.tiles_per_image();
+    out.par_chunks_mut(TILE * tiles).enumerate().for_each_init(
+        || vec![0.0; Split::buffer_len(plan, images.len(), lines)],
+        |buffer, (channel, out)| input_channel(x, plan, images.clone(), channel, buffer, out),
+    );
+}
+
+wide_fn! {
+    /// [`transform_input`] of one channel.
+    fn input_channel(x: &[f32], plan: &Plan, images: Range<usize>, channel: usize, buffer: &mut [f32], out: &mut [f32]) {
+        let g = &plan.g;
+        let planes = images.map(|image| &x[(image * g.channels_in + channel) * g.plane()..][..g.plane()]);
+        let split = Split::of(planes, g.input, g.padding, plan, BLOCK * plan.tile_grid[0] + 2, buffer);
+        match run_of(plan) {
+            RUN => split.transform::<SIDE, SIDE, RUN>(input_side, out),
+            4 => split.transform::<SIDE, SIDE, 4>(input_side, out),
+            2 => split.transform::<SIDE, SIDE, 2>(input_side, out),
+            _ => split.transform::<SIDE, SIDE, 1>(input_side, out),
+        }
+    }
+}
+
+/// `A y Aᵀ` of every 4x4 block y of the output gradient of `images` (zero past the output's
+/// edge), the transpose of [`transform_output`], laid out `[channels_out][TILE][tiles]`.
+pub(super) fn transform_gradient(grad: &[f32], plan: &Plan, images: Range<usize>, out: &mut [f32]) {
+    let lines = BLOCK * plan.tile_grid[0];
+    let tiles = images.len() * plan.tiles_per_image();
+    out.par_chunks_mut(TILE * tiles).enumerate().for_each_init(
+        || vec![0.0; Split::buffer_len(plan, images.len(), lines)],
+        |buffer, (o, out)| gradient_channel(grad, plan, images.clone(), o, buffer, out),
+    );
+}
+
+wide_fn! {
+    /// [`transform_gradient`] of output channel `o`.
+    fn gradient_channel(grad: &[f32], plan: &Plan, images: Range<usize>, o: usize, buffer: &mut [f32], out: &mut [f32]) {
+        let g = &plan.g;
+        let planes = images.map(|image| &grad[(image * g.channels_out + o) * g.positions()..][..g.positions()]);
+        let split = Split::of(planes, g.output, [0, 0], plan, BLOCK * plan.tile_grid[0], buffer);
+        match run_of(plan) {
+            RUN => split.transform::<BLOCK, SIDE, RUN>(gradient_side, out),
+            4 => split.transform::<BLOCK, SIDE, 4>(gradient_side, out),
+            2 => split.transform::<BLOCK, SIDE, 2>(gradient_side, out),
+            _ => split.transform::<BLOCK, SIDE, 1>(gradient_side, out),
+        }
+    }
+}
+
+/// `Aᵀ m A` of every transformed product tile m into the output planes `out` of the images
+/// `products` holds (`[TILE][channels_out][tiles]`); a block's rows and columns past the
+/// output's edge are dropped.
+pub(super) fn transform_output(products: &[f32], plan: &Plan, out: &mut [f32]) {
+    let (channels_out, positions) = (plan.g.channels_out, plan.g.positions());
+    // Each output channel's planes, by image.
+    let mut planes: Vec<Vec<&mut [f32]>> = (0..channels_out).map(|_| Vec::new()).collect();
+    for image in out.chunks_mut(channels_out * positions) {
+        for (planes, plane) in planes.iter_mut().zip(image.chunks_mut(positions)) {
+            planes.push(plane);
+        }
+    }
+    planes.into_par_iter().enumerate().for_each(|(o, mut planes)| output_channel(products, plan, o, &mut planes));
+}
+
+wide_fn! {
+    /// [`transform_output`] of output channel `o`, into its `planes`.
+    fn output_channel(products: &[f32], plan: &Plan, o: usize, planes: &mut [&mut [f32]]) {
+        match run_of(plan) {
+            RUN => output_runs::<RUN>(products, plan, o, planes),
+            4 => output_runs::<4>(products, plan, o, planes),
+            2 => output_runs::<2>(products, plan, o, planes),
+            _ => output_runs::<1>(products, plan, o, planes),
+        }
+    }
+}
+
+/// [`output_channel`], [`RUN`] tiles at once, written in runs of the `S` of a tile row
+/// that follow each other (`S` divides the grid's columns).
+#[inline(always)]
+fn output_runs<const S: usize>(products: &[f32], plan: &Plan, o: usize, planes: &mut [&mut [f32]]) {
+    let (g, [rows, cols]) = (&plan.g, plan.tile_grid);
+    let (channels_out, [height, width]) = (g.channels_out, g.output);
+    let tiles = planes.len() * rows * cols;
+    for first in (0..tiles).step_by(RUN) {
+        let value = |i: usize, j: usize| ((SIDE * i + j) * channels_out + o) * tiles + first;
+        let tile: [[Lanes<RUN>; SIDE]; SIDE] = std::array::from_fn(|i| std::array::from_fn(|j| Lanes::load(&products[value(i, j)..])));
+        let block = both_sides(tile, output_side);
+        for run in 0..(tiles - first).min(RUN).div_ceil(S) {
+            let tile = first + run * S;
+            let (image, ty, tx) = (tile / (rows * cols), tile / cols % rows, tile % cols);
+            let (x, plane) = (BLOCK * tx, &mut *planes[image]);
+            for (r, row) in block.iter().enumerate().take(height - BLOCK * ty) {
+                // The run's outputs of row r, blocks side by side.
+                let mut line = [0.0; BLOCK * RUN];
+                for (outputs, lane) in line.chunks_exact_mut(BLOCK).zip(run * S..(run + 1) * S) {
+                    for (output, column) in outputs.iter_mut().zip(row) {
+                        *output = column.0[lane];
+                    }
+                }
+                let out = &mut plane[(BLOCK * ty + r) * width + x..];
+                if x + BLOCK * S <= width {
+                    out[..BLOCK * S].copy_from_slice(&line[..BLOCK * S]);
+                } else {
+                    out[..width - x].copy_from_slice(&line[..width - x]);
+                }
+            }
+        }
+    }
+}
