@@ -185,10 +185,11 @@ mod tests {
     }
 
     /// Against the unfolded products (checked term by term against the definition): sizes
-    /// that leave blocks past the edge, paddings 0 to 2, unequal ones too, one image per
-    /// round, two (the last round short) and all, every form of the transforms' loops, rows
-    /// of blocks shorter than a run, a run exactly (32 wide) and runs with a short one after
-    /// (33 blocks), and channel counts that leave the kernels' last lanes and blocks short.
+    /// that leave blocks past the edge (rows and columns), paddings 0 to 2, unequal ones too,
+    /// one image per round, two (the last round short) and all, every form of the transforms'
+    /// loops, runs of 8, 4, 2 and 1 tiles (of a tile row 8, 4, 2 and 33 tiles long), runs
+    /// that end a round short of a group of lanes and groups that span images, and channel
+    /// counts that leave the kernels' last lanes and blocks short.
     #[test]
     fn outputs_and_gradients_equal_the_unfolded_products() {
         let threads = rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("a thread pool");
@@ -201,7 +202,11 @@ mod tests {
             ([0, 1], 5, 6),
             ([2, 1], 4, 7),
             ([1, 1], 6, 16),
+            ([1, 1], 3, 16),
+            ([1, 1], 6, 14),
             ([1, 1], 5, 32),
+            ([1, 1], 5, 30),
+            ([0, 2], 5, 28),
             ([1, 1], 3, 131),
         ] {
             // Channels past a multiple of the kernels' lanes and blocks, both ways.

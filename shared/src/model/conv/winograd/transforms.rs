@@ -137,11 +137,12 @@ impl<'a> Split<'a> {
     /// `F d Fᵀ` of every `N`x`N` tile d (starting at every fourth line and column), `f`
     /// multiplying a column by F, into `out[value][tile]`, tiles by image, tile row and tile
     /// column; [`RUN`] tiles at once, read in runs of the `S` of a tile row that follow each
-    /// other (`S` divides the grid's columns).
+    /// other (`S` divides the grid's columns and `RUN`).
     #[inline(always)]
-    fn transform<const N: usize, const M: usize, const S: usize>(&self, f: impl Fn([Lanes<RUN>; N]) -> [Lanes<RUN>; M], out: &mut [f32]) {
+    fn transform<const N: usize, const S: usize>(&self, f: impl Fn([Lanes<RUN>; N]) -> [Lanes<RUN>; SIDE], out: &mut [f32]) {
+        const { assert!(RUN.is_multiple_of(S), "runs fill the lanes") };
         let ([rows, cols], span) = (self.grid, self.span);
-        let tiles = out.len() / (M * M);
+        let tiles = out.len() / TILE;
         for first in (0..tiles).step_by(RUN) {
             // Where each run's first tile starts (any tile past the last).
             let starts: [usize; RUN] = std::array::from_fn(|run| {
@@ -170,19 +171,61 @@ impl<'a> Split<'a> {
     }
 }
 
-/// The tiles a run of [`Split::transform`] reads: the most of a tile row's that divides it.
+/// The tiles a run of [`Split::transform`] and [`output_runs`] takes: the most of a tile
+/// row's that divides it.
 fn run_of(plan: &Plan) -> usize {
-    [RUN, 4, 2].into_iter().find(|&run| plan.tile_grid[1] % run == 0).unwrap_or(1)
+    [RUN, 4, 2].into_iter().find(|&run| plan.tile_grid[1].is_multiple_of(run)).unwrap_or(1)
+}
+
+/// `$body` with the constant `$run` set to [`run_of`] the plan: each run length gets a loop of
+/// its own, with copies of a fixed length.
+macro_rules! with_run {
+    ($plan:expr, $run:ident => $body:expr) => {
+        match run_of($plan) {
+            RUN => {
+                const $run: usize = RUN;
+                $body
+            }
+            4 => {
+                const $run: usize = 4;
+                $body
+            }
+            2 => {
+                const $run: usize = 2;
+                $body
+            }
+            _ => {
+                const $run: usize = 1;
+                $body
+            }
+        }
+    };
+}
+
+/// A buffer for [`Split::of`]: NaN in tests, so that reading a value it did not write fails
+/// them.
+fn split_buffer(plan: &Plan, images: usize, lines: usize) -> Vec<f32> {
+    vec![if cfg!(test) { f32::NAN } else { 0.0 }; Split::buffer_len(plan, images, lines)]
+}
+
+/// Lines of an image's padded plane that the input's tiles read: the blocks' and the kernel's
+/// reach past the last.
+fn input_lines(plan: &Plan) -> usize {
+    BLOCK * plan.tile_grid[0] + 2
+}
+
+/// Lines of an image's output gradient that its blocks read, past its edge included.
+fn gradient_lines(plan: &Plan) -> usize {
+    BLOCK * plan.tile_grid[0]
 }
 
 /// `Bᵀ d B` of every 6x6 input tile d of `images`, laid out `[channels_in][TILE][tiles]`, tiles
 /// by image, tile row and tile column. Tiles start at every fourth row and column, `padding`
 /// before the input; values outside it are zero.
 pub(super) fn transform_input(x: &[f32], plan: &Plan, images: Range<usize>, out: &mut [f32]) {
-    let lines = BLOCK * plan.tile_grid[0] + 2;
     let tiles = images.len() * plan.tiles_per_image();
     out.par_chunks_mut(TILE * tiles).enumerate().for_each_init(
-        || vec![0.0; Split::buffer_len(plan, images.len(), lines)],
+        || split_buffer(plan, images.len(), input_lines(plan)),
         |buffer, (channel, out)| input_channel(x, plan, images.clone(), channel, buffer, out),
     );
 }
@@ -192,23 +235,17 @@ wide_fn! {
     fn input_channel(x: &[f32], plan: &Plan, images: Range<usize>, channel: usize, buffer: &mut [f32], out: &mut [f32]) {
         let g = &plan.g;
         let planes = images.map(|image| &x[(image * g.channels_in + channel) * g.plane()..][..g.plane()]);
-        let split = Split::of(planes, g.input, g.padding, plan, BLOCK * plan.tile_grid[0] + 2, buffer);
-        match run_of(plan) {
-            RUN => split.transform::<SIDE, SIDE, RUN>(input_side, out),
-            4 => split.transform::<SIDE, SIDE, 4>(input_side, out),
-            2 => split.transform::<SIDE, SIDE, 2>(input_side, out),
-            _ => split.transform::<SIDE, SIDE, 1>(input_side, out),
-        }
+        let split = Split::of(planes, g.input, g.padding, plan, input_lines(plan), buffer);
+        with_run!(plan, S => split.transform::<SIDE, S>(input_side, out))
     }
 }
 
 /// `A y Aᵀ` of every 4x4 block y of the output gradient of `images` (zero past the output's
 /// edge), the transpose of [`transform_output`], laid out `[channels_out][TILE][tiles]`.
 pub(super) fn transform_gradient(grad: &[f32], plan: &Plan, images: Range<usize>, out: &mut [f32]) {
-    let lines = BLOCK * plan.tile_grid[0];
     let tiles = images.len() * plan.tiles_per_image();
     out.par_chunks_mut(TILE * tiles).enumerate().for_each_init(
-        || vec![0.0; Split::buffer_len(plan, images.len(), lines)],
+        || split_buffer(plan, images.len(), gradient_lines(plan)),
         |buffer, (o, out)| gradient_channel(grad, plan, images.clone(), o, buffer, out),
     );
 }
@@ -218,13 +255,8 @@ wide_fn! {
     fn gradient_channel(grad: &[f32], plan: &Plan, images: Range<usize>, o: usize, buffer: &mut [f32], out: &mut [f32]) {
         let g = &plan.g;
         let planes = images.map(|image| &grad[(image * g.channels_out + o) * g.positions()..][..g.positions()]);
-        let split = Split::of(planes, g.output, [0, 0], plan, BLOCK * plan.tile_grid[0], buffer);
-        match run_of(plan) {
-            RUN => split.transform::<BLOCK, SIDE, RUN>(gradient_side, out),
-            4 => split.transform::<BLOCK, SIDE, 4>(gradient_side, out),
-            2 => split.transform::<BLOCK, SIDE, 2>(gradient_side, out),
-            _ => split.transform::<BLOCK, SIDE, 1>(gradient_side, out),
-        }
+        let split = Split::of(planes, g.output, [0, 0], plan, gradient_lines(plan), buffer);
+        with_run!(plan, S => split.transform::<BLOCK, S>(gradient_side, out))
     }
 }
 
@@ -233,32 +265,27 @@ wide_fn! {
 /// output's edge are dropped.
 pub(super) fn transform_output(products: &[f32], plan: &Plan, out: &mut [f32]) {
     let (channels_out, positions) = (plan.g.channels_out, plan.g.positions());
-    // Each output channel's planes, by image.
-    let mut planes: Vec<Vec<&mut [f32]>> = (0..channels_out).map(|_| Vec::new()).collect();
-    for image in out.chunks_mut(channels_out * positions) {
-        for (planes, plane) in planes.iter_mut().zip(image.chunks_mut(positions)) {
-            planes.push(plane);
-        }
+    let mut images: Vec<_> = out.chunks_mut(channels_out * positions).map(|image| image.chunks_mut(positions)).collect();
+    // The planes by output channel, then image: each channel's planes of every image together.
+    let mut planes = Vec::with_capacity(channels_out * images.len());
+    for _ in 0..channels_out {
+        planes.extend(images.iter_mut().map(|image| image.next().expect("a plane per output channel")));
     }
-    planes.into_par_iter().enumerate().for_each(|(o, mut planes)| output_channel(products, plan, o, &mut planes));
+    planes.par_chunks_mut(images.len().max(1)).enumerate().for_each(|(o, planes)| output_channel(products, plan, o, planes));
 }
 
 wide_fn! {
     /// [`transform_output`] of output channel `o`, into its `planes`.
     fn output_channel(products: &[f32], plan: &Plan, o: usize, planes: &mut [&mut [f32]]) {
-        match run_of(plan) {
-            RUN => output_runs::<RUN>(products, plan, o, planes),
-            4 => output_runs::<4>(products, plan, o, planes),
-            2 => output_runs::<2>(products, plan, o, planes),
-            _ => output_runs::<1>(products, plan, o, planes),
-        }
+        with_run!(plan, S => output_runs::<S>(products, plan, o, planes))
     }
 }
 
 /// [`output_channel`], [`RUN`] tiles at once, written in runs of the `S` of a tile row
-/// that follow each other (`S` divides the grid's columns).
+/// that follow each other (`S` divides the grid's columns and `RUN`).
 #[inline(always)]
 fn output_runs<const S: usize>(products: &[f32], plan: &Plan, o: usize, planes: &mut [&mut [f32]]) {
+    const { assert!(RUN.is_multiple_of(S), "runs fill the lanes") };
     let (g, [rows, cols]) = (&plan.g, plan.tile_grid);
     let (channels_out, [height, width]) = (g.channels_out, g.output);
     let tiles = planes.len() * rows * cols;
