@@ -13,8 +13,8 @@ use crate::model::wide::wide_fn;
 /// Kernels transformed at once, one per vector lane (an AVX-512 vector holds 16 f32).
 pub(super) const KERNEL_LANES: usize = 16;
 
-/// Blocks of a tile row transformed at once, one per vector lane: the 32x32 planes' rows of
-/// blocks, in one AVX2 vector.
+/// Tiles transformed at once, one per vector lane (an AVX2 vector): a 32x32 plane's tile row,
+/// or the runs of several rows and images that smaller planes give.
 const RUN: usize = 8;
 
 /// Every 3x3 kernel `k` of `weights` (`[channels_out][channels_in][9]` of the plan) as
