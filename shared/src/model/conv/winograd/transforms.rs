@@ -101,6 +101,12 @@ fn split_columns(line: &[f32], split: &mut [f32], span: usize) {
     }
 }
 
+/// Values per column class of a split line ([`split_columns`]): a tile row's blocks and the
+/// last tile's reach past them.
+fn span(plan: &Plan) -> usize {
+    plan.tile_grid[1] + 1
+}
+
 /// One channel's planes of a round's images, `lines` padded lines each, split by
 /// [`split_columns`], for the tiles [`Split::transform`] reads.
 struct Split<'a> {
@@ -115,7 +121,7 @@ impl<'a> Split<'a> {
     /// its first, `padding[1]` columns before its first, zero elsewhere.
     #[inline(always)]
     fn of<'p>(planes: impl Iterator<Item = &'p [f32]>, size: [usize; 2], padding: [usize; 2], plan: &Plan, lines: usize, buffer: &'a mut [f32]) -> Self {
-        let (grid, span) = (plan.tile_grid, plan.tile_grid[1] + 1);
+        let (grid, span) = (plan.tile_grid, span(plan));
         let (split, padded) = buffer.split_at_mut(buffer.len() - BLOCK * span);
         for (plane, split) in planes.zip(split.chunks_exact_mut(lines * BLOCK * span)) {
             for (line, split) in split.chunks_exact_mut(BLOCK * span).enumerate() {
@@ -131,7 +137,7 @@ impl<'a> Split<'a> {
 
     /// The values a buffer for [`Split::of`] holds.
     fn buffer_len(plan: &Plan, images: usize, lines: usize) -> usize {
-        (images * lines + 1) * BLOCK * (plan.tile_grid[1] + 1)
+        (images * lines + 1) * BLOCK * span(plan)
     }
 
     /// `F d Fᵀ` of every `N`x`N` tile d (starting at every fourth line and column), `f`
