@@ -21,7 +21,7 @@ use rayon::prelude::*;
 use super::matrix::{multiply, Scratch, Sum, View};
 use super::unfolded::{image_chunks, Geometry};
 use tile::{BLOCK, TILE};
-use transforms::{flip_kernels, gradient_row, transform_gradient, transform_input, transform_kernels, transform_output};
+use transforms::{flip_kernels, gradient_row, output_planes, transform_gradient, transform_input, transform_kernels, transform_output};
 
 mod tile;
 mod transforms;
@@ -40,13 +40,40 @@ const ROUND_VALUES: usize = 1 << 19;
 /// on the model's convolutions (docs/performance.md).
 const MIN_ROUND_TILES: usize = 64;
 
-/// A convolution in F(4x4, 3x3) tiles: its shapes, and how many images a round takes.
+/// Transformed kernels (4 MiB) past which they are not kept whole: the 256- and 512-channel
+/// stages' (9.4 and 37.7 MB), which went out to memory and back between their transform and
+/// the products, at a cost that did not shrink with the batch.
+const MAX_WHOLE_KERNEL_VALUES: usize = 1 << 20;
+
+/// The batch's transformed input (8 MiB) past which kernel blocks are not used: every block
+/// reads all of it again, and past the last-level cache's share that is from memory (per
+/// shape, blocks took 1.6x the rounds' time with 18 MB, docs/performance.md).
+const MAX_BLOCKED_INPUT_VALUES: usize = 1 << 21;
+
+/// Output channels whose transformed kernels a block of [`Order::KernelBlocks`] holds (1.2 MB
+/// for 512 input channels).
+const BLOCK_CHANNELS: usize = 16;
+
+/// How a plan's work is cut between threads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Order {
+    /// The kernels transformed once, then rounds of images in parallel, each through its
+    /// transforms and products while they are in cache (small kernels, large planes).
+    Rounds,
+    /// The batch's input transformed once, then blocks of output channels in parallel, each
+    /// transforming its own kernels right before its products (large kernels, small planes).
+    /// The weight gradient keeps its rounds.
+    KernelBlocks,
+}
+
+/// A convolution in F(4x4, 3x3) tiles: its shapes, and how its work is cut.
 pub(super) struct Plan {
     g: Geometry,
     /// Tile rows and columns per image; the last may reach past the output's edge.
     tile_grid: [usize; 2],
+    order: Order,
     /// Images whose transformed values stay in cache through their transforms and products:
-    /// rounds run in parallel.
+    /// the rounds of [`Order::Rounds`] and of the weight gradient.
     images_per_round: usize,
 }
 
@@ -78,7 +105,9 @@ impl Plan {
         let images = |count: usize| count.clamp(1, g.batch.max(1));
         let round_tiles = (ROUND_VALUES / (TILE * (g.channels_in + g.channels_out))).max(MIN_ROUND_TILES);
         let images_per_round = images(round_tiles / per_image);
-        Some(Plan { g, tile_grid, images_per_round })
+        let blocked = TILE * g.channels_in * g.channels_out > MAX_WHOLE_KERNEL_VALUES && TILE * g.channels_in * g.batch * per_image <= MAX_BLOCKED_INPUT_VALUES;
+        let order = if blocked { Order::KernelBlocks } else { Order::Rounds };
+        Some(Plan { g, tile_grid, order, images_per_round })
     }
 
     fn tiles_per_image(&self) -> usize {
@@ -89,20 +118,96 @@ impl Plan {
 /// The convolution of `x` with `weight`, as `unfolded::forward` computes it, for the plan
 /// [`Plan::forward`] made.
 pub(super) fn forward(x: &[f32], weight: &[f32], plan: &Plan) -> Vec<f32> {
-    convolve(x, &transform_kernels(weight, plan), plan)
+    convolve(x, weight, plan)
 }
 
 /// The input gradient, as `unfolded::input_gradient` computes it, for the plan
 /// [`Plan::input_gradient`] made: kernel (o, c) of `weight` becomes kernel (c, o) of the
 /// gradient's convolution, turned half a circle.
 pub(super) fn input_gradient(weight: &[f32], grad: &[f32], plan: &Plan) -> Vec<f32> {
-    convolve(grad, &transform_kernels(&flip_kernels(weight, plan), plan), plan)
+    convolve(grad, &flip_kernels(weight, plan), plan)
+}
+
+fn convolve(x: &[f32], weight: &[f32], plan: &Plan) -> Vec<f32> {
+    let mut output = vec![0.0; plan.g.batch * plan.g.channels_out * plan.g.positions()];
+    if plan.g.batch > 0 {
+        match plan.order {
+            Order::Rounds => convolve_by_rounds(x, &transform_kernels(weight, plan.g.channels_in), plan, &mut output),
+            Order::KernelBlocks => convolve_by_blocks(x, weight, plan, &mut output),
+        }
+    }
+    output
+}
+
+/// Value `value` of the transformed kernels `kernels` (`[rows][TILE][channels_in]`), a
+/// matrix of rows by input channels.
+fn kernel_values(kernels: &[f32], channels_in: usize, value: usize) -> View<'_> {
+    View {
+        values: &kernels[value * channels_in..],
+        rows: kernels.len() / (TILE * channels_in),
+        cols: channels_in,
+        row_stride: TILE * channels_in,
+        col_stride: 1,
+    }
+}
+
+/// Value `value` of transformed data (`[channels][TILE][tiles]`), a matrix of channels by tiles.
+fn data_values(data: &[f32], tiles: usize, value: usize) -> View<'_> {
+    View { values: &data[value * tiles..], rows: data.len() / (TILE * tiles), cols: tiles, row_stride: TILE * tiles, col_stride: 1 }
+}
+
+/// The same, transposed: tiles by channels.
+fn data_values_transposed(data: &[f32], tiles: usize, value: usize) -> View<'_> {
+    View { values: &data[value * tiles..], rows: tiles, cols: data.len() / (TILE * tiles), row_stride: 1, col_stride: TILE * tiles }
+}
+
+/// [`Order::Rounds`]: each round's products, value `value` of every transformed kernel against
+/// that of every input tile.
+fn convolve_by_rounds(x: &[f32], kernels: &[f32], plan: &Plan, output: &mut [f32]) {
+    let g = &plan.g;
+    let (channels_in, channels_out, per_image) = (g.channels_in, g.channels_out, plan.tiles_per_image());
+    let planes = channels_out * g.positions();
+    output.par_chunks_mut(plan.images_per_round * planes).enumerate().for_each(|(round, output)| {
+        let first = round * plan.images_per_round;
+        let images = first..first + output.len() / planes;
+        let tiles = images.len() * per_image;
+        let mut inputs = Scratch::take(channels_in * TILE * tiles);
+        let mut products = Scratch::take(TILE * channels_out * tiles);
+        transform_input(x, plan, images.clone(), &mut inputs);
+        let inputs = &*inputs;
+        products.par_chunks_mut(channels_out * tiles).enumerate().for_each(|(value, product)| {
+            multiply(product, kernel_values(kernels, channels_in, value), data_values(inputs, tiles, value), Sum::Overwrite);
+        });
+        transform_output(&products, plan, images.len(), &mut output_planes(output, plan));
+    });
+}
+
+/// [`Order::KernelBlocks`]: the batch's input transformed once, each block of output channels'
+/// kernels transformed, multiplied and brought back to the output while they are in cache.
+fn convolve_by_blocks(x: &[f32], weight: &[f32], plan: &Plan, output: &mut [f32]) {
+    let g = &plan.g;
+    let (channels_in, tiles) = (g.channels_in, g.batch * plan.tiles_per_image());
+    let mut inputs = Scratch::take(channels_in * TILE * tiles);
+    transform_input(x, plan, 0..g.batch, &mut inputs);
+    let inputs = &*inputs;
+    let mut planes = output_planes(output, plan);
+    planes.par_chunks_mut(BLOCK_CHANNELS * g.batch).zip(weight.par_chunks(BLOCK_CHANNELS * channels_in * 9)).for_each(|(planes, weight)| {
+        let kernels = transform_kernels(weight, channels_in);
+        let rows = kernels.len() / (TILE * channels_in);
+        let mut products = Scratch::take(TILE * rows * tiles);
+        for (value, product) in products.chunks_exact_mut(rows * tiles).enumerate() {
+            multiply(product, kernel_values(&kernels, channels_in, value), data_values(inputs, tiles, value), Sum::Overwrite);
+        }
+        transform_output(&products, plan, g.batch, planes);
+    });
 }
 
 /// The weight gradient, as `unfolded::weight_gradient` computes it, for the plan
-/// [`Plan::forward`] made. Each of at most one run of rounds per thread sums the 36 products, each
-/// round's transformed values while they are in cache; the runs' sums are added last, so
-/// the rounding depends on the thread count.
+/// [`Plan::forward`] made, in its rounds whatever its order: by blocks of output channels, each
+/// block's products re-packed the whole transformed input, and the 256-channel stage took
+/// 2.4x as long (docs/performance.md). Each of at most one run of rounds per thread sums the 36
+/// products, each round's transformed values while they are in cache; the runs' sums are added
+/// last, so the rounding depends on the thread count.
 pub(super) fn weight_gradient(x: &[f32], grad: &[f32], plan: &Plan) -> Vec<f32> {
     let g = &plan.g;
     let (channels_in, channels_out, per_image) = (g.channels_in, g.channels_out, plan.tiles_per_image());
@@ -121,9 +226,7 @@ pub(super) fn weight_gradient(x: &[f32], grad: &[f32], plan: &Plan) -> Vec<f32> 
             let (inputs, grads) = (&*inputs, &*grads);
             let sum = if index == 0 { Sum::Overwrite } else { Sum::Accumulate };
             sums.par_chunks_mut(kernels).enumerate().for_each(|(value, sums)| {
-                let grads = View { values: &grads[value * tiles..], rows: channels_out, cols: tiles, row_stride: TILE * tiles, col_stride: 1 };
-                let inputs = View { values: &inputs[value * tiles..], rows: tiles, cols: channels_in, row_stride: 1, col_stride: TILE * tiles };
-                multiply(sums, grads, inputs, sum);
+                multiply(sums, data_values(grads, tiles, value), data_values_transposed(inputs, tiles, value), sum);
             });
         }
         sums
@@ -137,31 +240,6 @@ pub(super) fn weight_gradient(x: &[f32], grad: &[f32], plan: &Plan) -> Vec<f32> 
     let mut result = vec![0.0; kernels * 9];
     result.par_chunks_mut(channels_in * 9).enumerate().for_each(|(o, kernels)| gradient_row(&sums, o, channels_out, kernels));
     result
-}
-
-fn convolve(x: &[f32], kernels: &[f32], plan: &Plan) -> Vec<f32> {
-    let g = &plan.g;
-    let (channels_in, channels_out, per_image) = (g.channels_in, g.channels_out, plan.tiles_per_image());
-    let planes = channels_out * g.positions();
-    let mut output = vec![0.0; g.batch * planes];
-    output.par_chunks_mut((plan.images_per_round * planes).max(1)).enumerate().for_each(|(round, output)| {
-        let first = round * plan.images_per_round;
-        let images = first..first + output.len() / planes;
-        let tiles = images.len() * per_image;
-        let mut inputs = Scratch::take(channels_in * TILE * tiles);
-        let mut products = Scratch::take(TILE * channels_out * tiles);
-        transform_input(x, plan, images, &mut inputs);
-        let inputs = &*inputs;
-        products.par_chunks_mut(channels_out * tiles).enumerate().for_each(|(value, product)| {
-            // Value `value` of every transformed kernel against that of every input tile.
-            let kernels =
-                View { values: &kernels[value * channels_in..], rows: channels_out, cols: channels_in, row_stride: TILE * channels_in, col_stride: 1 };
-            let inputs = View { values: &inputs[value * tiles..], rows: channels_in, cols: tiles, row_stride: TILE * tiles, col_stride: 1 };
-            multiply(product, kernels, inputs, Sum::Overwrite);
-        });
-        transform_output(&products, plan, output);
-    });
-    output
 }
 
 #[cfg(test)]
@@ -209,7 +287,7 @@ mod tests {
             ([0, 2], 5, 28),
             ([1, 1], 3, 131),
         ] {
-            // Channels past a multiple of the kernels' lanes and blocks, both ways.
+            // Channels past a multiple of the kernels' lanes and blocks of output channels, both ways.
             let (channels_in, channels_out) = (2 * KERNEL_LANES + 3, KERNEL_LANES + 1);
             let g = Geometry::new([3, channels_in, height, width], [channels_out, channels_in, 3, 3], [1, 1], padding);
             let x = values(3 * channels_in * height * width, 37);
@@ -221,10 +299,11 @@ mod tests {
             // Two threads, so that one image per round sums two runs of rounds (two and one).
             threads.install(|| {
                 in_every_width(|vectors| {
-                    for images in [1, 2, 3] {
-                        forward_plan.images_per_round = images;
-                        gradient_plan.images_per_round = images;
-                        let what = format!("padding {padding:?}, {height}x{width}, {images} images per round, {vectors}");
+                    for (order, images) in [(Order::Rounds, 1), (Order::Rounds, 2), (Order::Rounds, 3), (Order::KernelBlocks, 1)] {
+                        for plan in [&mut forward_plan, &mut gradient_plan] {
+                            (plan.order, plan.images_per_round) = (order, images);
+                        }
+                        let what = format!("padding {padding:?}, {height}x{width}, {order:?}, {images} images per round, {vectors}");
                         assert_close(&forward(&x, &weight, &forward_plan), &output, &format!("output, {what}"));
                         assert_close(&input_gradient(&weight, &grad, &gradient_plan), &input_grad, &format!("input gradient, {what}"));
                         assert_close(&weight_gradient(&x, &grad, &forward_plan), &weight_grad, &format!("weight gradient, {what}"));
@@ -254,6 +333,22 @@ mod tests {
         assert_eq!(plan(MIN_CHANNELS, 3, 2, 1), (false, false), "stride 2");
         assert_eq!(plan(MIN_CHANNELS, 1, 1, 0), (false, false), "1x1");
         assert_eq!(plan(MIN_CHANNELS, 3, 1, 3), (false, false), "padding past the kernel");
+    }
+
+    /// Kernel blocks for the kernels that are not kept whole, while the batch's transformed
+    /// input is small enough to be read again by every block.
+    #[test]
+    fn large_kernels_are_transformed_by_blocks_for_small_batches() {
+        let order = |batch: usize, channels: usize, side: usize| {
+            let g = Geometry::new([batch, channels, side, side], [channels, channels, 3, 3], [1, 1], [1, 1]);
+            Plan::forward(&g).expect("a Winograd plan").order
+        };
+        assert_eq!(order(32, 64, 32), Order::Rounds, "small kernels");
+        assert_eq!(order(32, 128, 16), Order::Rounds, "small kernels");
+        assert_eq!(order(32, 256, 8), Order::KernelBlocks);
+        assert_eq!(order(64, 256, 8), Order::Rounds, "a batch's input past the cache");
+        assert_eq!(order(64, 512, 4), Order::KernelBlocks);
+        assert_eq!(order(250, 512, 4), Order::Rounds, "a batch's input past the cache");
     }
 
     /// A benchmark, not a check: the model's 3x3 convolutions of stride 1 (each as often as

@@ -17,11 +17,10 @@ pub(super) const KERNEL_LANES: usize = 16;
 /// or the runs of several rows and images that smaller planes give.
 const RUN: usize = 8;
 
-/// Every 3x3 kernel `k` of `weights` (`[channels_out][channels_in][9]` of the plan) as
-/// `G k Gᵀ`, laid out `[channels_out][TILE][channels_in]`.
-pub(super) fn transform_kernels(weights: &[f32], plan: &Plan) -> Scratch {
-    let channels_in = plan.g.channels_in;
-    let mut kernels = Scratch::take(plan.g.channels_out * TILE * channels_in);
+/// Every 3x3 kernel `k` of `weights` (`[rows][channels_in][9]`, all of a convolution's output
+/// channels or a block of them) as `G k Gᵀ`, laid out `[rows][TILE][channels_in]`.
+pub(super) fn transform_kernels(weights: &[f32], channels_in: usize) -> Scratch {
+    let mut kernels = Scratch::take(weights.len() / 9 * TILE);
     kernels.par_chunks_mut(TILE * channels_in).zip(weights.par_chunks(channels_in * 9)).for_each(|(out, row)| kernel_row(row, out));
     kernels
 }
@@ -266,37 +265,42 @@ wide_fn! {
     }
 }
 
-/// `Aᵀ m A` of every transformed product tile m into the output planes `out` of the images
-/// `products` holds (`[TILE][channels_out][tiles]`); a block's rows and columns past the
-/// output's edge are dropped.
-pub(super) fn transform_output(products: &[f32], plan: &Plan, out: &mut [f32]) {
+/// The output planes of `out`'s images by output channel, then image, for
+/// [`transform_output`]: each channel's planes of every image together.
+pub(super) fn output_planes<'o>(out: &'o mut [f32], plan: &Plan) -> Vec<&'o mut [f32]> {
     let (channels_out, positions) = (plan.g.channels_out, plan.g.positions());
     let mut images: Vec<_> = out.chunks_mut(channels_out * positions).map(|image| image.chunks_mut(positions)).collect();
-    // The planes by output channel, then image: each channel's planes of every image together.
     let mut planes = Vec::with_capacity(channels_out * images.len());
     for _ in 0..channels_out {
         planes.extend(images.iter_mut().map(|image| image.next().expect("a plane per output channel")));
     }
-    planes.par_chunks_mut(images.len().max(1)).enumerate().for_each(|(o, planes)| output_channel(products, plan, o, planes));
+    planes
+}
+
+/// `Aᵀ m A` of every transformed product tile m (`products`, `[TILE][channels][tiles]`) into the
+/// output planes of those channels of `images` images (`planes`, by channel, then image, as
+/// [`output_planes`] gives them); a block's rows and columns past the output's edge are dropped.
+pub(super) fn transform_output(products: &[f32], plan: &Plan, images: usize, planes: &mut [&mut [f32]]) {
+    let channels = planes.len() / images.max(1);
+    planes.par_chunks_mut(images.max(1)).enumerate().for_each(|(o, planes)| output_channel(products, plan, channels, o, planes));
 }
 
 wide_fn! {
-    /// [`transform_output`] of output channel `o`, into its `planes`.
-    fn output_channel(products: &[f32], plan: &Plan, o: usize, planes: &mut [&mut [f32]]) {
-        with_run!(plan, S => output_runs::<S>(products, plan, o, planes))
+    /// [`transform_output`] of the products' channel `o`, into its `planes`.
+    fn output_channel(products: &[f32], plan: &Plan, channels: usize, o: usize, planes: &mut [&mut [f32]]) {
+        with_run!(plan, S => output_runs::<S>(products, plan, channels, o, planes))
     }
 }
 
 /// [`output_channel`], [`RUN`] tiles at once, written in runs of the `S` of a tile row
 /// that follow each other (`S` divides the grid's columns and `RUN`).
 #[inline(always)]
-fn output_runs<const S: usize>(products: &[f32], plan: &Plan, o: usize, planes: &mut [&mut [f32]]) {
+fn output_runs<const S: usize>(products: &[f32], plan: &Plan, channels: usize, o: usize, planes: &mut [&mut [f32]]) {
     const { assert!(RUN.is_multiple_of(S), "runs fill the lanes") };
-    let (g, [rows, cols]) = (&plan.g, plan.tile_grid);
-    let (channels_out, [height, width]) = (g.channels_out, g.output);
+    let ([rows, cols], [height, width]) = (plan.tile_grid, plan.g.output);
     let tiles = planes.len() * rows * cols;
     for first in (0..tiles).step_by(RUN) {
-        let value = |i: usize, j: usize| ((SIDE * i + j) * channels_out + o) * tiles + first;
+        let value = |i: usize, j: usize| ((SIDE * i + j) * channels + o) * tiles + first;
         let tile: [[Lanes<RUN>; SIDE]; SIDE] = std::array::from_fn(|i| std::array::from_fn(|j| Lanes::load(&products[value(i, j)..])));
         let block = both_sides(tile, output_side);
         for run in 0..(tiles - first).min(RUN).div_ceil(S) {
