@@ -51,24 +51,33 @@ impl<const N: usize> Lanes<N> {
 impl<const N: usize> Add for Lanes<N> {
     type Output = Self;
     #[inline(always)]
-    fn add(self, other: Self) -> Self {
-        Lanes(std::array::from_fn(|lane| self.0[lane] + other.0[lane]))
+    fn add(mut self, other: Self) -> Self {
+        for (value, other) in self.0.iter_mut().zip(other.0) {
+            *value = *value + other;
+        }
+        self
     }
 }
 
 impl<const N: usize> Sub for Lanes<N> {
     type Output = Self;
     #[inline(always)]
-    fn sub(self, other: Self) -> Self {
-        Lanes(std::array::from_fn(|lane| self.0[lane] - other.0[lane]))
+    fn sub(mut self, other: Self) -> Self {
+        for (value, other) in self.0.iter_mut().zip(other.0) {
+            *value = *value - other;
+        }
+        self
     }
 }
 
 impl<const N: usize> Mul<f32> for Lanes<N> {
     type Output = Self;
     #[inline(always)]
-    fn mul(self, factor: f32) -> Self {
-        Lanes(std::array::from_fn(|lane| self.0[lane] * factor))
+    fn mul(mut self, factor: f32) -> Self {
+        for value in &mut self.0 {
+            *value *= factor;
+        }
+        self
     }
 }
 

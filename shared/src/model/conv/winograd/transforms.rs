@@ -87,27 +87,39 @@ pub(super) fn flip_kernels(weight: &[f32], plan: &Plan) -> Scratch {
     flipped
 }
 
-/// `line`'s columns by their index modulo 4, `split[p][k] = line[4k + p]` (`span` of each),
-/// so that a tile's column j is `split[j mod 4][t + j div 4]`, t the tile's column in the grid.
+/// The line `row`, `padding` zeros before it and zeros past it, split by column modulo 4:
+/// `split[p][k]` is column `4k + p` of the padded line (`span` of each), so that a tile's
+/// column j is `split[j mod 4][t + j div 4]`, t the tile's column in the grid. The quads of
+/// columns within the row are copied as they are, the edges' column by column.
 #[inline(always)]
-fn split_columns(line: &[f32], split: &mut [f32], span: usize) {
+fn split_row(row: &[f32], padding: usize, split: &mut [f32], span: usize) {
     let (first, rest) = split.split_at_mut(span);
     let (second, rest) = rest.split_at_mut(span);
     let (third, fourth) = rest.split_at_mut(span);
-    let columns = first.iter_mut().zip(second).zip(third).zip(fourth);
-    for (quad, (((first, second), third), fourth)) in line.chunks_exact(BLOCK).zip(columns) {
-        (*first, *second, *third, *fourth) = (quad[0], quad[1], quad[2], quad[3]);
+    let column = |j: usize| j.checked_sub(padding).and_then(|x| row.get(x)).copied().unwrap_or(0.0);
+    // Quads k with columns 4k..4k + 4 all within the row.
+    let inside = padding.div_ceil(BLOCK)..((row.len() + padding) / BLOCK).min(span);
+    for k in (0..inside.start.min(span)).chain(inside.end.max(inside.start)..span) {
+        let j = BLOCK * k;
+        (first[k], second[k], third[k], fourth[k]) = (column(j), column(j + 1), column(j + 2), column(j + 3));
+    }
+    if inside.start < inside.end {
+        let quads = row[BLOCK * inside.start - padding..].chunks_exact(BLOCK);
+        let columns = first[inside.clone()].iter_mut().zip(&mut second[inside.clone()]).zip(&mut third[inside.clone()]).zip(&mut fourth[inside]);
+        for (quad, (((first, second), third), fourth)) in quads.zip(columns) {
+            (*first, *second, *third, *fourth) = (quad[0], quad[1], quad[2], quad[3]);
+        }
     }
 }
 
-/// Values per column class of a split line ([`split_columns`]): a tile row's blocks and the
+/// Values per column class of a split line ([`split_row`]): a tile row's blocks and the
 /// last tile's reach past them.
 fn span(plan: &Plan) -> usize {
     plan.tile_grid[1] + 1
 }
 
 /// One channel's planes of a round's images, `lines` padded lines each, split by
-/// [`split_columns`], for the tiles [`Split::transform`] reads.
+/// [`split_row`], for the tiles [`Split::transform`] reads.
 struct Split<'a> {
     values: &'a [f32],
     grid: [usize; 2],
@@ -121,22 +133,20 @@ impl<'a> Split<'a> {
     #[inline(always)]
     fn of<'p>(planes: impl Iterator<Item = &'p [f32]>, size: [usize; 2], padding: [usize; 2], plan: &Plan, lines: usize, buffer: &'a mut [f32]) -> Self {
         let (grid, span) = (plan.tile_grid, span(plan));
-        let (split, padded) = buffer.split_at_mut(buffer.len() - BLOCK * span);
-        for (plane, split) in planes.zip(split.chunks_exact_mut(lines * BLOCK * span)) {
+        for (plane, split) in planes.zip(buffer.chunks_exact_mut(lines * BLOCK * span)) {
             for (line, split) in split.chunks_exact_mut(BLOCK * span).enumerate() {
-                padded.fill(0.0);
-                if let Some(y) = line.checked_sub(padding[0]).filter(|&y| y < size[0]) {
-                    padded[padding[1]..][..size[1]].copy_from_slice(&plane[y * size[1]..][..size[1]]);
+                match line.checked_sub(padding[0]).filter(|&y| y < size[0]) {
+                    Some(y) => split_row(&plane[y * size[1]..][..size[1]], padding[1], split, span),
+                    None => split.fill(0.0),
                 }
-                split_columns(padded, split, span);
             }
         }
-        Split { values: split, grid, lines, span }
+        Split { values: buffer, grid, lines, span }
     }
 
     /// The values a buffer for [`Split::of`] holds.
     fn buffer_len(plan: &Plan, images: usize, lines: usize) -> usize {
-        (images * lines + 1) * BLOCK * span(plan)
+        images * lines * BLOCK * span(plan)
     }
 
     /// `F d Fᵀ` of every `N`x`N` tile d (starting at every fourth line and column), `f`
