@@ -53,7 +53,7 @@ impl<const N: usize> Add for Lanes<N> {
     #[inline(always)]
     fn add(mut self, other: Self) -> Self {
         for (value, other) in self.0.iter_mut().zip(other.0) {
-            *value = *value + other;
+            *value += other;
         }
         self
     }
@@ -64,7 +64,7 @@ impl<const N: usize> Sub for Lanes<N> {
     #[inline(always)]
     fn sub(mut self, other: Self) -> Self {
         for (value, other) in self.0.iter_mut().zip(other.0) {
-            *value = *value - other;
+            *value -= other;
         }
         self
     }
