@@ -86,8 +86,25 @@ impl<const N: usize> Mul<f32> for Lanes<N> {
 #[inline(always)]
 pub(super) fn both_sides<T: Value, const N: usize, const M: usize>(b: [[T; N]; N], f: impl Fn([T; N]) -> [T; M]) -> [[T; M]; M] {
     // Column j of F b.
-    let columns: [[T; M]; N] = std::array::from_fn(|j| f(std::array::from_fn(|i| b[i][j])));
-    std::array::from_fn(|r| f(std::array::from_fn(|j| columns[j][r])))
+    // Plain loops, not `array::from_fn`: its closures were not always inlined into the
+    // transforms' wide forms, and ran without their vector features.
+    let mut columns = [[b[0][0]; M]; N];
+    for (j, column) in columns.iter_mut().enumerate() {
+        let mut inputs = b[0];
+        for (input, row) in inputs.iter_mut().zip(&b) {
+            *input = row[j];
+        }
+        *column = f(inputs);
+    }
+    let mut out = [columns[0]; M];
+    for (r, out) in out.iter_mut().enumerate() {
+        let mut inputs = [b[0][0]; N];
+        for (input, column) in inputs.iter_mut().zip(&columns) {
+            *input = column[r];
+        }
+        *out = f(inputs);
+    }
+    out
 }
 
 /// `Bᵀ d`, a column of an input tile transformed: Bᵀ = [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0],

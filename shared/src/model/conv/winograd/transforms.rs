@@ -38,7 +38,13 @@ wide_fn! {
                     taps[tap][lane] = value;
                 }
             }
-            let tile = both_sides(std::array::from_fn(|row| std::array::from_fn(|column| Lanes(taps[3 * row + column]))), kernel_side);
+            let mut tile = [[Lanes(taps[0]); 3]; 3];
+            for (row, taps) in tile.iter_mut().zip(taps.chunks_exact(3)) {
+                for (value, tap) in row.iter_mut().zip(taps) {
+                    *value = Lanes(*tap);
+                }
+            }
+            let tile = both_sides(tile, kernel_side);
             for (value, transformed) in tile.iter().flatten().enumerate() {
                 transformed.store(&mut out[value * channels + first..], lanes);
             }
@@ -53,8 +59,12 @@ wide_fn! {
         let channels_in = out.len() / 9;
         for first in (0..channels_in).step_by(KERNEL_LANES) {
             let lanes = KERNEL_LANES.min(channels_in - first);
-            let tile: [[Lanes<KERNEL_LANES>; SIDE]; SIDE] =
-                std::array::from_fn(|i| std::array::from_fn(|j| Lanes::load(&sums[((SIDE * i + j) * channels_out + o) * channels_in + first..])));
+            let mut tile = [[Lanes([0.0; KERNEL_LANES]); SIDE]; SIDE];
+            for (i, row) in tile.iter_mut().enumerate() {
+                for (j, value) in row.iter_mut().enumerate() {
+                    *value = Lanes::load(&sums[((SIDE * i + j) * channels_out + o) * channels_in + first..]);
+                }
+            }
             let kernel = both_sides(tile, kernel_gradient_side);
             for (lane, out) in out[first * 9..][..lanes * 9].chunks_exact_mut(9).enumerate() {
                 for (tap, value) in out.iter_mut().zip(kernel.iter().flatten()) {
@@ -160,15 +170,20 @@ impl<'a> Split<'a> {
         let tiles = out.len() / TILE;
         for first in (0..tiles).step_by(RUN) {
             // Where each run's first tile starts (any tile past the last).
-            let starts: [usize; RUN] = std::array::from_fn(|run| {
+            let mut starts = [0; RUN];
+            for (run, start) in starts.iter_mut().enumerate().take(RUN / S) {
                 let tile = first + run * S;
-                if run * S >= RUN || tile >= tiles {
-                    return 0;
+                if tile < tiles {
+                    let (image, ty, tx) = (tile / (rows * cols), tile / cols % rows, tile % cols);
+                    *start = (image * self.lines + BLOCK * ty) * BLOCK * span + tx;
                 }
-                let (image, ty, tx) = (tile / (rows * cols), tile / cols % rows, tile % cols);
-                (image * self.lines + BLOCK * ty) * BLOCK * span + tx
-            });
-            let tile = std::array::from_fn(|i| std::array::from_fn(|j| self.gather::<S>(&starts, (i * BLOCK + j % BLOCK) * span + j / BLOCK)));
+            }
+            let mut tile = [[Lanes([0.0; RUN]); N]; N];
+            for (i, row) in tile.iter_mut().enumerate() {
+                for (j, value) in row.iter_mut().enumerate() {
+                    *value = self.gather::<S>(&starts, (i * BLOCK + j % BLOCK) * span + j / BLOCK);
+                }
+            }
             for (value, transformed) in both_sides(tile, &f).iter().flatten().enumerate() {
                 transformed.store(&mut out[value * tiles + first..], RUN.min(tiles - first));
             }
@@ -311,6 +326,8 @@ fn output_runs<const S: usize>(products: &[f32], plan: &Plan, channels: usize, o
     let tiles = planes.len() * rows * cols;
     for first in (0..tiles).step_by(RUN) {
         let value = |i: usize, j: usize| ((SIDE * i + j) * channels + o) * tiles + first;
+        // `from_fn` here, unlike the other transforms' loops: the output transform ran 3-5 %
+        // faster with it (per-shape bench, docs/performance.md).
         let tile: [[Lanes<RUN>; SIDE]; SIDE] = std::array::from_fn(|i| std::array::from_fn(|j| Lanes::load(&products[value(i, j)..])));
         let block = both_sides(tile, output_side);
         for run in 0..(tiles - first).min(RUN).div_ceil(S) {
