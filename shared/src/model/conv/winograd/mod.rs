@@ -45,14 +45,14 @@ const MIN_ROUND_TILES: usize = 64;
 /// the products, at a cost that did not shrink with the batch.
 const MAX_WHOLE_KERNEL_VALUES: usize = 1 << 20;
 
-/// The batch's transformed input (8 MiB) past which kernel blocks are not used: every block
+/// The batch's transformed input (8 MiB) past which channel groups are not used: every group
 /// reads all of it again, and past the last-level cache's share that is from memory (per
-/// shape, blocks took 1.6x the rounds' time with 18 MB, docs/performance.md).
+/// shape, groups took 1.6x the rounds' time with 18 MB, docs/performance.md).
 const MAX_BLOCKED_INPUT_VALUES: usize = 1 << 21;
 
-/// Output channels whose transformed kernels a block of [`Order::KernelBlocks`] holds (1.2 MB
+/// Output channels whose transformed kernels a group of [`Order::ChannelGroups`] holds (1.2 MB
 /// for 512 input channels).
-const BLOCK_CHANNELS: usize = 16;
+const GROUP_CHANNELS: usize = 16;
 
 /// How a plan's work is cut between threads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,10 +60,10 @@ enum Order {
     /// The kernels transformed once, then rounds of images in parallel, each through its
     /// transforms and products while they are in cache (small kernels, large planes).
     Rounds,
-    /// The batch's input transformed once, then blocks of output channels in parallel, each
+    /// The batch's input transformed once, then groups of output channels in parallel, each
     /// transforming its own kernels right before its products (large kernels, small planes).
     /// The weight gradient keeps its rounds.
-    KernelBlocks,
+    ChannelGroups,
 }
 
 /// A convolution in F(4x4, 3x3) tiles: its shapes, and how its work is cut.
@@ -105,8 +105,8 @@ impl Plan {
         let images = |count: usize| count.clamp(1, g.batch.max(1));
         let round_tiles = (ROUND_VALUES / (TILE * (g.channels_in + g.channels_out))).max(MIN_ROUND_TILES);
         let images_per_round = images(round_tiles / per_image);
-        let blocked = TILE * g.channels_in * g.channels_out > MAX_WHOLE_KERNEL_VALUES && TILE * g.channels_in * g.batch * per_image <= MAX_BLOCKED_INPUT_VALUES;
-        let order = if blocked { Order::KernelBlocks } else { Order::Rounds };
+        let grouped = TILE * g.channels_in * g.channels_out > MAX_WHOLE_KERNEL_VALUES && TILE * g.channels_in * g.batch * per_image <= MAX_BLOCKED_INPUT_VALUES;
+        let order = if grouped { Order::ChannelGroups } else { Order::Rounds };
         Some(Plan { g, tile_grid, order, images_per_round })
     }
 
@@ -130,10 +130,11 @@ pub(super) fn input_gradient(weight: &[f32], grad: &[f32], plan: &Plan) -> Vec<f
 
 fn convolve(x: &[f32], weight: &[f32], plan: &Plan) -> Vec<f32> {
     let mut output = vec![0.0; plan.g.batch * plan.g.channels_out * plan.g.positions()];
+    // Both orders cut the output into chunks of whole images.
     if plan.g.batch > 0 {
         match plan.order {
             Order::Rounds => convolve_by_rounds(x, &transform_kernels(weight, plan.g.channels_in), plan, &mut output),
-            Order::KernelBlocks => convolve_by_blocks(x, weight, plan, &mut output),
+            Order::ChannelGroups => convolve_by_groups(x, weight, plan, &mut output),
         }
     }
     output
@@ -161,8 +162,8 @@ fn data_values_transposed(data: &[f32], tiles: usize, value: usize) -> View<'_> 
     View { values: &data[value * tiles..], rows: tiles, cols: data.len() / (TILE * tiles), row_stride: 1, col_stride: TILE * tiles }
 }
 
-/// [`Order::Rounds`]: each round's products, value `value` of every transformed kernel against
-/// that of every input tile.
+/// [`Order::Rounds`]: each round's input transform, its 36 products (value v of every
+/// transformed kernel against value v of every input tile) and its output transform.
 fn convolve_by_rounds(x: &[f32], kernels: &[f32], plan: &Plan, output: &mut [f32]) {
     let g = &plan.g;
     let (channels_in, channels_out, per_image) = (g.channels_in, g.channels_out, plan.tiles_per_image());
@@ -182,16 +183,16 @@ fn convolve_by_rounds(x: &[f32], kernels: &[f32], plan: &Plan, output: &mut [f32
     });
 }
 
-/// [`Order::KernelBlocks`]: the batch's input transformed once, each block of output channels'
+/// [`Order::ChannelGroups`]: the batch's input transformed once, each group of output channels'
 /// kernels transformed, multiplied and brought back to the output while they are in cache.
-fn convolve_by_blocks(x: &[f32], weight: &[f32], plan: &Plan, output: &mut [f32]) {
+fn convolve_by_groups(x: &[f32], weight: &[f32], plan: &Plan, output: &mut [f32]) {
     let g = &plan.g;
     let (channels_in, tiles) = (g.channels_in, g.batch * plan.tiles_per_image());
     let mut inputs = Scratch::take(channels_in * TILE * tiles);
     transform_input(x, plan, 0..g.batch, &mut inputs);
     let inputs = &*inputs;
     let mut planes = output_planes(output, plan);
-    planes.par_chunks_mut(BLOCK_CHANNELS * g.batch).zip(weight.par_chunks(BLOCK_CHANNELS * channels_in * 9)).for_each(|(planes, weight)| {
+    planes.par_chunks_mut(GROUP_CHANNELS * g.batch).zip(weight.par_chunks(GROUP_CHANNELS * channels_in * 9)).for_each(|(planes, weight)| {
         let kernels = transform_kernels(weight, channels_in);
         let rows = kernels.len() / (TILE * channels_in);
         let mut products = Scratch::take(TILE * rows * tiles);
@@ -203,8 +204,8 @@ fn convolve_by_blocks(x: &[f32], weight: &[f32], plan: &Plan, output: &mut [f32]
 }
 
 /// The weight gradient, as `unfolded::weight_gradient` computes it, for the plan
-/// [`Plan::forward`] made, in its rounds whatever its order: by blocks of output channels, each
-/// block's products re-packed the whole transformed input, and the 256-channel stage took
+/// [`Plan::forward`] made, always in rounds: by groups of output channels (tried), each
+/// group's products re-packed the whole transformed input, and the 256-channel stage took
 /// 2.4x as long (docs/performance.md). Each of at most one run of rounds per thread sums the 36
 /// products, each round's transformed values while they are in cache; the runs' sums are added
 /// last, so the rounding depends on the thread count.
@@ -264,10 +265,11 @@ mod tests {
 
     /// Against the unfolded products (checked term by term against the definition): sizes
     /// that leave blocks past the edge (rows and columns), paddings 0 to 2, unequal ones too,
-    /// one image per round, two (the last round short) and all, every form of the transforms'
-    /// loops, runs of 8, 4, 2 and 1 tiles (of a tile row 8, 4, 2 and 33 tiles long), runs
-    /// that end a round short of a group of lanes and groups that span images, and channel
-    /// counts that leave the kernels' last lanes and blocks short.
+    /// a padding past a row's length, both orders, one image per round, two (the last round
+    /// short) and all, every form of the transforms' loops, runs of 8, 4, 2 and 1 tiles (of a
+    /// tile row 8, 4, 2 and 33 tiles long), runs that end a round short of a group of lanes and
+    /// groups that span images, and channel counts that leave the kernels' last lanes and the
+    /// last group of output channels short.
     #[test]
     fn outputs_and_gradients_equal_the_unfolded_products() {
         let threads = rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("a thread pool");
@@ -276,6 +278,8 @@ mod tests {
             ([0, 0], 6, 9),
             ([2, 2], 3, 4),
             ([1, 1], 1, 1),
+            // The input gradient's plan pads a row of one column by 2.
+            ([0, 0], 3, 3),
             ([1, 1], 2, 5),
             ([0, 1], 5, 6),
             ([2, 1], 4, 7),
@@ -287,8 +291,9 @@ mod tests {
             ([0, 2], 5, 28),
             ([1, 1], 3, 131),
         ] {
-            // Channels past a multiple of the kernels' lanes and blocks of output channels, both ways.
-            let (channels_in, channels_out) = (2 * KERNEL_LANES + 3, KERNEL_LANES + 1);
+            // Channels past a multiple of the kernels' lanes and of the groups of output channels,
+            // both ways (the input gradient swaps them).
+            let (channels_in, channels_out) = (2 * KERNEL_LANES.max(GROUP_CHANNELS) + 3, GROUP_CHANNELS.min(KERNEL_LANES) + 1);
             let g = Geometry::new([3, channels_in, height, width], [channels_out, channels_in, 3, 3], [1, 1], padding);
             let x = values(3 * channels_in * height * width, 37);
             let weight = values(channels_out * channels_in * 9, 53);
@@ -299,7 +304,8 @@ mod tests {
             // Two threads, so that one image per round sums two runs of rounds (two and one).
             threads.install(|| {
                 in_every_width(|vectors| {
-                    for (order, images) in [(Order::Rounds, 1), (Order::Rounds, 2), (Order::Rounds, 3), (Order::KernelBlocks, 1)] {
+                    // The weight gradient takes rounds in either order.
+                    for (order, images) in [(Order::Rounds, 1), (Order::Rounds, 2), (Order::Rounds, 3), (Order::ChannelGroups, 1)] {
                         for plan in [&mut forward_plan, &mut gradient_plan] {
                             (plan.order, plan.images_per_round) = (order, images);
                         }
@@ -316,10 +322,14 @@ mod tests {
     #[test]
     fn an_empty_batch_has_no_outputs_and_zero_weight_gradients() {
         let g = Geometry::new([0, MIN_CHANNELS, 8, 8], [MIN_CHANNELS, MIN_CHANNELS, 3, 3], [1, 1], [1, 1]);
-        let plan = Plan::forward(&g).expect("a Winograd plan");
+        let [mut forward_plan, mut gradient_plan] = [Plan::forward(&g), Plan::input_gradient(&g)].map(|plan| plan.expect("a Winograd plan"));
         let weight = values(MIN_CHANNELS * MIN_CHANNELS * 9, 53);
-        assert!(forward(&[], &weight, &plan).is_empty());
-        assert!(weight_gradient(&[], &[], &plan).iter().all(|&value| value == 0.0));
+        for order in [Order::Rounds, Order::ChannelGroups] {
+            (forward_plan.order, gradient_plan.order) = (order, order);
+            assert!(forward(&[], &weight, &forward_plan).is_empty(), "{order:?}");
+            assert!(input_gradient(&weight, &[], &gradient_plan).is_empty(), "{order:?}");
+            assert!(weight_gradient(&[], &[], &forward_plan).iter().all(|&value| value == 0.0), "{order:?}");
+        }
     }
 
     #[test]
@@ -335,19 +345,19 @@ mod tests {
         assert_eq!(plan(MIN_CHANNELS, 3, 1, 3), (false, false), "padding past the kernel");
     }
 
-    /// Kernel blocks for the kernels that are not kept whole, while the batch's transformed
-    /// input is small enough to be read again by every block.
+    /// Channel groups for the kernels that are not kept whole, while the batch's transformed
+    /// input is small enough to be read again by every group.
     #[test]
-    fn large_kernels_are_transformed_by_blocks_for_small_batches() {
+    fn large_kernels_are_transformed_by_groups_for_small_batches() {
         let order = |batch: usize, channels: usize, side: usize| {
             let g = Geometry::new([batch, channels, side, side], [channels, channels, 3, 3], [1, 1], [1, 1]);
             Plan::forward(&g).expect("a Winograd plan").order
         };
         assert_eq!(order(32, 64, 32), Order::Rounds, "small kernels");
         assert_eq!(order(32, 128, 16), Order::Rounds, "small kernels");
-        assert_eq!(order(32, 256, 8), Order::KernelBlocks);
+        assert_eq!(order(32, 256, 8), Order::ChannelGroups);
         assert_eq!(order(64, 256, 8), Order::Rounds, "a batch's input past the cache");
-        assert_eq!(order(64, 512, 4), Order::KernelBlocks);
+        assert_eq!(order(64, 512, 4), Order::ChannelGroups);
         assert_eq!(order(250, 512, 4), Order::Rounds, "a batch's input past the cache");
     }
 

@@ -82,12 +82,11 @@ impl<const N: usize> Mul<f32> for Lanes<N> {
 }
 
 /// `F b Fᵀ` of a square `b`, where `f` multiplies a column by F: `f` down every column, then
-/// across every row of the result.
+/// across every row of the result. In plain loops, not `array::from_fn`: its closures were not
+/// always inlined into the transforms' wide forms, and ran without their vector features.
 #[inline(always)]
 pub(super) fn both_sides<T: Value, const N: usize, const M: usize>(b: [[T; N]; N], f: impl Fn([T; N]) -> [T; M]) -> [[T; M]; M] {
     // Column j of F b.
-    // Plain loops, not `array::from_fn`: its closures were not always inlined into the
-    // transforms' wide forms, and ran without their vector features.
     let mut columns = [[b[0][0]; M]; N];
     for (j, column) in columns.iter_mut().enumerate() {
         let mut inputs = b[0];

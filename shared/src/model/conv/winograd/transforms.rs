@@ -107,15 +107,16 @@ fn split_row(row: &[f32], padding: usize, split: &mut [f32], span: usize) {
     let (second, rest) = rest.split_at_mut(span);
     let (third, fourth) = rest.split_at_mut(span);
     let column = |j: usize| j.checked_sub(padding).and_then(|x| row.get(x)).copied().unwrap_or(0.0);
-    // Quads k with columns 4k..4k + 4 all within the row.
-    let inside = padding.div_ceil(BLOCK)..((row.len() + padding) / BLOCK).min(span);
-    for k in (0..inside.start.min(span)).chain(inside.end.max(inside.start)..span) {
+    // Quads k in start..end have columns 4k..4k + 4 all within the row (none if end = start).
+    let start = padding.div_ceil(BLOCK);
+    let end = ((row.len() + padding) / BLOCK).clamp(start, span);
+    for k in (0..start).chain(end..span) {
         let j = BLOCK * k;
         (first[k], second[k], third[k], fourth[k]) = (column(j), column(j + 1), column(j + 2), column(j + 3));
     }
-    if inside.start < inside.end {
-        let quads = row[BLOCK * inside.start - padding..].chunks_exact(BLOCK);
-        let columns = first[inside.clone()].iter_mut().zip(&mut second[inside.clone()]).zip(&mut third[inside.clone()]).zip(&mut fourth[inside]);
+    if start < end {
+        let quads = row[BLOCK * start - padding..].chunks_exact(BLOCK);
+        let columns = first[start..end].iter_mut().zip(&mut second[start..end]).zip(&mut third[start..end]).zip(&mut fourth[start..end]);
         for (quad, (((first, second), third), fourth)) in quads.zip(columns) {
             (*first, *second, *third, *fourth) = (quad[0], quad[1], quad[2], quad[3]);
         }
@@ -128,7 +129,7 @@ fn span(plan: &Plan) -> usize {
     plan.tile_grid[1] + 1
 }
 
-/// One channel's planes of a round's images, `lines` padded lines each, split by
+/// One channel's planes of the images transformed together, `lines` padded lines each, split by
 /// [`split_row`], for the tiles [`Split::transform`] reads.
 struct Split<'a> {
     values: &'a [f32],
@@ -306,8 +307,8 @@ pub(super) fn output_planes<'o>(out: &'o mut [f32], plan: &Plan) -> Vec<&'o mut 
 /// output planes of those channels of `images` images (`planes`, by channel, then image, as
 /// [`output_planes`] gives them); a block's rows and columns past the output's edge are dropped.
 pub(super) fn transform_output(products: &[f32], plan: &Plan, images: usize, planes: &mut [&mut [f32]]) {
-    let channels = planes.len() / images.max(1);
-    planes.par_chunks_mut(images.max(1)).enumerate().for_each(|(o, planes)| output_channel(products, plan, channels, o, planes));
+    let channels = planes.len() / images;
+    planes.par_chunks_mut(images).enumerate().for_each(|(o, planes)| output_channel(products, plan, channels, o, planes));
 }
 
 wide_fn! {
