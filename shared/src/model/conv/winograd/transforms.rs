@@ -18,7 +18,7 @@ pub(super) const KERNEL_LANES: usize = 16;
 const RUN: usize = 8;
 
 /// Every 3x3 kernel `k` of `weights` (`[rows][channels_in][9]`, all of a convolution's output
-/// channels or a block of them) as `G k Gᵀ`, laid out `[rows][TILE][channels_in]`.
+/// channels or a group of them) as `G k Gᵀ`, laid out `[rows][TILE][channels_in]`.
 pub(super) fn transform_kernels(weights: &[f32], channels_in: usize) -> Scratch {
     let mut kernels = Scratch::take(weights.len() / 9 * TILE);
     kernels.par_chunks_mut(TILE * channels_in).zip(weights.par_chunks(channels_in * 9)).for_each(|(out, row)| kernel_row(row, out));
