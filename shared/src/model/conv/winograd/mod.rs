@@ -48,7 +48,7 @@ const MAX_WHOLE_KERNEL_VALUES: usize = 1 << 20;
 /// The batch's transformed input (8 MiB) past which channel groups are not used: every group
 /// reads all of it again, and past the last-level cache's share that is from memory (per
 /// shape, groups took 1.6x the rounds' time with 18 MB, docs/performance.md).
-const MAX_BLOCKED_INPUT_VALUES: usize = 1 << 21;
+const MAX_GROUPED_INPUT_VALUES: usize = 1 << 21;
 
 /// Output channels whose transformed kernels a group of [`Order::ChannelGroups`] holds (1.2 MB
 /// for 512 input channels).
@@ -105,7 +105,7 @@ impl Plan {
         let images = |count: usize| count.clamp(1, g.batch.max(1));
         let round_tiles = (ROUND_VALUES / (TILE * (g.channels_in + g.channels_out))).max(MIN_ROUND_TILES);
         let images_per_round = images(round_tiles / per_image);
-        let grouped = TILE * g.channels_in * g.channels_out > MAX_WHOLE_KERNEL_VALUES && TILE * g.channels_in * g.batch * per_image <= MAX_BLOCKED_INPUT_VALUES;
+        let grouped = TILE * g.channels_in * g.channels_out > MAX_WHOLE_KERNEL_VALUES && TILE * g.channels_in * g.batch * per_image <= MAX_GROUPED_INPUT_VALUES;
         let order = if grouped { Order::ChannelGroups } else { Order::Rounds };
         Some(Plan { g, tile_grid, order, images_per_round })
     }
