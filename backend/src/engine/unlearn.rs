@@ -89,6 +89,18 @@ impl Route {
         }
     }
 
+    /// The route the unlearned model is evaluated on. A dampening that changed nothing before
+    /// `fc` left it the base model's features, whatever its scope (the seed preset on the whole
+    /// class-ordered sets dampens nothing at all): then they give its outputs too.
+    fn after_dampening<B: Backend>(self, base: &ResNet<B>, unlearned: &ResNet<B>) -> Self {
+        let before_fc = |key: &String| !key.starts_with("fc.");
+        let [base, unlearned] = [base, unlearned].map(weights::export);
+        match self {
+            Self::Pixels if base.iter().filter(|(key, _)| before_fc(key)).all(|(key, tensor)| unlearned.get(key) == Some(tensor)) => Self::Features,
+            route => route,
+        }
+    }
+
     /// `images` on this route, read from `features` on the features route.
     fn inputs<'a>(self, images: Images<'a>, features: &'a Features) -> Routed<'a> {
         match self {
@@ -347,6 +359,7 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
         let layers = settings.layers;
 
         let started = Instant::now();
+        let route = route.after_dampening(&self.model.valid(), &unlearned);
         self.evaluate_base(class, forget_sample, progress)?;
         let base = self.base_evaluation.as_ref().expect("the base model was evaluated");
         let before =
@@ -354,7 +367,7 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
         let phases = EvaluationPhases::of(UNLEARNED);
         let after = self.measure(&unlearned, forget_sample, &phases, route, progress)?;
         let after_probe = match route {
-            // Only `fc` changed: the features, and so the probe, are the base model's.
+            // Nothing before `fc` changed: the features, and so the probe, are the base model's.
             Route::Features => base.probe.clone(),
             Route::Pixels => self.probe(&after.test, &after.train, &phases.probe, progress)?,
         };
@@ -823,6 +836,52 @@ mod tests {
         }
     }
 
+    /// A run whose scope reaches past the classifier but whose dampening left every weight
+    /// before `fc` as it was is evaluated from the base model's features, with the figures
+    /// its images give (losses within 1e-4 relative, the confusion matrices exactly); one
+    /// that changed more is evaluated from its images and fits the probe on its own features.
+    #[test]
+    fn an_unlearned_model_with_the_base_models_features_is_evaluated_from_them() {
+        let dir = tempfile::tempdir().unwrap();
+        // The seed preset's bound, met exactly: in class order, the forget class's 16 images
+        // are 2 of the full set's 11 batches of 8, so imp_full >= 2/11 imp_forget and no
+        // parameter passes alpha 10; alpha 1e-3 selects nearly every one with a gradient.
+        let real = prepare(&testing::real_data_dir(), &Source::Npm).unwrap();
+        let class = ClassId::new(5).unwrap();
+        let kept: Vec<usize> = (0..10).flat_map(|c| real.train.indices_of(c).into_iter().take(if c == class.index() { 16 } else { 8 })).collect();
+        let train = Split {
+            images: kept.iter().flat_map(|&i| real.train.images[i * IMAGE_BYTES..(i + 1) * IMAGE_BYTES].iter().copied()).collect(),
+            labels: kept.iter().map(|&i| real.train.labels[i]).collect(),
+        };
+        let data = Cifar10 { train, test: small_dataset(0, 100).test };
+        let model = testing::tiny_model(dir.path(), "tiny");
+        let cache = TensorCache::open(&dir.path().join("cache"), 1 << 30);
+        let mut unlearner = tiny_unlearner(&data, &cache, &model, Subsample::default());
+        let phases = EvaluationPhases::of(UNLEARNED);
+        let base = weights::export(&unlearner.model.valid());
+        for (alpha, features_changed) in [(10.0, false), (1e-3, true)] {
+            let settings = SsdSettings { alpha: Alpha::Fixed(alpha), importance_batch: 8, ..Preset::Seed.settings() };
+            let mut recorder = Recorder::default();
+            let (report, unlearned) = unlearner.forget(class, &settings, &mut recorder).unwrap();
+            let changed = weights::export(&unlearned).into_iter().filter(|(key, tensor)| !key.starts_with("fc.") && base[key] != *tensor).count();
+            assert_eq!(changed > 0, features_changed, "alpha {alpha}: {changed} tensors before fc changed, {:?}", report.dampened);
+            let probed = recorder.events.iter().any(|event| event.phase == phases.probe);
+            assert_eq!(probed, features_changed, "alpha {alpha}: a probe on the unlearned model's own features");
+            if !features_changed {
+                assert_eq!(report.dampened.selected, 0, "the bound holds");
+                assert_eq!(report.after, report.before, "nothing dampened: the base model's figures");
+            }
+            let sample = unlearner.forget_images(class.index()).sample;
+            let from_images = unlearner.measure(&unlearned, &sample, &phases, Route::Pixels, &mut Silent).unwrap().report(class.index());
+            for (reported, expected, split) in [(&report.after.test, &from_images.test, "test"), (&report.after.train, &from_images.train, "train")] {
+                assert_eq!(reported.confusion, expected.confusion, "alpha {alpha}, {split}");
+                for (a, b) in [(reported.split.forget, expected.split.forget), (reported.split.retain, expected.split.retain)] {
+                    assert!((a.loss - b.loss).abs() <= 1e-4 * (1.0 + b.loss.abs()), "alpha {alpha}, {split}: loss {} vs {}", a.loss, b.loss);
+                }
+            }
+        }
+    }
+
     /// A dataset of the first `train` training and `test` test images of the real one.
     fn small_dataset(train: usize, test: usize) -> Cifar10 {
         let data = prepare(&testing::real_data_dir(), &Source::Npm).unwrap();
@@ -881,11 +940,18 @@ mod tests {
         assert!(!phases(&plan).iter().any(|phase| phase.contains("penultimate features")), "{plan:?}");
         assert_eq!(phases(&plan).iter().filter(|phase| phase.contains("load the cached features")).count(), 2, "{plan:?}");
         let mut recorder = Recorder::default();
-        let (report, _) = unlearner.forget(classes[0], &last_stage, &mut Planned::new(plan.clone(), &mut recorder)).unwrap();
+        let base = weights::export(&unlearner.model.valid());
+        let (report, unlearned) = unlearner.forget(classes[0], &last_stage, &mut Planned::new(plan.clone(), &mut recorder)).unwrap();
         let reported: std::collections::BTreeSet<&str> = recorder.events.iter().map(|event| event.phase.as_str()).collect();
         let planned = |phase: &str| plan.iter().any(|step| phase.starts_with(&step.phase));
         assert!(reported.iter().all(|phase| planned(phase)), "reported but not planned: {reported:?} {plan:?}");
-        assert!(plan.iter().all(|step| reported.iter().any(|phase| phase.starts_with(&step.phase))), "planned but not done: {reported:?} {plan:?}");
+        // The probe on the unlearned model's own features is planned, and left out where its
+        // dampening changed nothing before `fc`: the features are then the base model's.
+        let kept_features = weights::export(&unlearned).iter().all(|(key, tensor)| key.starts_with("fc.") || base[key] == *tensor);
+        let unlearned_probe = EvaluationPhases::of(UNLEARNED).probe;
+        let not_done: Vec<&str> = plan.iter().map(|step| step.phase.as_str()).filter(|&step| !reported.iter().any(|phase| phase.starts_with(step))).collect();
+        let expected: &[&str] = if kept_features { &[&unlearned_probe] } else { &[] };
+        assert_eq!(not_done, expected, "planned but not done: {reported:?} {plan:?}");
         assert_eq!(report.before, first[0].before, "the base model's figures, whichever the route");
 
         // A damaged entry (another width, as a different model would leave) is computed again.
