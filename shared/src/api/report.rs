@@ -105,6 +105,9 @@ pub struct Timings {
     /// Choosing alpha (zero when it was given); includes the final dampening.
     pub calibrate_s: f64,
     pub dampen_s: f64,
+    /// Evaluating both models, the probes and the relearning attack. The unlearned model is
+    /// evaluated from the base model's features, in seconds, wherever its dampening changed
+    /// nothing before `fc` (since 2026-12-07 on every scope), else from its images.
     pub evaluate_s: f64,
 }
 
