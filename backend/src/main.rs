@@ -9,6 +9,7 @@ mod storage;
 mod testing;
 
 fn main() {
+    app::heap::keep_freed_blocks();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,tower_http=info".into()))

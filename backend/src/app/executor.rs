@@ -13,6 +13,7 @@ use unlearn_shared::api::{
 use unlearn_shared::cifar::NUM_CLASSES;
 use unlearn_shared::model::weights::{self, export, WeightsError};
 
+use super::heap;
 use crate::engine::device::Device;
 use crate::engine::evaluate::{evaluate, Kept};
 use crate::engine::progress::{Cancelled, Planned, Progress, Step, FORWARD};
@@ -161,13 +162,16 @@ impl<'w, B: AutodiffBackend> Executor<'w, B> {
     /// Carries out `request`. A panic in the engine fails the run, not the caller.
     pub(crate) fn execute(&mut self, request: &RunRequest, options: &RunOptions, progress: &mut dyn Progress) -> Result<Executed, RunError> {
         request.validate().map_err(RunError::Invalid)?;
-        catch_unwind(AssertUnwindSafe(|| match request {
+        let executed = catch_unwind(AssertUnwindSafe(|| match request {
             RunRequest::Unlearn(request) => self.unlearn(request, options, progress),
             RunRequest::Sweep(request) => self.sweep(request, options, progress),
             RunRequest::Eval(request) => self.eval(request, progress),
             RunRequest::Train(request) => self.train(request, options, progress),
         }))
-        .unwrap_or_else(|panic| Err(RunError::Panic(panic_message(&panic))))
+        .unwrap_or_else(|panic| Err(RunError::Panic(panic_message(&panic))));
+        // The run's activations are freed by now.
+        heap::release_free_memory();
+        executed
     }
 
     fn unlearn(&mut self, request: &UnlearnRequest, options: &RunOptions, progress: &mut dyn Progress) -> Result<Executed, RunError> {

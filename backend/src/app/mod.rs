@@ -2,4 +2,5 @@
 
 pub(crate) mod cli;
 pub(crate) mod executor;
+pub(crate) mod heap;
 pub(crate) mod server;
