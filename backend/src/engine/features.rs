@@ -1,7 +1,8 @@
 //! Penultimate features: what `fc` reads. A run that changes only `fc` (the classifier
 //! scope) compares models that all share them, and every run evaluates the base model
 //! through them, so each image's features are computed once per base model, and whole
-//! splits are kept on disk.
+//! splits are kept on disk. The same store holds what `layer4` reads, for unlearned models
+//! that differ from the base model only from there on.
 
 use std::collections::{HashMap, HashSet};
 
@@ -15,7 +16,7 @@ use super::{Images, Inputs};
 
 /// Images per forward pass while extracting.
 const EXTRACT_BATCH: usize = 250;
-/// The one tensor of a cache entry: `[images, features]`, in split order.
+/// The one tensor of a cache entry: `[images, ..row shape]`, in the order of its images.
 const CACHE_KEY: &str = "features";
 
 /// Work per image of a pass that runs only `fc` on features, in forward-pass images: `fc`
@@ -23,17 +24,38 @@ const CACHE_KEY: &str = "features";
 /// results make it dearer than that.
 pub(crate) const CLASSIFIER_ONLY: f64 = 0.001;
 
-/// The features of some images of one split, by split index.
+/// Where in the model a store's activations are taken.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum Boundary {
+    /// The penultimate features, what `fc` reads.
+    #[default]
+    Penultimate,
+    /// What the last stage, `layer4`, reads: the output of the first three.
+    LastStage,
+}
+
+/// The activations at one boundary (the features, by default) of some images of one split,
+/// by split index.
 #[derive(Default)]
 pub(crate) struct Features {
-    /// Features per image.
-    width: usize,
+    boundary: Boundary,
+    /// The shape of one image's activations.
+    row_shape: Vec<usize>,
     /// Row of each image in `values`.
     rows: HashMap<usize, usize>,
     values: Vec<f32>,
 }
 
 impl Features {
+    pub(crate) fn at(boundary: Boundary) -> Self {
+        Self { boundary, ..Self::default() }
+    }
+
+    /// Values per image.
+    fn width(&self) -> usize {
+        self.row_shape.iter().product()
+    }
+
     /// The images among `indices` without features, each once, in their order.
     pub(crate) fn missing(&self, indices: &[usize]) -> Vec<usize> {
         let mut seen = HashSet::new();
@@ -54,8 +76,8 @@ impl Features {
         self.len() == images
     }
 
-    /// Runs `model` up to `fc` on the images of `images` that have no features yet,
-    /// reporting progress as `phase`.
+    /// Runs `model` up to the boundary on the images of `images` that have no activations
+    /// there yet, reporting progress as `phase`.
     pub(crate) fn extract<B: Backend>(
         &mut self,
         model: &ResNet<B>,
@@ -71,10 +93,16 @@ impl Features {
             if progress.cancelled() {
                 return Err(Cancelled);
             }
-            let features = model.features(batch::<B>(images.split, chunk, device).images, NormStats::Running);
-            let [_, width] = features.dims();
-            self.width = width;
-            self.values.extend(features.into_data().convert::<f32>().to_vec::<f32>().expect("float data"));
+            let images = batch::<B>(images.split, chunk, device).images;
+            let activations = match self.boundary {
+                Boundary::Penultimate => model.features(images, NormStats::Running).into_data(),
+                Boundary::LastStage => model.last_stage_input(images, NormStats::Running).into_data(),
+            };
+            self.row_shape = activations.shape[1..].to_vec();
+            // Once, for every missing image: doubling as it grew would copy and hold up to
+            // twice the activations (65 KB an image at the last stage's input).
+            self.values.reserve((missing.len() - done) * self.width());
+            self.values.extend(activations.convert::<f32>().to_vec::<f32>().expect("float data"));
             for &index in chunk {
                 let row = self.rows.len();
                 self.rows.insert(index, row);
@@ -85,37 +113,38 @@ impl Features {
         Ok(())
     }
 
-    /// `[chunk.len(), width]`: the features of the images at `chunk`, which must have them.
-    fn rows<B: Backend>(&self, chunk: &[usize], device: &B::Device) -> Tensor<B, 2> {
-        let mut values = Vec::with_capacity(chunk.len() * self.width);
+    /// The activations of the images at `chunk`, which must have them, in rows.
+    fn rows(&self, chunk: &[usize]) -> Vec<f32> {
+        let width = self.width();
+        let mut values = Vec::with_capacity(chunk.len() * width);
         for index in chunk {
             let row = self.rows[index];
-            values.extend_from_slice(&self.values[row * self.width..(row + 1) * self.width]);
+            values.extend_from_slice(&self.values[row * width..(row + 1) * width]);
         }
-        Tensor::from_data(TensorData::new(values, [chunk.len(), self.width]), device)
+        values
     }
 
-    /// A whole split of `images` images, in split order, as the cache keeps it.
-    pub(crate) fn to_state_dict(&self, images: usize) -> StateDict {
-        assert!(self.covers(images), "only whole splits are kept");
-        let rows: Vec<usize> = (0..images).map(|index| self.rows[&index]).collect();
-        let mut values = Vec::with_capacity(self.values.len());
-        for row in rows {
-            values.extend_from_slice(&self.values[row * self.width..(row + 1) * self.width]);
-        }
-        StateDict::from([(CACHE_KEY.to_owned(), NamedTensor { shape: vec![images, self.width], values })])
+    /// The images at `indices`, which must all have activations, in that order, as the cache
+    /// keeps them.
+    pub(crate) fn to_state_dict(&self, indices: &[usize]) -> StateDict {
+        let shape = [&[indices.len()][..], &self.row_shape].concat();
+        StateDict::from([(CACHE_KEY.to_owned(), NamedTensor { shape, values: self.rows(indices) })])
     }
 
-    /// A cache entry of a whole split of `images` images, `width` features each; `None` if
-    /// it is not that (a different model, say), so that it is computed again.
-    pub(crate) fn from_state_dict(mut tensors: StateDict, images: usize, width: usize) -> Option<Self> {
-        let entry = tensors.remove(CACHE_KEY).filter(|t| t.shape == [images, width] && t.values.len() == images * width && tensors.is_empty())?;
-        Some(Self { width, rows: (0..images).map(|index| (index, index)).collect(), values: entry.values })
+    /// A cache entry of the images at `indices` with activations of `row_shape` each at
+    /// `boundary`; `None` if it is not that (a different model, say), so that they are
+    /// computed again.
+    pub(crate) fn from_state_dict(mut tensors: StateDict, indices: &[usize], boundary: Boundary, row_shape: &[usize]) -> Option<Self> {
+        let shape = [&[indices.len()][..], row_shape].concat();
+        let width: usize = row_shape.iter().product();
+        let entry = tensors.remove(CACHE_KEY).filter(|t| t.shape == shape && t.values.len() == indices.len() * width && tensors.is_empty())?;
+        let rows: HashMap<usize, usize> = indices.iter().enumerate().map(|(row, &index)| (index, row)).collect();
+        (rows.len() == indices.len()).then(|| Self { boundary, row_shape: row_shape.to_vec(), rows, values: entry.values })
     }
 }
 
-/// Images run from their features: only `fc` of the model is used, so the features must come
-/// from a model that differs from it in nothing else.
+/// Images run from their activations at a boundary: only the model's layers past it are
+/// used, so the activations must come from a model that differs from it in nothing else.
 #[derive(Clone, Copy)]
 pub(crate) struct Featured<'a> {
     pub(crate) images: Images<'a>,
@@ -127,8 +156,13 @@ impl Inputs for Featured<'_> {
         self.images
     }
 
-    fn features<B: Backend>(&self, _model: &ResNet<B>, chunk: &[usize], device: &B::Device) -> Tensor<B, 2> {
-        self.features.rows(chunk, device)
+    fn features<B: Backend>(&self, model: &ResNet<B>, chunk: &[usize], device: &B::Device) -> Tensor<B, 2> {
+        let shape = [&[chunk.len()][..], &self.features.row_shape].concat();
+        let data = TensorData::new(self.features.rows(chunk), shape);
+        match self.features.boundary {
+            Boundary::Penultimate => Tensor::from_data(data, device),
+            Boundary::LastStage => model.features_from_last_stage(Tensor::from_data(data, device), NormStats::Running),
+        }
     }
 }
 
@@ -183,13 +217,17 @@ mod tests {
 
         let test_pixels = Images { split: &data.test, indices: test };
         let a = evaluate(&inner, test_pixels, Kept::Logits, "pixels", &device, &mut Silent).unwrap();
-        let b = evaluate(&inner, Featured { images: test_pixels, features: &test_features }, Kept::Logits, "features", &device, &mut Silent).unwrap();
-        assert_eq!(a.confusion, b.confusion, "every prediction is the same");
+        let mut stage_inputs = Features::at(Boundary::LastStage);
+        stage_inputs.extract(&inner, test_pixels, "test", &device, &mut Silent).unwrap();
         let entropies = |e: &Evaluation| e.entropies(|_| true).iter().map(|&x| x as f32).collect::<Vec<_>>();
         let losses = |e: &Evaluation| e.loss_sum.iter().map(|&x| x as f32).collect::<Vec<_>>();
-        let (entropy, loss) = (worst_relative(&entropies(&a), &entropies(&b)), worst_relative(&losses(&a), &losses(&b)));
-        println!("evaluation from features vs pixels: worst relative difference of entropies {entropy:e}, of summed losses {loss:e}");
-        assert!(entropy <= tolerance && loss <= tolerance, "{entropy} {loss}");
+        for (features, boundary) in [(&test_features, "features"), (&stage_inputs, "last-stage inputs")] {
+            let b = evaluate(&inner, Featured { images: test_pixels, features }, Kept::Logits, boundary, &device, &mut Silent).unwrap();
+            assert_eq!(a.confusion, b.confusion, "{boundary}: every prediction is the same");
+            let (entropy, loss) = (worst_relative(&entropies(&a), &entropies(&b)), worst_relative(&losses(&a), &losses(&b)));
+            println!("evaluation from {boundary} vs pixels: worst relative difference of entropies {entropy:e}, of summed losses {loss:e}");
+            assert!(entropy <= tolerance && loss <= tolerance, "{boundary}: {entropy} {loss}");
+        }
     }
 
     #[test]
@@ -212,21 +250,28 @@ mod tests {
     }
 
     #[test]
-    fn a_cache_entry_reads_back_only_as_the_whole_split_it_was() {
-        let mut features = Features { width: 2, ..Default::default() };
+    fn a_cache_entry_reads_back_only_as_the_images_it_was() {
+        let mut features = Features { row_shape: vec![2], ..Default::default() };
         for (index, row) in [(2, [5.0, 6.0]), (0, [1.0, 2.0]), (1, [3.0, 4.0])] {
             features.rows.insert(index, features.rows.len());
             features.values.extend(row);
         }
-        let entry = features.to_state_dict(3);
+        let whole = [0, 1, 2];
+        let entry = features.to_state_dict(&whole);
         assert_eq!(entry[CACHE_KEY].values, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0], "split order");
-        let back = Features::from_state_dict(entry.clone(), 3, 2).expect("reads back");
-        let rows = |f: &Features| f.rows::<CpuBackend>(&[2, 0], &Default::default()).into_data().to_vec::<f32>().unwrap();
-        assert_eq!(rows(&back), rows(&features));
-        assert!(Features::from_state_dict(entry.clone(), 4, 2).is_none(), "another split size");
-        assert!(Features::from_state_dict(entry.clone(), 3, 3).is_none(), "another model width");
+        let back = Features::from_state_dict(entry.clone(), &whole, Boundary::Penultimate, &[2]).expect("reads back");
+        assert_eq!(back.rows(&[2, 0]), features.rows(&[2, 0]));
+        assert!(Features::from_state_dict(entry.clone(), &[0, 1, 2, 3], Boundary::Penultimate, &[2]).is_none(), "another split size");
+        assert!(Features::from_state_dict(entry.clone(), &whole, Boundary::Penultimate, &[3]).is_none(), "another model width");
+        assert!(Features::from_state_dict(entry.clone(), &[0, 1, 1], Boundary::Penultimate, &[2]).is_none(), "an image twice");
         let mut extra = entry;
         extra.insert("other".into(), NamedTensor { shape: vec![1], values: vec![0.0] });
-        assert!(Features::from_state_dict(extra, 3, 2).is_none(), "something else");
+        assert!(Features::from_state_dict(extra, &whole, Boundary::Penultimate, &[2]).is_none(), "something else");
+
+        // A subset, in its own order, with rows of any shape.
+        let subset = features.to_state_dict(&[2, 0]);
+        assert_eq!(subset[CACHE_KEY].shape, [2, 2]);
+        let back = Features::from_state_dict(subset, &[2, 0], Boundary::LastStage, &[2]).expect("reads back");
+        assert_eq!((back.rows(&[0, 2]), back.missing(&[1])), (features.rows(&[0, 2]), vec![1]));
     }
 }

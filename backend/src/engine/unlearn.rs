@@ -20,7 +20,7 @@ use super::calibrate::{self, calibrate, CalibrationConfig};
 use super::device::Device;
 use super::evaluate::{evaluate, Kept};
 use super::evaluation::{model_report, Evaluation};
-use super::features::{Featured, Features, CLASSIFIER_ONLY};
+use super::features::{Boundary, Featured, Features, CLASSIFIER_ONLY};
 use super::membership::{entropy_edges, entropy_histogram, MembershipAttack, ENTROPY_BINS};
 use super::probe::{linear_probe, PROBE_STEPS, STEP_COST_PER_IMAGE};
 use super::progress::{one_unit, Cancelled, Progress, Step, FORWARD, FORWARD_AND_BACKWARD};
@@ -36,6 +36,11 @@ const SUBSAMPLE_SEED: u64 = 0;
 const IMPORTANCE_CACHE_VERSION: u32 = 1;
 /// Part of every features cache name; bump it when the model's `features` change.
 const FEATURES_CACHE_VERSION: u32 = 1;
+/// Part of every cache name of what `layer4` reads; bump it when `last_stage_input` changes.
+const STAGE_INPUTS_CACHE_VERSION: u32 = 1;
+/// Work per image of the last stage and `fc` alone, in forward-pass images: `layer4` is 134
+/// million of ResNet18's 556 million multiply-adds per image.
+const LAST_STAGE_ONLY: f64 = 0.25;
 /// Forget-set images that calibration and the membership attack classify.
 const FORGET_SAMPLE_IMAGES: usize = 500;
 
@@ -71,6 +76,19 @@ const TEST_FEATURES: FeaturePhases = FeaturePhases {
     load: "load the cached features: test set",
     store: "store the features: test set",
 };
+/// What `layer4` reads, of the evaluation's images (the subsets, not whole splits).
+const TRAIN_STAGE_INPUTS: FeaturePhases = FeaturePhases {
+    split: "train",
+    extract: "last-stage inputs: training images",
+    load: "load the cached last-stage inputs: training subset",
+    store: "store the last-stage inputs: training subset",
+};
+const TEST_STAGE_INPUTS: FeaturePhases = FeaturePhases {
+    split: "test",
+    extract: "last-stage inputs: test images",
+    load: "load the cached last-stage inputs: test subset",
+    store: "store the last-stage inputs: test subset",
+};
 
 /// How a run reaches the model's outputs. A run whose scope is the classifier changes `fc`
 /// alone, so every model it compares (but a retrained one) shares the base model's
@@ -79,6 +97,9 @@ const TEST_FEATURES: FeaturePhases = FeaturePhases {
 enum Route {
     Pixels,
     Features,
+    /// From what `layer4` reads: for an unlearned model that differs from the base model
+    /// only from there on.
+    LastStage,
 }
 
 impl Route {
@@ -91,25 +112,33 @@ impl Route {
 
     /// The route the unlearned model is evaluated on. A dampening that changed nothing before
     /// `fc` left it the base model's features, whatever its scope (the seed preset on the whole
-    /// class-ordered sets dampens nothing at all): then they give its outputs too.
+    /// class-ordered sets dampens nothing at all): then they give its outputs too. One that
+    /// changed nothing before `layer4` (the last-stage scope; the seed preset where it
+    /// dampened) left it what `layer4` reads.
     fn for_unlearned<B: Backend>(self, base: &ResNet<B>, unlearned: &ResNet<B>) -> Self {
         if self == Self::Features {
             return self;
         }
         let [base, unlearned] = [base, unlearned].map(weights::export);
-        let features_kept = base.iter().filter(|(key, _)| !key.starts_with("fc.")).all(|(key, tensor)| unlearned.get(key) == Some(tensor));
-        if features_kept {
+        let kept_before = |from: &[&str]| {
+            let before = |key: &str| !from.iter().any(|prefix| key.starts_with(prefix));
+            base.iter().filter(|(key, _)| before(key)).all(|(key, tensor)| unlearned.get(key) == Some(tensor))
+        };
+        if kept_before(&["fc."]) {
             Self::Features
+        } else if kept_before(&["layer4.", "fc."]) {
+            Self::LastStage
         } else {
             self
         }
     }
 
-    /// `images` on this route, read from `features` on the features route.
-    fn inputs<'a>(self, images: Images<'a>, features: &'a Features) -> Routed<'a> {
+    /// `images` on this route, read from `stores` past the pixels route.
+    fn inputs<'a>(self, images: Images<'a>, stores: &'a SplitStores) -> Routed<'a> {
         match self {
             Self::Pixels => Routed::Pixels(images),
-            Self::Features => Routed::Features(Featured { images, features }),
+            Self::Features => Routed::Features(Featured { images, features: &stores.features }),
+            Self::LastStage => Routed::Features(Featured { images, features: &stores.stage_inputs }),
         }
     }
 
@@ -118,15 +147,27 @@ impl Route {
         match self {
             Self::Pixels => FORWARD,
             Self::Features => CLASSIFIER_ONLY,
+            Self::LastStage => LAST_STAGE_ONLY,
         }
     }
 
     /// Work per image of an importance pass on this route.
     fn importance_cost(self) -> f64 {
-        match self {
-            Self::Pixels => FORWARD_AND_BACKWARD,
-            Self::Features => FORWARD_AND_BACKWARD * CLASSIFIER_ONLY,
-        }
+        FORWARD_AND_BACKWARD * self.forward_cost()
+    }
+}
+
+/// The base model's activations of one split's images that runs have read.
+struct SplitStores {
+    /// Its penultimate features.
+    features: Features,
+    /// What its `layer4` reads, of the evaluation's images.
+    stage_inputs: Features,
+}
+
+impl Default for SplitStores {
+    fn default() -> Self {
+        Self { features: Features::default(), stage_inputs: Features::at(Boundary::LastStage) }
     }
 }
 
@@ -275,9 +316,9 @@ pub(crate) struct Unlearner<'a, B: AutodiffBackend> {
     /// Models of the same recipe trained without a class, by that class, with their names.
     retrained: HashMap<usize, (String, ResNet<B::InnerBackend>)>,
     full_importance: HashMap<(Route, SetOrder, usize), Importance<B::InnerBackend>>,
-    /// The base model's penultimate features, by split, of the images runs have read.
-    train_features: Features,
-    test_features: Features,
+    /// The base model's activations, by split, of the images runs have read.
+    train_stores: SplitStores,
+    test_stores: SplitStores,
 }
 
 impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
@@ -297,8 +338,8 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
             base_forget_sample: HashMap::new(),
             retrained: HashMap::new(),
             full_importance: HashMap::new(),
-            train_features: Features::default(),
-            test_features: Features::default(),
+            train_stores: SplitStores::default(),
+            test_stores: SplitStores::default(),
         })
     }
 
@@ -364,6 +405,9 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
 
         let started = Instant::now();
         let evaluation_route = route.for_unlearned(&self.model.valid(), &unlearned);
+        if evaluation_route == Route::LastStage {
+            self.prepare_stage_inputs(forget_sample, progress)?;
+        }
         self.evaluate_base(class, forget_sample, progress)?;
         let base = self.base_evaluation.as_ref().expect("the base model was evaluated");
         let before =
@@ -373,7 +417,7 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
         let after_probe = match evaluation_route {
             // Nothing before `fc` changed: the features, and so the probe, are the base model's.
             Route::Features => base.probe.clone(),
-            Route::Pixels => self.probe(&after.test, &after.train, &phases.probe, progress)?,
+            Route::Pixels | Route::LastStage => self.probe(&after.test, &after.train, &phases.probe, progress)?,
         };
         let relearned_before = self.relearn(&self.model.fc.valid(), &before, class, &EvaluationPhases::of(BASE).relearning, progress)?;
         let relearned_after = self.relearn(&unlearned.fc, &after, class, &phases.relearning, progress)?;
@@ -504,12 +548,12 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
 
     /// Training images at `indices` on `route`; on the features route they must have them.
     fn train_inputs<'s>(&'s self, route: Route, indices: &'s [usize]) -> Routed<'s> {
-        route.inputs(Images { split: &self.data.train, indices }, &self.train_features)
+        route.inputs(Images { split: &self.data.train, indices }, &self.train_stores)
     }
 
     /// The test subset on `route`.
     fn test_inputs(&self, route: Route) -> Routed<'_> {
-        route.inputs(Images { split: &self.data.test, indices: &self.test_indices }, &self.test_features)
+        route.inputs(Images { split: &self.data.test, indices: &self.test_indices }, &self.test_stores)
     }
 
     /// Makes sure the training images `train` and the test subset have their features: from
@@ -519,13 +563,16 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
         let model = self.model.valid();
         let [width, _] = model.fc.weight.dims();
         let test = self.test_indices.clone();
-        for (phases, split, features, needed) in
-            [(&TRAIN_FEATURES, &self.data.train, &mut self.train_features, train), (&TEST_FEATURES, &self.data.test, &mut self.test_features, &test[..])]
-        {
+        for (phases, split, features, needed) in [
+            (&TRAIN_FEATURES, &self.data.train, &mut self.train_stores.features, train),
+            (&TEST_FEATURES, &self.data.test, &mut self.test_stores.features, &test[..]),
+        ] {
             let name = features_cache_name(&self.digest, phases);
+            let whole: Vec<usize> = (0..split.len()).collect();
             if features.is_empty() && self.cache.contains(&name) {
-                let loaded =
-                    one_unit(phases.load, progress, || self.cache.get(&name).and_then(|tensors| Features::from_state_dict(tensors, split.len(), width)));
+                let loaded = one_unit(phases.load, progress, || {
+                    self.cache.get(&name).and_then(|tensors| Features::from_state_dict(tensors, &whole, Boundary::Penultimate, &[width]))
+                });
                 if let Some(loaded) = loaded {
                     *features = loaded;
                     continue;
@@ -536,7 +583,35 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
             }
             features.extract(&model, Images { split, indices: needed }, phases.extract, &self.device.handle, progress)?;
             if features.covers(split.len()) {
-                one_unit(phases.store, progress, || self.cache.put(&name, &features.to_state_dict(split.len())))?;
+                one_unit(phases.store, progress, || self.cache.put(&name, &features.to_state_dict(&whole)))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes sure the test and training subsets and `forget_sample` have what `layer4` reads:
+    /// the subsets from the cache, else computed and then cached (the forget sample is not).
+    fn prepare_stage_inputs(&mut self, forget_sample: &[usize], progress: &mut dyn Progress) -> Result<(), UnlearnError> {
+        let model = self.model.valid();
+        let row_shape = model.last_stage_input_shape();
+        let train = [&self.train_indices[..], forget_sample].concat();
+        for (phases, split, inputs, subset, needed) in [
+            (&TRAIN_STAGE_INPUTS, &self.data.train, &mut self.train_stores.stage_inputs, &self.train_indices, &train[..]),
+            (&TEST_STAGE_INPUTS, &self.data.test, &mut self.test_stores.stage_inputs, &self.test_indices, &self.test_indices[..]),
+        ] {
+            let name = stage_inputs_cache_name(&self.digest, phases, subset.len());
+            if inputs.is_empty() && self.cache.contains(&name) {
+                let loaded = one_unit(phases.load, progress, || {
+                    self.cache.get(&name).and_then(|tensors| Features::from_state_dict(tensors, subset, Boundary::LastStage, &row_shape))
+                });
+                if let Some(loaded) = loaded {
+                    *inputs = loaded;
+                }
+            }
+            let stored = inputs.missing(subset).is_empty();
+            inputs.extract(&model, Images { split, indices: needed }, phases.extract, &self.device.handle, progress)?;
+            if !stored {
+                one_unit(phases.store, progress, || self.cache.put(&name, &inputs.to_state_dict(subset)))?;
             }
         }
         Ok(())
@@ -550,7 +625,7 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
     fn features_needed(&self, route: Route, settings: &SsdSettings, forget: &ForgetImages) -> Vec<usize> {
         match route {
             Route::Features => [&self.full_indices(settings.full_order)[..], &forget.all, &self.train_indices].concat(),
-            Route::Pixels => [&self.train_indices[..], &forget.sample].concat(),
+            Route::Pixels | Route::LastStage => [&self.train_indices[..], &forget.sample].concat(),
         }
     }
 
@@ -572,7 +647,7 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
         let mut full_ready = self.full_importance.contains_key(&key);
         let on_disk = route == Route::Pixels && self.cache.contains(&self.cache_name(settings, full_indices.len()));
         let mut base_ready = self.base_evaluation.is_some();
-        let mut features = [(&TRAIN_FEATURES, &self.data.train, &self.train_features), (&TEST_FEATURES, &self.data.test, &self.test_features)]
+        let mut features = [(&TRAIN_FEATURES, &self.data.train, &self.train_stores.features), (&TEST_FEATURES, &self.data.test, &self.test_stores.features)]
             .map(|(phases, split, features)| FeaturePlan::new(phases, split.len(), features, self.cache, &self.digest));
         let mut steps = Vec::new();
         for &class in classes {
@@ -675,6 +750,12 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
 /// The cache entry of the base model's features of one whole split.
 fn features_cache_name(digest: &str, phases: &FeaturePhases) -> String {
     format!("features-v{FEATURES_CACHE_VERSION}-{}-{}", &digest[..16.min(digest.len())], phases.split)
+}
+
+/// The cache entry of what the base model's `layer4` reads, of the `images` images of one
+/// split's subset (a subset's size gives its images: it is drawn with a fixed seed).
+fn stage_inputs_cache_name(digest: &str, phases: &FeaturePhases, images: usize) -> String {
+    format!("last-stage-inputs-v{STAGE_INPUTS_CACHE_VERSION}-{}-{}-n{images}", &digest[..16.min(digest.len())], phases.split)
 }
 
 /// The cache entries of both splits' features of the model with sha256 `digest`.
@@ -900,6 +981,63 @@ mod tests {
             assert_eq!(reported.confusion, expected.confusion);
             assert!((reported.overall.loss - expected.overall.loss).abs() <= 1e-4 * (1.0 + expected.overall.loss.abs()));
         }
+    }
+
+    /// A model that differs from the base only from `layer4` on is evaluated from what the
+    /// base model's `layer4` reads, with the figures its images give (the confusion matrices
+    /// exactly, losses within 1e-4 relative); the subsets' inputs are cached, and another
+    /// process reads them instead of computing them, but an entry that is not what it should
+    /// be is computed again.
+    #[test]
+    fn an_unlearned_model_changed_from_the_last_stage_on_is_evaluated_from_its_inputs() {
+        let (_dir, data, model, cache) = tiny_setup();
+        let subsample = Subsample { forget: Some(32), full: Some(64), test: Some(50) };
+        let class = ClassId::new(5).unwrap();
+        let phases = EvaluationPhases::of(UNLEARNED);
+        let mut unlearner = tiny_unlearner(&data, &cache, &model, subsample);
+        let base = unlearner.model.valid();
+        let mut changed = base.clone();
+        changed.layer4[1].conv2.weight = changed.layer4[1].conv2.weight.clone().map(|weight| weight * 0.5);
+        assert_eq!(Route::Pixels.for_unlearned(&base, &changed), Route::LastStage);
+        let mut earlier = base.clone();
+        earlier.layer3[1].bn2.weight = earlier.layer3[1].bn2.weight.clone().map(|weight| weight * 0.5);
+        assert_eq!(Route::Pixels.for_unlearned(&base, &earlier), Route::Pixels, "a change before layer4");
+
+        let sample = unlearner.forget_images(class.index()).sample;
+        let measured = |unlearner: &mut Unlearner<Autodiff<CpuBackend>>| {
+            let mut recorder = Recorder::default();
+            unlearner.prepare_stage_inputs(&sample, &mut recorder).unwrap();
+            let measured = unlearner.measure(&changed, &sample, &phases, Route::LastStage, &mut Silent).unwrap();
+            (
+                (measured.report(class.index()), measured.forget_sample.confusion.clone()),
+                recorder.events.into_iter().map(|event| event.phase).collect::<std::collections::BTreeSet<String>>(),
+            )
+        };
+        let (from_inputs, reported) = measured(&mut unlearner);
+        let from_images = unlearner.measure(&changed, &sample, &phases, Route::Pixels, &mut Silent).unwrap();
+        assert_eq!(from_inputs.1, from_images.forget_sample.confusion, "the forget sample");
+        let from_images = from_images.report(class.index());
+        assert_ne!(from_images, unlearner.measure(&base, &sample, &phases, Route::Pixels, &mut Silent).unwrap().report(class.index()), "the change shows");
+        for (reported, expected) in [(&from_inputs.0.test, &from_images.test), (&from_inputs.0.train, &from_images.train)] {
+            assert_eq!(reported.confusion, expected.confusion);
+            for (a, b) in [(reported.split.forget, expected.split.forget), (reported.split.retain, expected.split.retain)] {
+                assert!((a.loss - b.loss).abs() <= 1e-4 * (1.0 + b.loss.abs()), "loss {} vs {}", a.loss, b.loss);
+            }
+        }
+        let stores = [TRAIN_STAGE_INPUTS.store, TEST_STAGE_INPUTS.store];
+        assert!(stores.iter().all(|phase| reported.contains(*phase)), "{reported:?}");
+        let names = [(&TRAIN_STAGE_INPUTS, 50), (&TEST_STAGE_INPUTS, 50)].map(|(phases, images)| stage_inputs_cache_name(&"0".repeat(64), phases, images));
+        assert!(names.iter().all(|name| cache.contains(name)), "{names:?}");
+
+        let (again, reported) = measured(&mut tiny_unlearner(&data, &cache, &model, subsample));
+        assert!(reported.contains(TRAIN_STAGE_INPUTS.load) && reported.contains(TEST_STAGE_INPUTS.load), "{reported:?}");
+        assert!(!reported.contains(TEST_STAGE_INPUTS.extract) && !stores.iter().any(|phase| reported.contains(*phase)), "{reported:?}");
+        assert_eq!(again, from_inputs, "the cached inputs give the same report");
+
+        cache.put(&names[1], &StateDict::from([("features".to_owned(), NamedTensor { shape: vec![50, 1], values: vec![0.0; 50] })])).unwrap();
+        let (third, reported) = measured(&mut tiny_unlearner(&data, &cache, &model, subsample));
+        assert!(reported.contains(TEST_STAGE_INPUTS.extract) && reported.contains(TEST_STAGE_INPUTS.store), "{reported:?}");
+        assert_eq!(third, from_inputs);
     }
 
     /// A dataset of the first `train` training and `test` test images of the real one.

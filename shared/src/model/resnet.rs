@@ -114,10 +114,26 @@ impl<B: Backend> ResNet<B> {
     /// The penultimate features `[batch, 8 * width]`: everything before `fc`, whose input
     /// they are.
     pub fn features(&self, images: Tensor<B, 4>, stats: NormStats) -> Tensor<B, 2> {
-        let mut x = relu(self.bn1.forward(convolve(&self.conv1, images), stats));
-        for block in self.blocks() {
-            x = block.forward(x, stats);
-        }
+        self.features_from_last_stage(self.last_stage_input(images, stats), stats)
+    }
+
+    /// What the last stage (`layer4`) reads, `[batch, 4 * width, side / 4, side / 4]`: shared
+    /// by every model that differs from this one only from `layer4` on.
+    pub fn last_stage_input(&self, images: Tensor<B, 4>, stats: NormStats) -> Tensor<B, 4> {
+        let x = relu(self.bn1.forward(convolve(&self.conv1, images), stats));
+        [&self.layer1, &self.layer2, &self.layer3].into_iter().flatten().fold(x, |x, block| block.forward(x, stats))
+    }
+
+    /// The shape of one image's [`last_stage_input`](Self::last_stage_input).
+    pub fn last_stage_input_shape(&self) -> [usize; 3] {
+        let [_, channels, ..] = self.layer4[0].conv1.weight.dims();
+        // `layer2` and `layer3` each halve the side.
+        [channels, IMAGE_SIDE / 4, IMAGE_SIDE / 4]
+    }
+
+    /// The penultimate features from [`last_stage_input`](Self::last_stage_input)'s output.
+    pub fn features_from_last_stage(&self, x: Tensor<B, 4>, stats: NormStats) -> Tensor<B, 2> {
+        let x = self.layer4.iter().fold(x, |x, block| block.forward(x, stats));
         adaptive_avg_pool2d(x, [1, 1]).flatten(1, 3)
     }
 
@@ -131,10 +147,6 @@ impl<B: Backend> ResNet<B> {
         }
         let images = Tensor::<B, 1>::from_floats(values.as_slice(), device).reshape([batch, CHANNELS, IMAGE_SIDE, IMAGE_SIDE]);
         softmax(self.forward(images, NormStats::Running), 1)
-    }
-
-    fn blocks(&self) -> impl Iterator<Item = &BasicBlock<B>> {
-        [&self.layer1, &self.layer2, &self.layer3, &self.layer4].into_iter().flatten()
     }
 
     /// The configuration this model was built with, read back from its shapes.
