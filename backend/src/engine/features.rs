@@ -1,8 +1,8 @@
 //! Penultimate features: what `fc` reads. A run that changes only `fc` (the classifier
 //! scope) compares models that all share them, and every run evaluates the base model
 //! through them, so each image's features are computed once per base model, and whole
-//! splits are kept on disk. The same store holds what `layer4` reads, for unlearned models
-//! that differ from the base model only from there on.
+//! splits are kept on disk. A store of the same kind holds what `layer4` reads, for unlearned
+//! models that differ from the base model only from there on.
 
 use std::collections::{HashMap, HashSet};
 
@@ -56,7 +56,7 @@ impl Features {
         self.row_shape.iter().product()
     }
 
-    /// The images among `indices` without features, each once, in their order.
+    /// The images among `indices` without activations, each once, in their order.
     pub(crate) fn missing(&self, indices: &[usize]) -> Vec<usize> {
         let mut seen = HashSet::new();
         indices.iter().copied().filter(|i| !self.rows.contains_key(i) && seen.insert(*i)).collect()
@@ -66,12 +66,12 @@ impl Features {
         self.rows.is_empty()
     }
 
-    /// Images with features.
+    /// Images with activations.
     pub(crate) fn len(&self) -> usize {
         self.rows.len()
     }
 
-    /// Whether every image of a split of `images` images has its features.
+    /// Whether every image of a split of `images` images has its activations.
     pub(crate) fn covers(&self, images: usize) -> bool {
         self.len() == images
     }
@@ -99,9 +99,9 @@ impl Features {
                 Boundary::LastStage => model.last_stage_input(images, NormStats::Running).into_data(),
             };
             self.row_shape = activations.shape[1..].to_vec();
-            // Once, for every missing image: doubling as it grew would copy and hold up to
-            // twice the activations (65 KB an image at the last stage's input).
-            self.values.reserve((missing.len() - done) * self.width());
+            // Exactly what the missing images take: growing by doubling would copy and hold up
+            // to twice the activations (64 KB an image at the last stage's input).
+            self.values.reserve_exact((missing.len() - done) * self.width());
             self.values.extend(activations.convert::<f32>().to_vec::<f32>().expect("float data"));
             for &index in chunk {
                 let row = self.rows.len();
@@ -192,8 +192,9 @@ mod tests {
     }
 
     /// Runs the model on `train` and `test` images from their pixels and from their features,
-    /// and checks that `fc`'s importance and the evaluation agree: the classifier-scope
-    /// route gives what running the whole model gives, to within `tolerance`.
+    /// and checks that `fc`'s importance and the evaluation agree, and the evaluation from
+    /// what `layer4` reads too: those routes give what running the whole model gives, to
+    /// within `tolerance`.
     fn routes_agree(weights: StateDict, data: &Cifar10, train: &[usize], test: &[usize], tolerance: f32) {
         let device = Default::default();
         let model = weights::model_from_state_dict::<Ad>(weights, &device).unwrap();

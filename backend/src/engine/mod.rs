@@ -35,8 +35,9 @@ pub(crate) struct Images<'a> {
     pub(crate) indices: &'a [usize],
 }
 
-/// What a model is run on: images, or their penultimate features where only `fc` can differ
-/// from the model that computed them ([`features::Featured`]).
+/// What a model is run on: images, or the activations a model computed at a boundary (its
+/// penultimate features, what its `layer4` reads) where only the layers past it can differ
+/// ([`features::Featured`]).
 pub(crate) trait Inputs: Copy {
     fn images(&self) -> Images<'_>;
 

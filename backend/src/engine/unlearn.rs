@@ -28,6 +28,7 @@ use super::relearn::{self, fine_tune};
 use super::ssd::{dampen, importance, Importance, Importances};
 use super::{sample, Images, Inputs};
 use crate::storage::dataset::Cifar10;
+use crate::storage::files::sha256_hex;
 use crate::storage::tensor_cache::{CacheError, TensorCache};
 
 /// Seed of the subsets drawn when a run is subsampled.
@@ -56,7 +57,8 @@ const IMPORTANCE_FILE_COST: f64 = 200.0;
 /// forward-pass images.
 const FEATURES_FILE_COST: f64 = 50.0;
 
-/// The phases of getting one split's penultimate features, and its cache entry's name.
+/// The phases of getting the base model's activations of one split's images at a boundary,
+/// and its cache entry's name.
 struct FeaturePhases {
     split: &'static str,
     extract: &'static str,
@@ -171,7 +173,8 @@ impl Default for SplitStores {
     }
 }
 
-/// Images of one split on a route: their pixels, or their features.
+/// Images of one split on a route: their pixels, or the base model's activations at the
+/// route's boundary.
 #[derive(Clone, Copy)]
 enum Routed<'a> {
     Pixels(Images<'a>),
@@ -227,7 +230,7 @@ pub(crate) enum UnlearnError {
     Settings(String),
     #[error(transparent)]
     Cancelled(#[from] Cancelled),
-    #[error("storing a cache entry (the full-set importance or the features)")]
+    #[error("storing a cache entry (the full-set importance, the features or the last-stage inputs)")]
     Cache(#[from] CacheError),
 }
 
@@ -298,7 +301,8 @@ pub(crate) struct BaseModel {
 
 /// One base model on one device, ready to forget any class. Keeps what does not depend on
 /// the class: the full-set importances (also in the cache it is given), the base model's
-/// penultimate features (whole splits also in the cache) and its evaluation.
+/// penultimate features (whole splits also in the cache), what its `layer4` reads (the
+/// evaluation's subsets also in the cache) and its evaluation.
 pub(crate) struct Unlearner<'a, B: AutodiffBackend> {
     data: &'a Cifar10,
     cache: &'a TensorCache,
@@ -478,7 +482,7 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
         Ok((report, unlearned))
     }
 
-    /// Evaluates the base model where it has not been, from its features on either route: on
+    /// Evaluates the base model where it has not been, from its features on every route: on
     /// the test and training subsets (and the probe on its features) once, on the forget
     /// sample of `class` once per class.
     fn evaluate_base(&mut self, class: usize, forget_sample: &[usize], progress: &mut dyn Progress) -> Result<(), Cancelled> {
@@ -599,7 +603,7 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
             (&TRAIN_STAGE_INPUTS, &self.data.train, &mut self.train_stores.stage_inputs, &self.train_indices, &train[..]),
             (&TEST_STAGE_INPUTS, &self.data.test, &mut self.test_stores.stage_inputs, &self.test_indices, &self.test_indices[..]),
         ] {
-            let name = stage_inputs_cache_name(&self.digest, phases, subset.len());
+            let name = stage_inputs_cache_name(&self.digest, phases, subset);
             if inputs.is_empty() && self.cache.contains(&name) {
                 let loaded = one_unit(phases.load, progress, || {
                     self.cache.get(&name).and_then(|tensors| Features::from_state_dict(tensors, subset, Boundary::LastStage, &row_shape))
@@ -608,16 +612,16 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
                     *inputs = loaded;
                 }
             }
-            let stored = inputs.missing(subset).is_empty();
+            let subset_present = inputs.missing(subset).is_empty();
             inputs.extract(&model, Images { split, indices: needed }, phases.extract, &self.device.handle, progress)?;
-            if !stored {
+            if !subset_present {
                 one_unit(phases.store, progress, || self.cache.put(&name, &inputs.to_state_dict(subset)))?;
             }
         }
         Ok(())
     }
 
-    /// The training images whose features a run reads: on either route those the base model
+    /// The training images whose features a run reads: on every route those the base model
     /// is evaluated on (its features give its outputs through `fc` alone, and whole splits
     /// come from the cache), which are also those an unlearned model with the base model's
     /// features is evaluated on; on the features route also those the importances are taken
@@ -639,7 +643,8 @@ impl<'a, B: AutodiffBackend> Unlearner<'a, B> {
     /// The phases of forgetting each of `classes` in turn, with their costs, named by `name`
     /// (which may add the class): work that is cached now, or will be by an earlier class
     /// of the list, is left out. The unlearned model's evaluation is planned on the scope's
-    /// route: one whose dampening left the features is evaluated from them, faster.
+    /// route: one whose dampening left the features, or everything before `layer4`, is
+    /// evaluated from them, faster, which the dampening decides only as the run goes.
     pub(crate) fn plan(&self, classes: &[ClassId], settings: &SsdSettings, name: impl Fn(ClassId, &str) -> String) -> Vec<Step> {
         let route = Route::of(settings);
         let full_indices = self.full_indices(settings.full_order);
@@ -752,10 +757,12 @@ fn features_cache_name(digest: &str, phases: &FeaturePhases) -> String {
     format!("features-v{FEATURES_CACHE_VERSION}-{}-{}", &digest[..16.min(digest.len())], phases.split)
 }
 
-/// The cache entry of what the base model's `layer4` reads, of the `images` images of one
-/// split's subset (a subset's size gives its images: it is drawn with a fixed seed).
-fn stage_inputs_cache_name(digest: &str, phases: &FeaturePhases, images: usize) -> String {
-    format!("last-stage-inputs-v{STAGE_INPUTS_CACHE_VERSION}-{}-{}-n{images}", &digest[..16.min(digest.len())], phases.split)
+/// The cache entry of what the base model's `layer4` reads, of the images at `subset` of one
+/// split: named by their digest too, since an entry's rows are those images in that order.
+fn stage_inputs_cache_name(digest: &str, phases: &FeaturePhases, subset: &[usize]) -> String {
+    let bytes: Vec<u8> = subset.iter().flat_map(|&index| (index as u64).to_le_bytes()).collect();
+    let images = &sha256_hex(&bytes)[..16];
+    format!("last-stage-inputs-v{STAGE_INPUTS_CACHE_VERSION}-{}-{}-n{}-{images}", &digest[..16.min(digest.len())], phases.split, subset.len())
 }
 
 /// The cache entries of both splits' features of the model with sha256 `digest`.
@@ -855,7 +862,7 @@ mod tests {
             for round in ["first", "cached"] {
                 let plan = unlearner.plan(&[class], &settings, |_, phase| phase.to_owned());
                 assert_eq!(plan.iter().any(|step| step.phase == FULL_IMPORTANCE), round == "first", "{round}: {plan:?}");
-                // The base model is evaluated from its features on either route.
+                // The base model is evaluated from its features on every route.
                 let extracts = plan.iter().any(|step| step.phase == TRAIN_FEATURES.extract);
                 assert_eq!(extracts, round == "first", "{route:?} {round}: {plan:?}");
                 let mut recorder = Recorder::default();
@@ -961,12 +968,7 @@ mod tests {
             }
             let sample = unlearner.forget_images(class.index()).sample;
             let from_images = unlearner.measure(&unlearned, &sample, &phases, Route::Pixels, &mut Silent).unwrap().report(class.index());
-            for (reported, expected, split) in [(&report.after.test, &from_images.test, "test"), (&report.after.train, &from_images.train, "train")] {
-                assert_eq!(reported.confusion, expected.confusion, "alpha {alpha}, {split}");
-                for (a, b) in [(reported.split.forget, expected.split.forget), (reported.split.retain, expected.split.retain)] {
-                    assert!((a.loss - b.loss).abs() <= 1e-4 * (1.0 + b.loss.abs()), "alpha {alpha}, {split}: loss {} vs {}", a.loss, b.loss);
-                }
-            }
+            assert_same_figures(&report.after, &from_images, &format!("alpha {alpha}"));
         }
         // A model that differs from the base in `fc` alone is measured from the features with
         // its own `fc`: the figures its images give.
@@ -1018,15 +1020,12 @@ mod tests {
         assert_eq!(from_inputs.1, from_images.forget_sample.confusion, "the forget sample");
         let from_images = from_images.report(class.index());
         assert_ne!(from_images, unlearner.measure(&base, &sample, &phases, Route::Pixels, &mut Silent).unwrap().report(class.index()), "the change shows");
-        for (reported, expected) in [(&from_inputs.0.test, &from_images.test), (&from_inputs.0.train, &from_images.train)] {
-            assert_eq!(reported.confusion, expected.confusion);
-            for (a, b) in [(reported.split.forget, expected.split.forget), (reported.split.retain, expected.split.retain)] {
-                assert!((a.loss - b.loss).abs() <= 1e-4 * (1.0 + b.loss.abs()), "loss {} vs {}", a.loss, b.loss);
-            }
-        }
+        assert_same_figures(&from_inputs.0, &from_images, "a changed layer4");
         let stores = [TRAIN_STAGE_INPUTS.store, TEST_STAGE_INPUTS.store];
         assert!(stores.iter().all(|phase| reported.contains(*phase)), "{reported:?}");
-        let names = [(&TRAIN_STAGE_INPUTS, 50), (&TEST_STAGE_INPUTS, 50)].map(|(phases, images)| stage_inputs_cache_name(&"0".repeat(64), phases, images));
+        let subsets = [(&TRAIN_STAGE_INPUTS, &unlearner.train_indices), (&TEST_STAGE_INPUTS, &unlearner.test_indices)];
+        let names = subsets.map(|(phases, subset)| stage_inputs_cache_name(&"0".repeat(64), phases, subset));
+        assert_ne!(stage_inputs_cache_name(&"0".repeat(64), &TEST_STAGE_INPUTS, &unlearner.test_indices[1..]), names[1], "another subset, another entry");
         assert!(names.iter().all(|name| cache.contains(name)), "{names:?}");
 
         let (again, reported) = measured(&mut tiny_unlearner(&data, &cache, &model, subsample));
@@ -1038,6 +1037,27 @@ mod tests {
         let (third, reported) = measured(&mut tiny_unlearner(&data, &cache, &model, subsample));
         assert!(reported.contains(TEST_STAGE_INPUTS.extract) && reported.contains(TEST_STAGE_INPUTS.store), "{reported:?}");
         assert_eq!(third, from_inputs);
+
+        // A last-stage-scope run that dampens `layer4` takes the route, reading the cache.
+        let settings = SsdSettings { alpha: Alpha::Fixed(1e-3), layers: Layers::LastStage, importance_batch: 8, ..Preset::Seed.settings() };
+        let mut unlearner = tiny_unlearner(&data, &cache, &model, subsample);
+        let mut recorder = Recorder::default();
+        let (report, unlearned) = unlearner.forget(class, &settings, &mut recorder).unwrap();
+        assert_eq!(Route::Pixels.for_unlearned(&base, &unlearned), Route::LastStage, "{:?}", report.dampened);
+        assert!(recorder.events.iter().any(|event| event.phase == TEST_STAGE_INPUTS.load), "{:?}", recorder.events);
+        let from_images = unlearner.measure(&unlearned, &sample, &phases, Route::Pixels, &mut Silent).unwrap().report(class.index());
+        assert_same_figures(&report.after, &from_images, "a last-stage run");
+    }
+
+    /// The same predictions on the test and training subsets, and their losses within 1e-4
+    /// relative: what one model's figures by two routes must be.
+    fn assert_same_figures(reported: &ModelReport, expected: &ModelReport, what: &str) {
+        for (reported, expected, split) in [(&reported.test, &expected.test, "test"), (&reported.train, &expected.train, "train")] {
+            assert_eq!(reported.confusion, expected.confusion, "{what}, {split}");
+            for (a, b) in [(reported.split.forget, expected.split.forget), (reported.split.retain, expected.split.retain)] {
+                assert!((a.loss - b.loss).abs() <= 1e-4 * (1.0 + b.loss.abs()), "{what}, {split}: loss {} vs {}", a.loss, b.loss);
+            }
+        }
     }
 
     /// A dataset of the first `train` training and `test` test images of the real one.

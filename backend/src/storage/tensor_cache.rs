@@ -1,5 +1,5 @@
 //! Results that take minutes to compute and never change for the same inputs (importances,
-//! penultimate features), kept on disk as safetensors under names their producer derives
+//! penultimate features, last-stage inputs), kept on disk as safetensors under names their producer derives
 //! from those inputs.
 
 use std::path::{Path, PathBuf};
