@@ -214,7 +214,7 @@ mod tests {
         let file = weights::encode(&weights::export(&model), Default::default(), weights::Precision::Half);
         let model = Model::load(Engine::Cpu, &file).await.expect("loaded");
         let mut times = Vec::new();
-        for _ in 0..8 {
+        for _ in 0..32 {
             times.push(predict(&model, &image()).await.expect("ran").milliseconds);
         }
         times.sort_by(f64::total_cmp);

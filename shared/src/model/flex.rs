@@ -1,6 +1,7 @@
-//! Telling the server's CPU backend apart at run time, for the kernels of our own that
+//! Telling the CPU backend apart at run time, for the kernels of our own that
 //! replace Flex's where they are slow (`conv`, `norm`): the model stays generic over
-//! `Backend`, and every other backend, the browser's included, keeps Burn's operations.
+//! `Backend`, and every other backend (the GPU ones, in the server and the page) keeps Burn's
+//! operations.
 
 use std::any::{Any, TypeId};
 

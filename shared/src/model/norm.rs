@@ -60,7 +60,7 @@ impl<B: Backend> BatchNorm<B> {
         self.forward_with_tensor_ops(input, stats)
     }
 
-    /// [`Self::forward`] as Burn's tensor operations: on every backend but the server's CPU.
+    /// [`Self::forward`] as Burn's tensor operations: on every backend but the CPU one.
     fn forward_with_tensor_ops(&self, input: Tensor<B, 4>, stats: NormStats) -> Tensor<B, 4> {
         let [batch, ..] = input.dims();
         let (mean, var) = match stats {

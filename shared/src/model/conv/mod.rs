@@ -1,11 +1,13 @@
-//! The model's convolutions: Burn's, except on the server's CPU backend.
+//! The model's convolutions: Burn's, except on the CPU backend (the server's and the page's).
 //!
 //! Flex runs convolutions as many narrow matrix products (for the weight gradient, one
 //! 9-wide product per input channel), most of a CPU training step (docs/performance.md).
 //! With the `flex-kernels` feature, Flex and `Autodiff<Flex>` get the forward pass and both
 //! gradients as wide products of the unfolded input instead (`unfolded`), and the 3x3
 //! convolutions of stride 1, most of the model's work, all three in Winograd's form
-//! (`winograd`); other backends and the browser keep Burn's (see `super::flex`).
+//! (`winograd`); other backends keep Burn's (see `super::flex`). A model's kernels in
+//! Winograd's form are kept between calls where transforming them would cost as much as the
+//! products (`kept`): a single image, as the page classifies.
 
 use burn::nn::conv::Conv2d;
 use burn::prelude::*;
@@ -36,8 +38,9 @@ mod flex {
     use burn::tensor::{DType, TensorData, TensorPrimitive};
 
     use super::super::flex::{cast, OnFlex, Training};
+    use super::kept;
     use super::unfolded::{self, Geometry};
-    use super::winograd::{self, Plan};
+    use super::winograd::{self, Kernels, Plan};
 
     /// `Ok` with the output when `B` is Flex or `Autodiff<Flex>` and the convolution is a
     /// plain one (no bias, groups or dilation, symmetric padding) that fits `x`, else `Err`
@@ -63,7 +66,7 @@ mod flex {
             }
             Some(OnFlex::Plain) => {
                 let [x, weight] = [x, conv.weight.val()].map(|t| cast::<B, Flex, 4>(t).into_primitive().tensor());
-                Ok(cast(Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(conv2d(&x, &weight, &options)))))
+                Ok(cast(Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(conv2d(&x, &weight, &options, Weight::Lasting)))))
             }
             None => Err(x),
         }
@@ -74,9 +77,9 @@ mod flex {
         match Convolution.prepare::<NoCheckpointing>([x.node.clone(), weight.node.clone()]).compute_bound().stateful() {
             OpsKind::Tracked(mut prep) => {
                 let state = (prep.checkpoint(&x), prep.checkpoint(&weight), options.clone());
-                prep.finish(state, conv2d(&x.primitive, &weight.primitive, &options))
+                prep.finish(state, conv2d(&x.primitive, &weight.primitive, &options, Weight::Stepped))
             }
-            OpsKind::UnTracked(prep) => prep.finish(conv2d(&x.primitive, &weight.primitive, &options)),
+            OpsKind::UnTracked(prep) => prep.finish(conv2d(&x.primitive, &weight.primitive, &options, Weight::Stepped)),
         }
     }
 
@@ -119,15 +122,29 @@ mod flex {
         FlexTensor::from_data(TensorData::new(values, shape))
     }
 
-    fn conv2d(x: &FlexTensor, weight: &FlexTensor, options: &ConvOptions<2>) -> FlexTensor {
+    /// How long a convolution's weight lasts: kernels transformed for it are worth keeping
+    /// only if it is used again.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum Weight {
+        /// A model's, at inference: used call after call.
+        Lasting,
+        /// Training's: replaced after every step.
+        Stepped,
+    }
+
+    fn conv2d(x: &FlexTensor, weight: &FlexTensor, options: &ConvOptions<2>, lasts: Weight) -> FlexTensor {
         if !all_f32(&[x, weight]) {
             return Flex::conv2d(x.clone(), weight.clone(), None, options.clone());
         }
         let geometry = geometry(x, weight, options);
-        let values = on_values([x, weight], |[x, weight]| match Plan::forward(&geometry) {
-            Some(plan) => winograd::forward(x, weight, &plan),
-            None => unfolded::forward(x, weight, &geometry),
-        });
+        let values = match Plan::forward(&geometry) {
+            Some(plan) if lasts == Weight::Lasting && plan.kernels_outweigh_products() => {
+                let kernels = kept::kernels(weight, || on_values([weight], |[weight]| winograd::transformed_kernels(weight, &plan)));
+                on_values([x], |[x]| winograd::forward(x, Kernels::Transformed(&kernels), &plan))
+            }
+            Some(plan) => on_values([x, weight], |[x, weight]| winograd::forward(x, Kernels::Given(weight), &plan)),
+            None => on_values([x, weight], |[x, weight]| unfolded::forward(x, weight, &geometry)),
+        };
         tensor(values, geometry.output_shape())
     }
 
@@ -238,11 +255,19 @@ mod flex {
         #[test]
         fn inference_outputs_equal_burns() {
             let device = Default::default();
+            // A single image's 16-channel convolution has 4 tiles, so its kernels are kept
+            // from the first call for the second.
             for (channels, kernel, stride, padding, side) in CASES {
                 let conv = plain::<Flex>(channels, kernel, stride, padding);
-                let x = Tensor::<Flex, 4>::random([2, channels, side + 1, side], Distribution::Normal(0.0, 1.0), &device);
-                let ours = convolve(&conv, x.clone()).expect("a plain convolution on Flex");
-                assert_close(ours, conv.forward(x), &format!("{channels} channels, {kernel}x{kernel} stride {stride}"));
+                for batch in [2, 1] {
+                    let x = Tensor::<Flex, 4>::random([batch, channels, side + 1, side], Distribution::Normal(0.0, 1.0), &device);
+                    let burns = conv.forward(x.clone());
+                    for call in ["first", "second"] {
+                        let ours = convolve(&conv, x.clone()).expect("a plain convolution on Flex");
+                        let what = format!("{channels} channels, {kernel}x{kernel} stride {stride}, batch {batch}, {call} call");
+                        assert_close(ours, burns.clone(), &what);
+                    }
+                }
             }
         }
 
@@ -284,7 +309,7 @@ mod flex {
                         (random([batch, channels, side, side]), random([out, channels, kernel, kernel]), random([batch, out, out_side, out_side]));
                     let timings = [
                         time(&|| drop(Flex::conv2d(x.clone(), weight.clone(), None, options.clone()))),
-                        time(&|| drop(conv2d(&x, &weight, &options))),
+                        time(&|| drop(conv2d(&x, &weight, &options, Weight::Lasting))),
                         time(&|| drop(Flex::conv2d_x_backward(x.clone(), weight.clone(), grad.clone(), options.clone()))),
                         time(&|| drop(input_gradient(&x, &weight, &grad, &options))),
                         time(&|| drop(Flex::conv2d_weight_backward(x.clone(), weight.clone(), grad.clone(), options.clone()))),
@@ -317,6 +342,8 @@ mod flex {
     }
 }
 
+#[cfg(feature = "flex-kernels")]
+mod kept;
 #[cfg(feature = "flex-kernels")]
 mod matrix;
 #[cfg(feature = "flex-kernels")]

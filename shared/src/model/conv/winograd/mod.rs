@@ -30,6 +30,15 @@ mod transforms;
 /// channels of the model's first convolution are too thin to pay for the transforms.
 const MIN_CHANNELS: usize = 16;
 
+/// Tiles a convolution must have for Winograd's form: its kernels are transformed on every
+/// call, 162 multiply-adds per 3x3 kernel, and each tile then takes 36 per kernel against the
+/// unfolded product's 144, so one tile (a single image's 4x4 plane: `layer4` in the browser)
+/// costs more than it saves, two do not.
+const MIN_TILES: usize = 2;
+
+/// Tiles up to which a call's kernel transform costs at least its products: 162 >= 36 x 4.
+const MAX_TILES_FOR_KEPT_KERNELS: usize = 4;
+
 /// Transformed values one round keeps (2 MiB): the input and the products (forward pass), or
 /// the input and the output gradient (weight gradient); small enough to stay in a core's
 /// cache between the transforms and the products.
@@ -102,6 +111,9 @@ impl Plan {
         }
         let tile_grid = [g.output[0].div_ceil(BLOCK), g.output[1].div_ceil(BLOCK)];
         let per_image = tile_grid[0] * tile_grid[1];
+        if (1..MIN_TILES).contains(&(g.batch * per_image)) {
+            return None;
+        }
         let images = |count: usize| count.clamp(1, g.batch.max(1));
         let round_tiles = (ROUND_VALUES / (TILE * (g.channels_in + g.channels_out))).max(MIN_ROUND_TILES);
         let images_per_round = images(round_tiles / per_image);
@@ -110,31 +122,54 @@ impl Plan {
         Some(Plan { g, tile_grid, order, images_per_round })
     }
 
+    /// Whether transforming the kernels costs at least the products they serve (162
+    /// multiply-adds a kernel against 36 a tile), so that kernels used again are worth keeping
+    /// in Winograd's form: a single image from `layer3` on.
+    pub(super) fn kernels_outweigh_products(&self) -> bool {
+        self.g.batch * self.tiles_per_image() <= MAX_TILES_FOR_KEPT_KERNELS
+    }
+
     fn tiles_per_image(&self) -> usize {
         self.tile_grid[0] * self.tile_grid[1]
     }
 }
 
-/// The convolution of `x` with `weight`, as `unfolded::forward` computes it, for the plan
+/// A convolution's kernels: as its weight holds them (`[channels_out][channels_in][9]`), or
+/// already in Winograd's form, from [`transformed_kernels`].
+#[derive(Clone, Copy)]
+pub(super) enum Kernels<'a> {
+    Given(&'a [f32]),
+    Transformed(&'a [f32]),
+}
+
+/// `weight`'s kernels in Winograd's form, for [`forward`] to be given call after call.
+pub(super) fn transformed_kernels(weight: &[f32], plan: &Plan) -> Vec<f32> {
+    transform_kernels(weight, plan.g.channels_in).to_vec()
+}
+
+/// The convolution of `x` with `kernels`, as `unfolded::forward` computes it, for the plan
 /// [`Plan::forward`] made.
-pub(super) fn forward(x: &[f32], weight: &[f32], plan: &Plan) -> Vec<f32> {
-    convolve(x, weight, plan)
+pub(super) fn forward(x: &[f32], kernels: Kernels, plan: &Plan) -> Vec<f32> {
+    convolve(x, kernels, plan)
 }
 
 /// The input gradient, as `unfolded::input_gradient` computes it, for the plan
 /// [`Plan::input_gradient`] made: kernel (o, c) of `weight` becomes kernel (c, o) of the
 /// gradient's convolution, turned half a circle.
 pub(super) fn input_gradient(weight: &[f32], grad: &[f32], plan: &Plan) -> Vec<f32> {
-    convolve(grad, &flip_kernels(weight, plan), plan)
+    convolve(grad, Kernels::Given(&flip_kernels(weight, plan)), plan)
 }
 
-fn convolve(x: &[f32], weight: &[f32], plan: &Plan) -> Vec<f32> {
+fn convolve(x: &[f32], kernels: Kernels, plan: &Plan) -> Vec<f32> {
     let mut output = vec![0.0; plan.g.batch * plan.g.channels_out * plan.g.positions()];
     // Both orders cut the output into chunks of whole images.
     if plan.g.batch > 0 {
         match plan.order {
-            Order::Rounds => convolve_by_rounds(x, &transform_kernels(weight, plan.g.channels_in), plan, &mut output),
-            Order::ChannelGroups => convolve_by_groups(x, weight, plan, &mut output),
+            Order::Rounds => match kernels {
+                Kernels::Given(weight) => convolve_by_rounds(x, &transform_kernels(weight, plan.g.channels_in), plan, &mut output),
+                Kernels::Transformed(kernels) => convolve_by_rounds(x, kernels, plan, &mut output),
+            },
+            Order::ChannelGroups => convolve_by_groups(x, kernels, plan, &mut output),
         }
     }
     output
@@ -184,20 +219,32 @@ fn convolve_by_rounds(x: &[f32], kernels: &[f32], plan: &Plan, output: &mut [f32
 }
 
 /// [`Order::ChannelGroups`]: the batch's input transformed once, each group of output channels'
-/// kernels transformed, multiplied and brought back to the output while they are in cache.
-fn convolve_by_groups(x: &[f32], weight: &[f32], plan: &Plan, output: &mut [f32]) {
+/// kernels transformed (unless given so), multiplied and brought back to the output while they
+/// are in cache.
+fn convolve_by_groups(x: &[f32], kernels: Kernels, plan: &Plan, output: &mut [f32]) {
     let g = &plan.g;
     let (channels_in, tiles) = (g.channels_in, g.batch * plan.tiles_per_image());
     let mut inputs = Scratch::take(channels_in * TILE * tiles);
     transform_input(x, plan, 0..g.batch, &mut inputs);
     let inputs = &*inputs;
     let mut planes = output_planes(output, plan);
-    planes.par_chunks_mut(GROUP_CHANNELS * g.batch).zip(weight.par_chunks(GROUP_CHANNELS * channels_in * 9)).for_each(|(planes, weight)| {
-        let kernels = transform_kernels(weight, channels_in);
-        let rows = kernels.len() / (TILE * channels_in);
+    let (values, per_kernel) = match kernels {
+        Kernels::Given(weight) => (weight, 9),
+        Kernels::Transformed(kernels) => (kernels, TILE),
+    };
+    planes.par_chunks_mut(GROUP_CHANNELS * g.batch).zip(values.par_chunks(GROUP_CHANNELS * channels_in * per_kernel)).for_each(|(planes, group)| {
+        let transformed;
+        let group = match kernels {
+            Kernels::Given(_) => {
+                transformed = transform_kernels(group, channels_in);
+                &*transformed
+            }
+            Kernels::Transformed(_) => group,
+        };
+        let rows = group.len() / (TILE * channels_in);
         let mut products = Scratch::take(TILE * rows * tiles);
         for (value, product) in products.chunks_exact_mut(rows * tiles).enumerate() {
-            multiply(product, kernel_values(&kernels, channels_in, value), data_values(inputs, tiles, value), Sum::Overwrite);
+            multiply(product, kernel_values(group, channels_in, value), data_values(inputs, tiles, value), Sum::Overwrite);
         }
         transform_output(&products, plan, g.batch, planes);
     });
@@ -310,7 +357,10 @@ mod tests {
                             (plan.order, plan.images_per_round) = (order, images);
                         }
                         let what = format!("padding {padding:?}, {height}x{width}, {order:?}, {images} images per round, {vectors}");
-                        assert_close(&forward(&x, &weight, &forward_plan), &output, &format!("output, {what}"));
+                        let transformed = transformed_kernels(&weight, &forward_plan);
+                        for (kernels, form) in [(Kernels::Given(&weight), "given"), (Kernels::Transformed(&transformed), "transformed")] {
+                            assert_close(&forward(&x, kernels, &forward_plan), &output, &format!("output, kernels {form}, {what}"));
+                        }
                         assert_close(&input_gradient(&weight, &grad, &gradient_plan), &input_grad, &format!("input gradient, {what}"));
                         assert_close(&weight_gradient(&x, &grad, &forward_plan), &weight_grad, &format!("weight gradient, {what}"));
                     }
@@ -326,7 +376,7 @@ mod tests {
         let weight = values(MIN_CHANNELS * MIN_CHANNELS * 9, 53);
         for order in [Order::Rounds, Order::ChannelGroups] {
             (forward_plan.order, gradient_plan.order) = (order, order);
-            assert!(forward(&[], &weight, &forward_plan).is_empty(), "{order:?}");
+            assert!(forward(&[], Kernels::Given(&weight), &forward_plan).is_empty(), "{order:?}");
             assert!(input_gradient(&weight, &[], &gradient_plan).is_empty(), "{order:?}");
             assert!(weight_gradient(&[], &[], &forward_plan).iter().all(|&value| value == 0.0), "{order:?}");
         }
@@ -343,6 +393,12 @@ mod tests {
         assert_eq!(plan(MIN_CHANNELS, 3, 2, 1), (false, false), "stride 2");
         assert_eq!(plan(MIN_CHANNELS, 1, 1, 0), (false, false), "1x1");
         assert_eq!(plan(MIN_CHANNELS, 3, 1, 3), (false, false), "padding past the kernel");
+        let tiles = |batch: usize, side: usize| {
+            Plan::forward(&Geometry::new([batch, MIN_CHANNELS, side, side], [MIN_CHANNELS, MIN_CHANNELS, 3, 3], [1, 1], [1, 1])).is_some()
+        };
+        assert!(!tiles(1, 4), "one tile");
+        assert!(tiles(2, 4), "two tiles");
+        assert!(tiles(1, 5), "four tiles, one image");
     }
 
     /// Channel groups for the kernels that are not kept whole, while the batch's transformed
@@ -376,7 +432,7 @@ mod tests {
                 let grad = values(batch * channels * side * side, 29);
                 let ops: [&dyn Fn(); 6] = [
                     &|| drop(unfolded::forward(&x, &weight, &g)),
-                    &|| drop(forward(&x, &weight, &forward_plan)),
+                    &|| drop(forward(&x, Kernels::Given(&weight), &forward_plan)),
                     &|| drop(unfolded::input_gradient(&weight, &grad, &g)),
                     &|| drop(input_gradient(&weight, &grad, &gradient_plan)),
                     &|| drop(unfolded::weight_gradient(&x, &grad, &g)),
