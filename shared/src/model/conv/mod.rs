@@ -38,7 +38,7 @@ mod flex {
     use burn::tensor::{DType, TensorData, TensorPrimitive};
 
     use super::super::flex::{cast, OnFlex, Training};
-    use super::kept;
+    use super::kept::KEPT;
     use super::unfolded::{self, Geometry};
     use super::winograd::{self, Kernels, Plan};
 
@@ -66,7 +66,7 @@ mod flex {
             }
             Some(OnFlex::Plain) => {
                 let [x, weight] = [x, conv.weight.val()].map(|t| cast::<B, Flex, 4>(t).into_primitive().tensor());
-                Ok(cast(Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(conv2d(&x, &weight, &options, Weight::Lasting)))))
+                Ok(cast(Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(conv2d(&x, &weight, &options, WeightLife::Lasting)))))
             }
             None => Err(x),
         }
@@ -77,9 +77,9 @@ mod flex {
         match Convolution.prepare::<NoCheckpointing>([x.node.clone(), weight.node.clone()]).compute_bound().stateful() {
             OpsKind::Tracked(mut prep) => {
                 let state = (prep.checkpoint(&x), prep.checkpoint(&weight), options.clone());
-                prep.finish(state, conv2d(&x.primitive, &weight.primitive, &options, Weight::Stepped))
+                prep.finish(state, conv2d(&x.primitive, &weight.primitive, &options, WeightLife::Stepped))
             }
-            OpsKind::UnTracked(prep) => prep.finish(conv2d(&x.primitive, &weight.primitive, &options, Weight::Stepped)),
+            OpsKind::UnTracked(prep) => prep.finish(conv2d(&x.primitive, &weight.primitive, &options, WeightLife::Stepped)),
         }
     }
 
@@ -113,7 +113,7 @@ mod flex {
     }
 
     /// `op` on the values of `tensors`, contiguous.
-    fn on_values<const N: usize>(tensors: [&FlexTensor; N], op: impl FnOnce([&[f32]; N]) -> Vec<f32>) -> Vec<f32> {
+    fn on_values<const N: usize, T>(tensors: [&FlexTensor; N], op: impl FnOnce([&[f32]; N]) -> T) -> T {
         let contiguous = tensors.map(FlexTensor::to_contiguous);
         op(contiguous.each_ref().map(|t| t.as_slice().expect("contiguous f32")))
     }
@@ -125,21 +125,21 @@ mod flex {
     /// How long a convolution's weight lasts: kernels transformed for it are worth keeping
     /// only if it is used again.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-    enum Weight {
+    enum WeightLife {
         /// A model's, at inference: used call after call.
         Lasting,
         /// Training's: replaced after every step.
         Stepped,
     }
 
-    fn conv2d(x: &FlexTensor, weight: &FlexTensor, options: &ConvOptions<2>, lasts: Weight) -> FlexTensor {
+    fn conv2d(x: &FlexTensor, weight: &FlexTensor, options: &ConvOptions<2>, life: WeightLife) -> FlexTensor {
         if !all_f32(&[x, weight]) {
             return Flex::conv2d(x.clone(), weight.clone(), None, options.clone());
         }
         let geometry = geometry(x, weight, options);
         let values = match Plan::forward(&geometry) {
-            Some(plan) if lasts == Weight::Lasting && plan.kernels_outweigh_products() => {
-                let kernels = kept::kernels(weight, || on_values([weight], |[weight]| winograd::transformed_kernels(weight, &plan)));
+            Some(plan) if life == WeightLife::Lasting && plan.kernels_outweigh_products() && KEPT.keeps(plan.transformed_kernel_values()) => {
+                let kernels = KEPT.kernels(weight, || on_values([weight], |[weight]| winograd::transformed_kernels(weight, &plan)));
                 on_values([x], |[x]| winograd::forward(x, Kernels::Transformed(&kernels), &plan))
             }
             Some(plan) => on_values([x, weight], |[x, weight]| winograd::forward(x, Kernels::Given(weight), &plan)),
@@ -256,7 +256,7 @@ mod flex {
         fn inference_outputs_equal_burns() {
             let device = Default::default();
             // A single image's 16-channel convolution has 4 tiles, so its kernels are kept
-            // from the first call for the second.
+            // from the first call for the second; two images' 8 are not.
             for (channels, kernel, stride, padding, side) in CASES {
                 let conv = plain::<Flex>(channels, kernel, stride, padding);
                 for batch in [2, 1] {
@@ -266,6 +266,8 @@ mod flex {
                         let ours = convolve(&conv, x.clone()).expect("a plain convolution on Flex");
                         let what = format!("{channels} channels, {kernel}x{kernel} stride {stride}, batch {batch}, {call} call");
                         assert_close(ours, burns.clone(), &what);
+                        let kept = KEPT.holds(&conv.weight.val().into_primitive().tensor());
+                        assert_eq!(kept, channels == 16 && batch == 1, "kernels kept, {what}");
                     }
                 }
             }
@@ -309,7 +311,7 @@ mod flex {
                         (random([batch, channels, side, side]), random([out, channels, kernel, kernel]), random([batch, out, out_side, out_side]));
                     let timings = [
                         time(&|| drop(Flex::conv2d(x.clone(), weight.clone(), None, options.clone()))),
-                        time(&|| drop(conv2d(&x, &weight, &options, Weight::Lasting))),
+                        time(&|| drop(conv2d(&x, &weight, &options, WeightLife::Lasting))),
                         time(&|| drop(Flex::conv2d_x_backward(x.clone(), weight.clone(), grad.clone(), options.clone()))),
                         time(&|| drop(input_gradient(&x, &weight, &grad, &options))),
                         time(&|| drop(Flex::conv2d_weight_backward(x.clone(), weight.clone(), grad.clone(), options.clone()))),

@@ -15,6 +15,7 @@
 //! docs/performance.md.
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use rayon::prelude::*;
 
@@ -30,10 +31,10 @@ mod transforms;
 /// channels of the model's first convolution are too thin to pay for the transforms.
 const MIN_CHANNELS: usize = 16;
 
-/// Tiles a convolution must have for Winograd's form: its kernels are transformed on every
-/// call, 162 multiply-adds per 3x3 kernel, and each tile then takes 36 per kernel against the
-/// unfolded product's 144, so one tile (a single image's 4x4 plane: `layer4` in the browser)
-/// costs more than it saves, two do not.
+/// Tiles a convolution must have for Winograd's form: its kernels are transformed for the call
+/// (162 multiply-adds per 3x3 kernel; `layer4`'s are too large to keep, `super::kept`), and each
+/// tile then takes 36 per kernel against the unfolded product's 144, so one tile (a single
+/// image's 4x4 plane: `layer4` in the browser) costs more than it saves, two do not.
 const MIN_TILES: usize = 2;
 
 /// Tiles up to which a call's kernel transform costs at least its products: 162 >= 36 x 4.
@@ -129,6 +130,11 @@ impl Plan {
         self.g.batch * self.tiles_per_image() <= MAX_TILES_FOR_KEPT_KERNELS
     }
 
+    /// Values of the kernels in Winograd's form.
+    pub(super) fn transformed_kernel_values(&self) -> usize {
+        TILE * self.g.channels_in * self.g.channels_out
+    }
+
     fn tiles_per_image(&self) -> usize {
         self.tile_grid[0] * self.tile_grid[1]
     }
@@ -143,8 +149,8 @@ pub(super) enum Kernels<'a> {
 }
 
 /// `weight`'s kernels in Winograd's form, for [`forward`] to be given call after call.
-pub(super) fn transformed_kernels(weight: &[f32], plan: &Plan) -> Vec<f32> {
-    transform_kernels(weight, plan.g.channels_in).to_vec()
+pub(super) fn transformed_kernels(weight: &[f32], plan: &Plan) -> Arc<[f32]> {
+    Arc::from(&*transform_kernels(weight, plan.g.channels_in))
 }
 
 /// The convolution of `x` with `kernels`, as `unfolded::forward` computes it, for the plan
@@ -399,6 +405,18 @@ mod tests {
         assert!(!tiles(1, 4), "one tile");
         assert!(tiles(2, 4), "two tiles");
         assert!(tiles(1, 5), "four tiles, one image");
+    }
+
+    #[test]
+    fn kernels_outweigh_products_up_to_four_tiles() {
+        let outweigh = |batch: usize, height: usize, width: usize| {
+            let g = Geometry::new([batch, MIN_CHANNELS, height, width], [MIN_CHANNELS, MIN_CHANNELS, 3, 3], [1, 1], [1, 1]);
+            Plan::forward(&g).expect("a Winograd plan").kernels_outweigh_products()
+        };
+        assert!(outweigh(1, 8, 8), "a 2x2 grid of tiles");
+        assert!(outweigh(4, 4, 4), "four images of one tile");
+        assert!(!outweigh(1, 4, 20), "five tiles");
+        assert!(!outweigh(2, 8, 8), "eight tiles");
     }
 
     /// Channel groups for the kernels that are not kept whole, while the batch's transformed
