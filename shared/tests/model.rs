@@ -60,6 +60,23 @@ fn weights_round_trip_through_safetensors_in_both_precisions() {
 }
 
 #[test]
+fn weights_written_to_a_file_are_the_encoded_bytes() {
+    let mut dict = export(&ResNetConfig::new().with_width(4).init::<B>(&device()));
+    dict.get_mut("fc.bias").unwrap().values[0] = -1.5e-7;
+    let meta = Metadata::from([("k".to_owned(), "v".to_owned())]);
+    let path = std::env::temp_dir().join(format!("unlearn-weights-test-{}.safetensors", std::process::id()));
+    for precision in [Precision::F32, Precision::Half] {
+        weights::write(&dict, meta.clone(), precision, &path).unwrap();
+        let written = std::fs::read(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(written, encode(&dict, meta.clone(), precision), "{precision:?}");
+    }
+    let missing = std::env::temp_dir().join(format!("unlearn-no-such-folder-{}", std::process::id())).join("entry.safetensors");
+    let error = weights::write(&dict, meta, Precision::F32, &missing).unwrap_err();
+    assert_eq!(error.kind(), std::io::ErrorKind::NotFound, "{error}");
+}
+
+#[test]
 fn mismatched_checkpoints_list_every_problem() {
     let model = ResNetConfig::new().with_width(4).init::<B>(&device());
     let mut dict = export(&model);

@@ -14,22 +14,37 @@ const PARTIAL_ABANDONED: std::time::Duration = std::time::Duration::from_secs(36
 /// Writes through a temporary file, fsync and rename: readers see the old file or the new one.
 /// Concurrent writers use distinct temporary names, and a failed write removes its own.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    through_temporary(path, bytes, |temporary| std::fs::rename(temporary, path))
+    write_atomic_with(path, |temporary| create_with(temporary, bytes))
+}
+
+/// [`write_atomic`] of what `write` writes to the temporary file it is given: for files too
+/// large to hold in memory first.
+pub(crate) fn write_atomic_with(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<()>) -> std::io::Result<()> {
+    through_temporary(path, write, |temporary| std::fs::rename(temporary, path))
 }
 
 /// Like [`write_atomic`], but fails with `AlreadyExists` instead of replacing a file: of two
 /// writers of the same new name, one succeeds.
 pub(crate) fn write_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     // A hard link is made only where no file is: an atomic test-and-set.
-    through_temporary(path, bytes, |temporary| {
-        std::fs::hard_link(temporary, path)?;
-        std::fs::remove_file(temporary)
-    })
+    through_temporary(
+        path,
+        |temporary| create_with(temporary, bytes),
+        |temporary| {
+            std::fs::hard_link(temporary, path)?;
+            std::fs::remove_file(temporary)
+        },
+    )
 }
 
-/// Writes `bytes` to a fresh temporary file beside `path` and hands it to `install`; the
+/// Writes `bytes` to a file at `path`, which must not exist yet.
+fn create_with(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    std::fs::File::options().write(true).create_new(true).open(path)?.write_all(bytes)
+}
+
+/// Has `write` write a temporary file beside `path`, syncs it and hands it to `install`; the
 /// temporary file is removed if anything fails.
-fn through_temporary(path: &Path, bytes: &[u8], install: impl FnOnce(&Path) -> std::io::Result<()>) -> std::io::Result<()> {
+fn through_temporary(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<()>, install: impl FnOnce(&Path) -> std::io::Result<()>) -> std::io::Result<()> {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let mut name = std::ffi::OsString::from(".");
     name.push(path.file_name().unwrap_or_default());
@@ -37,9 +52,8 @@ fn through_temporary(path: &Path, bytes: &[u8], install: impl FnOnce(&Path) -> s
     name.push(format!(".{}-{}-{:016x}{PARTIAL_SUFFIX}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed), rand::random::<u64>()));
     let temporary = path.with_file_name(name);
     let written = (|| {
-        let mut file = std::fs::File::options().write(true).create_new(true).open(&temporary)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
+        write(&temporary)?;
+        std::fs::File::open(&temporary)?.sync_all()?;
         install(&temporary)
     })();
     if written.is_err() {
@@ -103,5 +117,22 @@ mod tests {
         std::fs::write(&fresh, b"another process is writing it").unwrap();
         remove_partials(dir.path());
         assert!(!old.exists() && fresh.exists(), "only the abandoned one is removed");
+    }
+
+    #[test]
+    fn a_file_written_through_a_temporary_one_replaces_the_old_only_when_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("entry.bin");
+        write_atomic(&path, b"old").unwrap();
+        let failed = write_atomic_with(&path, |temporary| {
+            std::fs::write(temporary, b"half of the ne")?;
+            Err(std::io::Error::other("the disk filled up"))
+        });
+        assert_eq!(failed.unwrap_err().to_string(), "the disk filled up");
+        assert_eq!(std::fs::read(&path).unwrap(), b"old");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary file left");
+        write_atomic_with(&path, |temporary| std::fs::write(temporary, b"new")).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use unlearn_shared::model::weights::{self, Metadata, Precision, StateDict};
 
-use super::files::{remove_partials, write_atomic};
+use super::files::{remove_partials, write_atomic_with};
 use super::retention;
 
 /// Entries are deleted, least recently used first, when they outgrow `budget` bytes.
@@ -69,7 +69,7 @@ impl TensorCache {
         let path = self.path(name);
         let io = |source| CacheError { path: path.clone(), source };
         std::fs::create_dir_all(&self.dir).map_err(io)?;
-        write_atomic(&path, &weights::encode(tensors, Metadata::new(), Precision::F32)).map_err(io)?;
+        write_atomic_with(&path, |temporary| weights::write(tensors, Metadata::new(), Precision::F32, temporary)).map_err(io)?;
         self.trim(&path);
         Ok(())
     }

@@ -3,6 +3,7 @@
 //! One format serves every purpose: imported PyTorch checkpoints, the workbench's own saved
 //! models (f32, with metadata), and the compact f16 copy the browser downloads.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
@@ -227,23 +228,42 @@ pub fn model_from_state_dict<B: Backend>(tensors: StateDict, device: &B::Device)
 
 /// Encodes a state dict as safetensors.
 pub fn encode(tensors: &StateDict, metadata: Metadata, precision: Precision) -> Vec<u8> {
-    let encoded: Vec<(Dtype, Vec<u8>)> = tensors
+    let stored = stored_bytes(tensors, precision);
+    safetensors::serialize(tensor_views(tensors, &stored), (!metadata.is_empty()).then_some(metadata)).expect("valid tensors serialise")
+}
+
+/// Writes a state dict to `path` as [`encode`] would encode it, without holding the file in
+/// memory: cache entries run to hundreds of megabytes.
+pub fn write(tensors: &StateDict, metadata: Metadata, precision: Precision, path: &std::path::Path) -> std::io::Result<()> {
+    let stored = stored_bytes(tensors, precision);
+    safetensors::serialize_to_file(tensor_views(tensors, &stored), (!metadata.is_empty()).then_some(metadata), path).map_err(|error| match error {
+        safetensors::SafeTensorError::IoError(error) => error,
+        other => std::io::Error::other(other.to_string()),
+    })
+}
+
+/// Each tensor's bytes as the file stores them: f32 values borrowed where the machine's order
+/// is the file's (little-endian), others converted.
+fn stored_bytes(tensors: &StateDict, precision: Precision) -> Vec<(Dtype, Cow<'_, [u8]>)> {
+    tensors
         .iter()
         .map(|(key, tensor)| {
             let dtype = precision.dtype(key);
             let bytes = match dtype {
-                Dtype::F16 => tensor.values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect(),
-                _ => tensor.values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                Dtype::F16 => Cow::Owned(tensor.values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect()),
+                _ if cfg!(target_endian = "little") => Cow::Borrowed(bytemuck::cast_slice(&tensor.values)),
+                _ => Cow::Owned(tensor.values.iter().flat_map(|v| v.to_le_bytes()).collect()),
             };
             (dtype, bytes)
         })
-        .collect();
-    let views = tensors.iter().zip(&encoded).map(|((key, tensor), (dtype, data))| {
+        .collect()
+}
+
+fn tensor_views<'a>(tensors: &'a StateDict, stored: &'a [(Dtype, Cow<'_, [u8]>)]) -> impl Iterator<Item = (String, safetensors::tensor::TensorView<'a>)> {
+    tensors.iter().zip(stored).map(|((key, tensor), (dtype, data))| {
         let view = safetensors::tensor::TensorView::new(*dtype, tensor.shape.clone(), data).expect("sizes agree by construction");
         (key.clone(), view)
-    });
-    let metadata = (!metadata.is_empty()).then_some(metadata);
-    safetensors::serialize(views, metadata).expect("valid tensors serialise")
+    })
 }
 
 /// Decodes safetensors bytes into float tensors and the header's metadata.
