@@ -62,6 +62,7 @@ fn weights_round_trip_through_safetensors_in_both_precisions() {
 #[test]
 fn weights_written_to_a_file_are_the_encoded_bytes() {
     let mut dict = export(&ResNetConfig::new().with_width(4).init::<B>(&device()));
+    // A value f16 cannot hold exactly, so that the two precisions' files differ.
     dict.get_mut("fc.bias").unwrap().values[0] = -1.5e-7;
     let meta = Metadata::from([("k".to_owned(), "v".to_owned())]);
     let path = std::env::temp_dir().join(format!("unlearn-weights-test-{}.safetensors", std::process::id()));

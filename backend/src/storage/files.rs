@@ -53,6 +53,7 @@ fn through_temporary(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<(
     let temporary = path.with_file_name(name);
     let written = (|| {
         write(&temporary)?;
+        // fsync acts on the file, whichever handle asks: `write` may have closed its own.
         std::fs::File::open(&temporary)?.sync_all()?;
         install(&temporary)
     })();

@@ -238,7 +238,7 @@ pub fn write(tensors: &StateDict, metadata: Metadata, precision: Precision, path
     let stored = stored_bytes(tensors, precision);
     safetensors::serialize_to_file(tensor_views(tensors, &stored), (!metadata.is_empty()).then_some(metadata), path).map_err(|error| match error {
         safetensors::SafeTensorError::IoError(error) => error,
-        other => std::io::Error::other(other.to_string()),
+        other => std::io::Error::other(other),
     })
 }
 
