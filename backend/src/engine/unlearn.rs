@@ -1121,14 +1121,17 @@ mod tests {
         let base = weights::export(&unlearner.model.valid());
         let (report, unlearned) = unlearner.forget(classes[0], &last_stage, &mut Planned::new(plan.clone(), &mut recorder)).unwrap();
         let reported: std::collections::BTreeSet<&str> = recorder.events.iter().map(|event| event.phase.as_str()).collect();
-        let planned = |phase: &str| plan.iter().any(|step| phase.starts_with(&step.phase));
-        assert!(reported.iter().all(|phase| planned(phase)), "reported but not planned: {reported:?} {plan:?}");
-        // The probe on the unlearned model's own features is planned, and left out: here the
-        // calibrated alpha dampens `fc`'s class row alone, so the features are the base model's.
+        // The tiny model's weights are random, so the calibrated alpha dampens `fc`'s class row
+        // alone for most models and reaches `layer4` for some. In the first case the features
+        // are the base model's, and the probe on the unlearned model's own features is planned
+        // and left out; in the second the unlearned model runs from the last stage's inputs,
+        // whose phases are not planned (the dampening decides the route as the run goes).
         let kept_features = weights::export(&unlearned).iter().all(|(key, tensor)| key.starts_with("fc.") || base[key] == *tensor);
-        assert!(kept_features, "{:?}", report.dampened);
+        let planned = |phase: &str| plan.iter().any(|step| phase.starts_with(&step.phase)) || (!kept_features && phase.contains("last-stage inputs"));
+        assert!(reported.iter().all(|phase| planned(phase)), "reported but not planned: {reported:?} {plan:?}");
         let not_done: Vec<&str> = plan.iter().map(|step| step.phase.as_str()).filter(|&step| !reported.iter().any(|phase| phase.starts_with(step))).collect();
-        assert_eq!(not_done, [EvaluationPhases::of(UNLEARNED).probe], "planned but not done: {reported:?} {plan:?}");
+        let left_out: Vec<String> = if kept_features { vec![EvaluationPhases::of(UNLEARNED).probe] } else { Vec::new() };
+        assert_eq!(not_done, left_out, "planned but not done: {reported:?} {plan:?} {:?}", report.dampened);
         assert_eq!(report.before, first[0].before, "the base model's figures, whichever the route");
 
         // A damaged entry (another width, as a different model would leave) is computed again.

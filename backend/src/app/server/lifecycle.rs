@@ -228,12 +228,19 @@ impl AppState {
                 };
             }
         };
+        // The worker records a run's end before it lets go of the run's live state, so the
+        // record decides: a run recorded as ended is not cancelled again.
+        let ended = |run: Run| ApiError::Conflict(format!("run {id} has already {}", run.status.as_str()));
+        let run = self.run(id)?;
+        if run.status.is_finished() {
+            return Err(ended(run));
+        }
         let Some(live) = runs.jobs.cancel(id) else {
             let run = self.run(id)?;
-            return Err(ApiError::Conflict(match run.status.is_finished() {
-                true => format!("run {id} has already {}", run.status.as_str()),
-                false => format!("run {id} is not under way yet; try again in a moment"),
-            }));
+            return Err(match run.status.is_finished() {
+                true => ended(run),
+                false => ApiError::Conflict(format!("run {id} is not under way yet; try again in a moment")),
+            });
         };
         // A queued run ends here, and its place and its client's slot are given back at once
         // (the worker skips it); one the worker has started stops at its next check, and the
