@@ -93,6 +93,11 @@ impl Server {
         self.url.trim_start_matches("http://")
     }
 
+    /// The process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Whether the process is still up.
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().expect("process status").is_none()
@@ -161,6 +166,11 @@ impl Worker {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// The process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Whether the process is still up.

@@ -59,3 +59,20 @@ fn auto_passes_over_a_software_adapter_and_says_why() {
         assert!(log.contains("running on wgpu (") || log.contains("running on cuda"), "with a hardware GPU, auto takes it: {log}");
     }
 }
+
+/// Setting up a GPU device in Burn starts a thread that wakes every 150 µs for the life of the
+/// process, even where the device then fails; `auto` lists the devices first, so a server that
+/// falls back to the CPU runs none (their names: cubecl's `DSD-<device>-<index>`).
+#[test]
+fn a_server_that_falls_back_to_the_cpu_starts_no_gpu_device_threads() {
+    let scratch = scratch_data_dir();
+    let server = Server::start_on("auto", scratch.path(), &[]);
+    let health = server.get("/api/health");
+    if health["device"] != "cpu" {
+        eprintln!("skipped: auto found a GPU here ({health})");
+        return;
+    }
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", server.pid())).expect("the server's threads");
+    let names: Vec<String> = tasks.map(|task| std::fs::read_to_string(task.expect("a thread").path().join("comm")).expect("its name").trim().to_owned()).collect();
+    assert!(names.len() > 1 && !names.iter().any(|name| name.starts_with("DSD-")), "{names:?}");
+}

@@ -132,8 +132,25 @@ fn try_backend<B: Backend, W: Workload>(device: Device<Autodiff<B>>, workload: W
     }
 }
 
+/// Setting up a GPU backend's device in Burn 0.21 starts a thread that lives as long as the
+/// process and, once idle, wakes every 150 µs (cubecl-common 0.10's device channel), even
+/// where the device then fails: after `auto` had fallen back to the CPU, two such threads took
+/// 14 % of a core and the CPU paths ran 3-15 % slower than on `--device cpu`
+/// (docs/performance.md). So the devices are first listed without Burn: the CUDA driver's.
+#[cfg(feature = "cuda")]
+fn cuda_device_listed() -> Result<(), String> {
+    match catching_panics(cudarc::driver::CudaContext::device_count)? {
+        Ok(0) => Err("the CUDA driver lists no device".into()),
+        Ok(_) => Ok(()),
+        Err(error) => Err(format!("the CUDA driver: {error}")),
+    }
+}
+
 #[cfg(feature = "cuda")]
 fn try_cuda<W: Workload>(workload: W) -> Result<W::Output, (W, String)> {
+    if let Err(why) = cuda_device_listed() {
+        return Err((workload, why));
+    }
     let device = Device { handle: Default::default(), description: "cuda".into(), processor: Processor::Gpu };
     try_backend::<burn::backend::Cuda, W>(device, workload)
 }
@@ -167,6 +184,21 @@ fn wgpu_adapter() -> Result<Adapter, String> {
     found.clone()
 }
 
+/// The adapters wgpu lists for Burn's graphics API, asked without setting up Burn's device
+/// (see [`cuda_device_listed`] on why).
+#[cfg(feature = "wgpu")]
+fn listed_adapters() -> Result<Vec<Adapter>, String> {
+    use burn::backend::wgpu::graphics::{AutoGraphicsApi, GraphicsApi};
+    use futures_util::FutureExt;
+    let backends = AutoGraphicsApi::backend().into();
+    catching_panics(|| {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor { backends, ..wgpu::InstanceDescriptor::new_without_display_handle() });
+        // Native wgpu lists its adapters at once; the future is for the web's.
+        let adapters = instance.enumerate_adapters(backends).now_or_never().ok_or("wgpu did not list its adapters at once")?;
+        Ok(adapters.iter().map(|adapter| adapter.get_info()).map(|info| Adapter { name: info.name, software: info.device_type == wgpu::DeviceType::Cpu }).collect())
+    })?
+}
+
 /// Which wgpu adapters a choice takes.
 #[derive(Debug, Clone, Copy)]
 enum AdapterRule {
@@ -185,11 +217,29 @@ impl AdapterRule {
             _ => Ok(()),
         }
     }
+
+    /// Whether `adapters` hold one the rule takes, and if not, why.
+    fn takes_any(self, adapters: &[Adapter]) -> Result<(), String> {
+        let mut refusals = Vec::new();
+        for adapter in adapters {
+            match self.check(adapter) {
+                Ok(()) => return Ok(()),
+                Err(why) => refusals.push(why),
+            }
+        }
+        match refusals.is_empty() {
+            true => Err("wgpu lists no adapter".into()),
+            false => Err(refusals.join("; ")),
+        }
+    }
 }
 
 /// Runs `workload` on wgpu's default adapter if `rule` takes it and it works.
 #[cfg(feature = "wgpu")]
 fn try_wgpu<W: Workload>(workload: W, rule: AdapterRule) -> Result<W::Output, (W, String)> {
+    if let Err(why) = listed_adapters().and_then(|adapters| rule.takes_any(&adapters)) {
+        return Err((workload, why));
+    }
     let adapter = match wgpu_adapter().and_then(|adapter| rule.check(&adapter).map(|()| adapter)) {
         Ok(adapter) => adapter,
         Err(why) => return Err((workload, why)),
@@ -261,6 +311,12 @@ mod tests {
         assert!(refusal.contains("llvmpipe") && refusal.contains("software"), "{refusal}");
         assert!(AdapterRule::HardwareOnly.check(&gpu).is_ok());
         assert!(AdapterRule::Any.check(&llvmpipe).is_ok() && AdapterRule::Any.check(&gpu).is_ok());
+        let listed = [llvmpipe.clone(), gpu];
+        assert!(AdapterRule::HardwareOnly.takes_any(&listed).is_ok(), "a GPU beside a software adapter");
+        let refusal = AdapterRule::HardwareOnly.takes_any(&listed[..1]).unwrap_err();
+        assert!(refusal.contains("llvmpipe") && refusal.contains("software renderer"), "{refusal}");
+        assert!(AdapterRule::Any.takes_any(&listed[..1]).is_ok());
+        assert_eq!(AdapterRule::Any.takes_any(&[]), Err("wgpu lists no adapter".into()));
     }
 
     /// Where this runs (CI: no CUDA driver, Mesa's software Vulkan device), an explicit CUDA
