@@ -168,11 +168,6 @@ impl Worker {
         let _ = self.child.wait();
     }
 
-    /// The process's id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     /// Whether the process is still up.
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().expect("process status").is_none()

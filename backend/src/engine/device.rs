@@ -1,5 +1,9 @@
 //! Choosing the backend at run time: the engine is generic over Burn backends, and this is
 //! the one place that names concrete ones.
+//!
+//! GPU devices are listed before Burn sets one up: Burn 0.21 starts a thread for each device it
+//! sets up, even one that then fails, that lives as long as the process and wakes every 150 µs
+//! (cubecl-common 0.10's device channel), which slowed the CPU fallback (docs/performance.md).
 
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -132,11 +136,7 @@ fn try_backend<B: Backend, W: Workload>(device: Device<Autodiff<B>>, workload: W
     }
 }
 
-/// Setting up a GPU backend's device in Burn 0.21 starts a thread that lives as long as the
-/// process and, once idle, wakes every 150 µs (cubecl-common 0.10's device channel), even
-/// where the device then fails: after `auto` had fallen back to the CPU, two such threads took
-/// 14 % of a core and the CPU paths ran 3-15 % slower than on `--device cpu`
-/// (docs/performance.md). So the devices are first listed without Burn: the CUDA driver's.
+/// Whether the CUDA driver loads and lists a device, asked without Burn.
 #[cfg(feature = "cuda")]
 fn cuda_device_listed() -> Result<(), String> {
     match catching_panics(cudarc::driver::CudaContext::device_count)? {
@@ -169,6 +169,13 @@ struct Adapter {
     software: bool,
 }
 
+#[cfg(feature = "wgpu")]
+impl From<wgpu::AdapterInfo> for Adapter {
+    fn from(info: wgpu::AdapterInfo) -> Self {
+        Self { software: info.device_type == wgpu::DeviceType::Cpu, name: info.name }
+    }
+}
+
 /// Asks wgpu for the adapter Burn's default device uses, setting that device up as Burn
 /// would on first use (same graphics API, same options). Asked once per process.
 #[cfg(feature = "wgpu")]
@@ -176,16 +183,12 @@ fn wgpu_adapter() -> Result<Adapter, String> {
     use burn::backend::wgpu::{graphics::AutoGraphicsApi, init_setup, RuntimeOptions, WgpuDevice};
     static FOUND: std::sync::OnceLock<Result<Adapter, String>> = std::sync::OnceLock::new();
     let found = FOUND.get_or_init(|| {
-        catching_panics(|| {
-            let info = init_setup::<AutoGraphicsApi>(&WgpuDevice::DefaultDevice, RuntimeOptions::default()).adapter.get_info();
-            Adapter { name: info.name, software: info.device_type == wgpu::DeviceType::Cpu }
-        })
+        catching_panics(|| Adapter::from(init_setup::<AutoGraphicsApi>(&WgpuDevice::DefaultDevice, RuntimeOptions::default()).adapter.get_info()))
     });
     found.clone()
 }
 
-/// The adapters wgpu lists for Burn's graphics API, asked without setting up Burn's device
-/// (see [`cuda_device_listed`] on why).
+/// The adapters wgpu lists for Burn's graphics API, asked without Burn.
 #[cfg(feature = "wgpu")]
 fn listed_adapters() -> Result<Vec<Adapter>, String> {
     use burn::backend::wgpu::graphics::{AutoGraphicsApi, GraphicsApi};
@@ -195,9 +198,12 @@ fn listed_adapters() -> Result<Vec<Adapter>, String> {
         let instance = wgpu::Instance::new(wgpu::InstanceDescriptor { backends, ..wgpu::InstanceDescriptor::new_without_display_handle() });
         // Native wgpu lists its adapters at once; the future is for the web's.
         let adapters = instance.enumerate_adapters(backends).now_or_never().ok_or("wgpu did not list its adapters at once")?;
-        Ok(adapters.iter().map(|adapter| adapter.get_info()).map(|info| Adapter { name: info.name, software: info.device_type == wgpu::DeviceType::Cpu }).collect())
+        Ok(adapters.iter().map(|adapter| Adapter::from(adapter.get_info())).collect())
     })?
 }
+
+#[cfg(feature = "wgpu")]
+const NO_ADAPTER: &str = "wgpu finds no adapter for Burn's graphics API (Vulkan on Linux): no driver for it is installed, or none lists a device";
 
 /// Which wgpu adapters a choice takes.
 #[derive(Debug, Clone, Copy)]
@@ -228,7 +234,7 @@ impl AdapterRule {
             }
         }
         match refusals.is_empty() {
-            true => Err("wgpu lists no adapter".into()),
+            true => Err(NO_ADAPTER.into()),
             false => Err(refusals.join("; ")),
         }
     }
@@ -316,7 +322,7 @@ mod tests {
         let refusal = AdapterRule::HardwareOnly.takes_any(&listed[..1]).unwrap_err();
         assert!(refusal.contains("llvmpipe") && refusal.contains("software renderer"), "{refusal}");
         assert!(AdapterRule::Any.takes_any(&listed[..1]).is_ok());
-        assert_eq!(AdapterRule::Any.takes_any(&[]), Err("wgpu lists no adapter".into()));
+        assert_eq!(AdapterRule::Any.takes_any(&[]), Err(NO_ADAPTER.into()));
     }
 
     /// Where this runs (CI: no CUDA driver, Mesa's software Vulkan device), an explicit CUDA
