@@ -1,6 +1,6 @@
 //! Kernels in Winograd's form kept for weights that are used call after call (a model at
-//! inference), where transforming them costs as much as the products they serve: a single
-//! image, as the browser classifies, in `layer3`.
+//! inference), where transforming them costs a share of the products they serve worth saving: a
+//! single image, as the browser classifies, from `layer1` to `layer3`.
 //!
 //! An entry lasts as long as its weight's storage, unchanged: it holds a weak reference to
 //! the storage, and Flex (checked for the pinned 0.21.0) changes storage in place only through
@@ -12,11 +12,11 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use burn::backend::flex::FlexTensor;
 use burn::tensor::Bytes;
 
-/// The process's kept kernels: at most 64 MiB (two models' `layer3`, the page's base and
-/// unlearned models, 7.1 million values each), and only convolutions' of at most 4 million
-/// values (16 MiB): `layer3`'s (2.4 million) are kept, `layer4`'s (9.4 million), which a
-/// server's last few images of a set would otherwise hold on to, are not.
-pub(super) static KEPT: KeptKernels = KeptKernels::new(16 << 20, 4 << 20);
+/// The process's kept kernels: at most 80 MiB (two models' `layer1` to `layer3`, the page's
+/// base and unlearned models, 9.4 million values each), and only convolutions' of at most 4
+/// million values (16 MiB): `layer3`'s (2.4 million) are kept, `layer4`'s (9.4 million), which
+/// a server's last few images of a set would otherwise hold on to, are not.
+pub(super) static KEPT: KeptKernels = KeptKernels::new(20 << 20, 4 << 20);
 
 /// Kernels kept within bounds, least recently used going first.
 pub(super) struct KeptKernels {

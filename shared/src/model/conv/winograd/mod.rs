@@ -37,8 +37,10 @@ const MIN_CHANNELS: usize = 16;
 /// image's 4x4 plane: `layer4` in the browser) costs more than it saves, two do not.
 const MIN_TILES: usize = 2;
 
-/// Tiles up to which a call's kernel transform costs at least its products: 162 >= 36 x 4.
-const MAX_TILES_FOR_KEPT_KERNELS: usize = 4;
+/// Tiles up to which a call's kernel transform costs enough beside its products (at least 7 %:
+/// 162 multiply-adds against 36 x 64) for kernels used again to be kept in Winograd's form: a
+/// single image's from `layer1` to `layer3`.
+const MAX_TILES_FOR_KEPT_KERNELS: usize = 64;
 
 /// Transformed values one round keeps (2 MiB): the input and the products (forward pass), or
 /// the input and the output gradient (weight gradient); small enough to stay in a core's
@@ -123,10 +125,9 @@ impl Plan {
         Some(Plan { g, tile_grid, order, images_per_round })
     }
 
-    /// Whether transforming the kernels costs at least the products they serve (162
-    /// multiply-adds a kernel against 36 a tile), so that kernels used again are worth keeping
-    /// in Winograd's form: a single image from `layer3` on.
-    pub(super) fn kernels_outweigh_products(&self) -> bool {
+    /// Whether kernels used again are worth keeping in Winograd's form: their transform costs at
+    /// least 7 % of the products it serves ([`MAX_TILES_FOR_KEPT_KERNELS`]).
+    pub(super) fn kernels_worth_keeping(&self) -> bool {
         self.g.batch * self.tiles_per_image() <= MAX_TILES_FOR_KEPT_KERNELS
     }
 
@@ -408,15 +409,15 @@ mod tests {
     }
 
     #[test]
-    fn kernels_outweigh_products_up_to_four_tiles() {
-        let outweigh = |batch: usize, height: usize, width: usize| {
+    fn kernels_are_worth_keeping_up_to_64_tiles() {
+        let worth = |batch: usize, height: usize, width: usize| {
             let g = Geometry::new([batch, MIN_CHANNELS, height, width], [MIN_CHANNELS, MIN_CHANNELS, 3, 3], [1, 1], [1, 1]);
-            Plan::forward(&g).expect("a Winograd plan").kernels_outweigh_products()
+            Plan::forward(&g).expect("a Winograd plan").kernels_worth_keeping()
         };
-        assert!(outweigh(1, 8, 8), "a 2x2 grid of tiles");
-        assert!(outweigh(4, 4, 4), "four images of one tile");
-        assert!(!outweigh(1, 4, 20), "five tiles");
-        assert!(!outweigh(2, 8, 8), "eight tiles");
+        assert!(worth(1, 32, 32), "an 8x8 grid of tiles: layer1's single image");
+        assert!(worth(64, 4, 4), "64 images of one tile");
+        assert!(!worth(1, 32, 33), "72 tiles");
+        assert!(!worth(2, 32, 32), "128 tiles");
     }
 
     /// Channel groups for the kernels that are not kept whole, while the batch's transformed
