@@ -226,6 +226,57 @@ mod tests {
         );
     }
 
+    /// A benchmark, not a check: where the reference-sized ResNet18's time per image goes on
+    /// the CPU engine, block by block, medians over 16 images (docs/performance.md).
+    #[wasm_bindgen_test]
+    #[ignore]
+    async fn full_size_model_per_block_on_the_cpu() {
+        use burn::tensor::{Distribution, Tensor};
+        use unlearn_shared::model::NormStats;
+
+        let model = ResNetConfig::new().init::<Flex>(&Default::default());
+        let file = weights::encode(&weights::export(&model), Default::default(), weights::Precision::Half);
+        let Model::Cpu(model) = Model::load(Engine::Cpu, &file).await.expect("loaded") else { unreachable!("a CPU model") };
+        let stats = NormStats::Running;
+        let blocks: Vec<_> = [&model.layer1, &model.layer2, &model.layer3, &model.layer4]
+            .into_iter()
+            .enumerate()
+            .flat_map(|(stage, blocks)| blocks.iter().enumerate().map(move |(index, block)| (format!("layer{}.{index}", stage + 1), block)))
+            .collect();
+        // Each part's time, read back as the page reads its result, so that no work is left pending.
+        let timed = |times: &mut Vec<f64>, part: &mut dyn FnMut() -> Tensor<Flex, 4>| {
+            let started = now_ms();
+            let output = part();
+            output.to_data();
+            times.push(now_ms() - started);
+            output
+        };
+        let random = |shape: [usize; 4]| Tensor::<Flex, 4>::random(shape, Distribution::Normal(0.0, 1.0), &Default::default());
+        let mut times = vec![Vec::new(); blocks.len() + 1];
+        for _ in 0..16 {
+            let images = random([1, 3, IMAGE_SIDE, IMAGE_SIDE]);
+            timed(&mut times[0], &mut || model.forward(images.clone(), stats).unsqueeze());
+            // What the stem gives `layer1`, in shape.
+            let [width, ..] = model.conv1.weight.dims();
+            let mut x = random([1, width, IMAGE_SIDE, IMAGE_SIDE]);
+            for ((_, block), times) in blocks.iter().zip(&mut times[1..]) {
+                x = timed(times, &mut || block.forward(x.clone(), stats));
+            }
+        }
+        let median = |times: &mut Vec<f64>| {
+            times.sort_by(f64::total_cmp);
+            times[times.len() / 2]
+        };
+        wasm_bindgen_test::console_log!("the whole model: median {:.2} ms, fastest {:.2}", median(&mut times[0]), times[0][0]);
+        let mut blocks_total = 0.0;
+        for ((name, _), times) in blocks.iter().zip(&mut times[1..]) {
+            let block = median(times);
+            blocks_total += block;
+            wasm_bindgen_test::console_log!("{name}: median {block:.2} ms, fastest {:.2}", times[0]);
+        }
+        wasm_bindgen_test::console_log!("the eight blocks: {blocks_total:.1} ms by the medians");
+    }
+
     /// The browser tests run Chromium with WebGPU on (`webdriver.json`), in software
     /// (SwiftShader), so it must be found and ranked after the CPU, and the GPU must compute
     /// what the CPU computes.

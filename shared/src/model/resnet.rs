@@ -94,7 +94,8 @@ impl<B: Backend> BasicBlock<B> {
         }
     }
 
-    fn forward(&self, x: Tensor<B, 4>, stats: NormStats) -> Tensor<B, 4> {
+    /// The block's output for `x`, `[batch, output channels, side / stride, side / stride]`.
+    pub fn forward(&self, x: Tensor<B, 4>, stats: NormStats) -> Tensor<B, 4> {
         let shortcut = match &self.downsample {
             Some(down) => down.bn.forward(convolve(&down.conv, x.clone()), stats),
             None => x.clone(),

@@ -74,7 +74,9 @@ enum Order {
     Rounds,
     /// The batch's input transformed once, then groups of output channels in parallel, each
     /// transforming its own kernels right before its products (large kernels, small planes).
-    /// The weight gradient keeps its rounds.
+    /// The weight gradient keeps its rounds, and so do kernels already transformed: there is
+    /// nothing to transform, and a single image's groups made 576 products of 16 x 4 x 256
+    /// (`layer3`), where gemm's cost per call outweighed its arithmetic.
     ChannelGroups,
 }
 
@@ -171,12 +173,10 @@ fn convolve(x: &[f32], kernels: Kernels, plan: &Plan) -> Vec<f32> {
     let mut output = vec![0.0; plan.g.batch * plan.g.channels_out * plan.g.positions()];
     // Both orders cut the output into chunks of whole images.
     if plan.g.batch > 0 {
-        match plan.order {
-            Order::Rounds => match kernels {
-                Kernels::Given(weight) => convolve_by_rounds(x, &transform_kernels(weight, plan.g.channels_in), plan, &mut output),
-                Kernels::Transformed(kernels) => convolve_by_rounds(x, kernels, plan, &mut output),
-            },
-            Order::ChannelGroups => convolve_by_groups(x, kernels, plan, &mut output),
+        match (plan.order, kernels) {
+            (_, Kernels::Transformed(kernels)) => convolve_by_rounds(x, kernels, plan, &mut output),
+            (Order::Rounds, Kernels::Given(weight)) => convolve_by_rounds(x, &transform_kernels(weight, plan.g.channels_in), plan, &mut output),
+            (Order::ChannelGroups, Kernels::Given(weight)) => convolve_by_groups(x, weight, plan, &mut output),
         }
     }
     output
@@ -226,32 +226,20 @@ fn convolve_by_rounds(x: &[f32], kernels: &[f32], plan: &Plan, output: &mut [f32
 }
 
 /// [`Order::ChannelGroups`]: the batch's input transformed once, each group of output channels'
-/// kernels transformed (unless given so), multiplied and brought back to the output while they
-/// are in cache.
-fn convolve_by_groups(x: &[f32], kernels: Kernels, plan: &Plan, output: &mut [f32]) {
+/// kernels transformed, multiplied and brought back to the output while they are in cache.
+fn convolve_by_groups(x: &[f32], weight: &[f32], plan: &Plan, output: &mut [f32]) {
     let g = &plan.g;
     let (channels_in, tiles) = (g.channels_in, g.batch * plan.tiles_per_image());
     let mut inputs = Scratch::take(channels_in * TILE * tiles);
     transform_input(x, plan, 0..g.batch, &mut inputs);
     let inputs = &*inputs;
     let mut planes = output_planes(output, plan);
-    let (values, per_kernel) = match kernels {
-        Kernels::Given(weight) => (weight, 9),
-        Kernels::Transformed(kernels) => (kernels, TILE),
-    };
-    planes.par_chunks_mut(GROUP_CHANNELS * g.batch).zip(values.par_chunks(GROUP_CHANNELS * channels_in * per_kernel)).for_each(|(planes, group)| {
-        let transformed;
-        let group = match kernels {
-            Kernels::Given(_) => {
-                transformed = transform_kernels(group, channels_in);
-                &*transformed
-            }
-            Kernels::Transformed(_) => group,
-        };
+    planes.par_chunks_mut(GROUP_CHANNELS * g.batch).zip(weight.par_chunks(GROUP_CHANNELS * channels_in * 9)).for_each(|(planes, group)| {
+        let group = transform_kernels(group, channels_in);
         let rows = group.len() / (TILE * channels_in);
         let mut products = Scratch::take(TILE * rows * tiles);
         for (value, product) in products.chunks_exact_mut(rows * tiles).enumerate() {
-            multiply(product, kernel_values(group, channels_in, value), data_values(inputs, tiles, value), Sum::Overwrite);
+            multiply(product, kernel_values(&group, channels_in, value), data_values(inputs, tiles, value), Sum::Overwrite);
         }
         transform_output(&products, plan, g.batch, planes);
     });
