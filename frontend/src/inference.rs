@@ -252,12 +252,12 @@ mod tests {
             output
         };
         let random = |shape: [usize; 4]| Tensor::<Flex, 4>::random(shape, Distribution::Normal(0.0, 1.0), &Default::default());
+        // What the stem gives `layer1`, in shape.
+        let [width, ..] = model.conv1.weight.dims();
         let mut times = vec![Vec::new(); blocks.len() + 1];
         for _ in 0..16 {
             let images = random([1, 3, IMAGE_SIDE, IMAGE_SIDE]);
             timed(&mut times[0], &mut || model.forward(images.clone(), stats).unsqueeze());
-            // What the stem gives `layer1`, in shape.
-            let [width, ..] = model.conv1.weight.dims();
             let mut x = random([1, width, IMAGE_SIDE, IMAGE_SIDE]);
             for ((_, block), times) in blocks.iter().zip(&mut times[1..]) {
                 x = timed(times, &mut || block.forward(x.clone(), stats));

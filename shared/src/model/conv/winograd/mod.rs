@@ -52,9 +52,10 @@ const ROUND_VALUES: usize = 1 << 19;
 /// on the model's convolutions (docs/performance.md).
 const MIN_ROUND_TILES: usize = 64;
 
-/// Transformed kernels (4 MiB) past which they are not kept whole: the 256- and 512-channel
-/// stages' (9.4 and 37.7 MB), which went out to memory and back between their transform and
-/// the products, at a cost that did not shrink with the batch.
+/// Transformed kernels (4 MiB) past which a call does not transform them whole: the 256- and
+/// 512-channel stages' (9.4 and 37.7 MB), which went out to memory and back between their
+/// transform and the products, at a cost that did not shrink with the batch. (Kernels kept
+/// between calls, `super::kept`, are used whole.)
 const MAX_WHOLE_KERNEL_VALUES: usize = 1 << 20;
 
 /// The batch's transformed input (8 MiB) past which channel groups are not used: every group
@@ -346,7 +347,8 @@ mod tests {
             // Two threads, so that one image per round sums two runs of rounds (two and one).
             threads.install(|| {
                 in_every_width(|vectors| {
-                    // The weight gradient takes rounds in either order.
+                    // The weight gradient, and kernels already transformed, take rounds in
+                    // either order.
                     for (order, images) in [(Order::Rounds, 1), (Order::Rounds, 2), (Order::Rounds, 3), (Order::ChannelGroups, 1)] {
                         for plan in [&mut forward_plan, &mut gradient_plan] {
                             (plan.order, plan.images_per_round) = (order, images);
