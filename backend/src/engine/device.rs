@@ -233,9 +233,10 @@ impl AdapterRule {
                 Err(why) => refusals.push(why),
             }
         }
-        match refusals.is_empty() {
-            true => Err(NO_ADAPTER.into()),
-            false => Err(refusals.join("; ")),
+        if refusals.is_empty() {
+            Err(NO_ADAPTER.into())
+        } else {
+            Err(refusals.join("; "))
         }
     }
 }
